@@ -1,0 +1,327 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "lodev.h"
+
+/* Exit codes, lodevctl(1). */
+enum {
+        EXIT_OK = 0,
+        EXIT_FAIL = 1,
+        EXIT_USAGE = 2,
+        EXIT_UNREACHABLE = 3,
+};
+
+static bool arg_json;
+
+static void help(void) {
+        printf("Usage: lodevctl [--json] COMMAND [OPTIONS]\n\n"
+               "Control lodevd, the LifeOmic device agent.\n\n"
+               "Commands:\n"
+               "  status                     show state, thing name, queues, job, last error\n"
+               "  provision [--force]        provision now and print the thing name\n"
+               "  observe --code C --code-system S [--code-display D] --value V --unit U\n"
+               "          [--patient-id P]   queue an observation and print its id\n"
+               "  wait-online [--timeout S]  wait until lodevd is online\n\n"
+               "Options:\n"
+               "  -j --json      print one JSON document\n"
+               "  -h --help      show this help\n"
+               "     --version   show the version\n\n"
+               "Exit status: 0 success, 1 failure, 2 usage error, 3 lodevd not reachable.\n");
+}
+
+/* Reports a failed call and picks the exit code. */
+static int fail(lodev *l, const char *what, int r) {
+        const char *detail = l ? lodev_last_error(l) : NULL;
+
+        /* The bus's own text for a policy refusal is a wall of rule details. */
+        if (r == -EACCES || r == -EPERM)
+                detail = NULL;
+        if (detail)
+                fprintf(stderr, "lodevctl: %s: %s\n", what, detail);
+        else
+                fprintf(stderr, "lodevctl: %s: %s\n", what, lodev_strerror(r));
+        return EXIT_FAIL;
+}
+
+static int open_daemon(lodev **ret) {
+        int r = lodev_open(ret);
+
+        if (r < 0) {
+                fprintf(stderr, "lodevctl: cannot connect to the system bus: %s\n",
+                        lodev_strerror(r));
+                return EXIT_UNREACHABLE;
+        }
+        return EXIT_OK;
+}
+
+/* A call that failed because nobody owns the name, or the bus is gone. */
+static int call_failed(lodev *l, const char *what, int r) {
+        if (r == -EHOSTUNREACH || r == -ENXIO || r == -ECONNREFUSED || r == -ECONNRESET) {
+                fprintf(stderr, "lodevctl: lodevd is not running or not reachable on the system "
+                                "bus (%s)\n",
+                        lodev_last_error(l) ? lodev_last_error(l) : lodev_strerror(r));
+                return EXIT_UNREACHABLE;
+        }
+        return fail(l, what, r);
+}
+
+static void print_json(json_object *o) {
+        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+}
+
+static int cmd_status(lodev *l, int argc, char *argv[]) {
+        lodev_status *s = NULL;
+        int r;
+
+        if (argc > 1) {
+                fprintf(stderr, "lodevctl: status takes no arguments\n");
+                return EXIT_USAGE;
+        }
+        r = lodev_get_status(l, &s);
+        if (r < 0)
+                return call_failed(l, "status", r);
+
+        if (arg_json) {
+                json_object *o = json_object_new_object(), *job = json_object_new_object();
+                json_object_object_add(o, "state", json_object_new_string(s->state));
+                json_object_object_add(o, "thing_name", json_object_new_string(s->thing_name));
+                json_object_object_add(o, "endpoint", json_object_new_string(s->endpoint));
+                json_object_object_add(o, "queued_observations",
+                                       json_object_new_int64(s->queued_observations));
+                json_object_object_add(o, "queued_transfers",
+                                       json_object_new_int64(s->queued_transfers));
+                json_object_object_add(job, "id", json_object_new_string(s->job_id));
+                json_object_object_add(job, "status", json_object_new_string(s->job_status));
+                json_object_object_add(job, "percent", json_object_new_string(s->job_percent));
+                json_object_object_add(o, "current_job", job);
+                json_object_object_add(o, "last_error", json_object_new_string(s->last_error));
+                print_json(o);
+        } else {
+                printf("       State: %s\n", s->state);
+                printf("  Thing name: %s\n", *s->thing_name ? s->thing_name : "-");
+                printf("    Endpoint: %s\n", s->endpoint);
+                printf("Observations: %u queued\n", s->queued_observations);
+                printf("   Transfers: %u queued\n", s->queued_transfers);
+                if (*s->job_id)
+                        printf("         Job: %s %s%s%s\n", s->job_id, s->job_status,
+                               *s->job_percent ? " " : "", s->job_percent);
+                else
+                        printf("         Job: -\n");
+                printf("  Last error: %s\n", *s->last_error ? s->last_error : "-");
+        }
+        lodev_status_free(s);
+        return EXIT_OK;
+}
+
+static int cmd_provision(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "force", no_argument, NULL, 'f' },
+                {},
+        };
+        char *thing = NULL;
+        bool force = false;
+        int c, r;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "f", options, NULL)) >= 0) {
+                if (c != 'f')
+                        return EXIT_USAGE;
+                force = true;
+        }
+        if (optind < argc) {
+                fprintf(stderr, "lodevctl: provision: unexpected argument '%s'\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+        r = lodev_provision(l, force, &thing);
+        if (r < 0)
+                return call_failed(l, "provision", r);
+        if (arg_json) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "thing_name", json_object_new_string(thing));
+                print_json(o);
+        } else
+                printf("%s\n", thing);
+        free(thing);
+        return EXIT_OK;
+}
+
+static int parse_double(const char *s, double *ret) {
+        char *end;
+        double v;
+
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno != 0 || end == s || *end != '\0' || !isfinite(v))
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+static int cmd_observe(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "code", required_argument, NULL, 'c' },
+                { "code-system", required_argument, NULL, 's' },
+                { "code-display", required_argument, NULL, 'd' },
+                { "value", required_argument, NULL, 'V' },
+                { "unit", required_argument, NULL, 'u' },
+                { "patient-id", required_argument, NULL, 'p' },
+                {},
+        };
+        lodev_observation o = {};
+        const char *value = NULL;
+        char *id = NULL;
+        int c, r;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        o.code = optarg;
+                        break;
+                case 's':
+                        o.code_system = optarg;
+                        break;
+                case 'd':
+                        o.code_display = optarg;
+                        break;
+                case 'V':
+                        value = optarg;
+                        break;
+                case 'u':
+                        o.unit = optarg;
+                        break;
+                case 'p':
+                        o.patient_id = optarg;
+                        break;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "lodevctl: observe: unexpected argument '%s'\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+        if (!o.code || !o.code_system || !value || !o.unit) {
+                fprintf(stderr, "lodevctl: observe: --code, --code-system, --value and --unit "
+                                "are required\n");
+                return EXIT_USAGE;
+        }
+        if (parse_double(value, &o.value) < 0) {
+                fprintf(stderr, "lodevctl: observe: --value: '%s' is not a finite number\n",
+                        value);
+                return EXIT_USAGE;
+        }
+        r = lodev_submit_observation(l, &o, &id);
+        if (r < 0)
+                return call_failed(l, "observe", r);
+        if (arg_json) {
+                json_object *j = json_object_new_object();
+                json_object_object_add(j, "id", json_object_new_string(id));
+                print_json(j);
+        } else
+                printf("%s\n", id);
+        free(id);
+        return EXIT_OK;
+}
+
+static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "timeout", required_argument, NULL, 't' },
+                {},
+        };
+        uint64_t timeout = UINT64_MAX;
+        int c, r;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "t:", options, NULL)) >= 0) {
+                double t;
+                if (c != 't')
+                        return EXIT_USAGE;
+                if (parse_double(optarg, &t) < 0 || t < 0) {
+                        fprintf(stderr, "lodevctl: wait-online: --timeout: '%s' is not a "
+                                        "number of seconds\n",
+                                optarg);
+                        return EXIT_USAGE;
+                }
+                timeout = (uint64_t) (t * 1e6);
+        }
+        if (optind < argc) {
+                fprintf(stderr, "lodevctl: wait-online: unexpected argument '%s'\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+        r = lodev_wait_online(l, timeout);
+        if (r == -ETIMEDOUT) {
+                fprintf(stderr, "lodevctl: wait-online: not online after %s s\n",
+                        argv[optind - 1]);
+                return EXIT_FAIL;
+        }
+        if (r < 0)
+                return call_failed(l, "wait-online", r);
+        return EXIT_OK;
+}
+
+static const struct {
+        const char *name;
+        int (*run)(lodev *l, int argc, char *argv[]);
+} commands[] = {
+        { "status", cmd_status },
+        { "provision", cmd_provision },
+        { "observe", cmd_observe },
+        { "wait-online", cmd_wait_online },
+};
+
+int main(int argc, char *argv[]) {
+        enum { ARG_VERSION = 0x100 };
+        static const struct option options[] = {
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {},
+        };
+        lodev *l = NULL;
+        int c, r;
+
+        /* "+" stops at the first non-option: the rest belongs to the command. */
+        while ((c = getopt_long(argc, argv, "+jh", options, NULL)) >= 0) {
+                switch (c) {
+                case 'j':
+                        arg_json = true;
+                        break;
+                case 'h':
+                        help();
+                        return EXIT_OK;
+                case ARG_VERSION:
+                        printf("lodevctl %s\n", LODEV_VERSION);
+                        return EXIT_OK;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind >= argc) {
+                fprintf(stderr, "lodevctl: missing command (see lodevctl --help)\n");
+                return EXIT_USAGE;
+        }
+
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+                if (strcmp(argv[optind], commands[i].name) != 0)
+                        continue;
+                r = open_daemon(&l);
+                if (r != EXIT_OK)
+                        return r;
+                r = commands[i].run(l, argc - optind, argv + optind);
+                lodev_close(l);
+                return r;
+        }
+        fprintf(stderr, "lodevctl: unknown command '%s' (see lodevctl --help)\n", argv[optind]);
+        return EXIT_USAGE;
+}

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "fileio.h"
+#include "log.h"
+#include "manager.h"
+#include "util.h"
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
+
+static void help(void) {
+        printf("Usage: lodevd [OPTIONS]\n\n"
+               "Device agent for the LifeOmic Platform.\n\n"
+               "  -c --config FILE   configuration file (default %s)\n"
+               "  -v --verbose       log debug messages\n"
+               "  -h --help          show this help\n"
+               "     --version       show the version\n",
+               LODEV_CONFIG_FILE);
+}
+
+/* Checks what must hold before anything is written: the state directory is
+ * private to lodevd, stored keys are not readable by others, and the CA
+ * bundle exists. Each failure names the path. */
+static int check_files(const Config *c) {
+        _cleanup_free_ char *err = NULL, *key = NULL;
+        int r;
+
+        r = mkdir_private(c->state_dir);
+        if (r == -EPERM)
+                return log_error_errno(r, "State directory %s is accessible by group or others "
+                                          "or not owned by this user; refusing to start "
+                                          "(chmod 0700 it).", c->state_dir);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create state directory %s: %m",
+                                       c->state_dir);
+
+        key = strdup_printf("%s/device.key", c->state_dir);
+        if (!key)
+                return log_oom();
+        r = check_private_file(key);
+        if (r == -EPERM)
+                return log_error_errno(r, "Key file %s is accessible by group or others; "
+                                          "refusing to start (chmod 0600 it).", key);
+
+        r = check_private_file(c->claim_key);
+        if (r == -EPERM)
+                return log_error_errno(r, "%s:%d: provisioning.claim_key: %s is accessible by "
+                                          "group or others; refusing to start (chmod 0600 it).",
+                                       c->path, c->line_claim_key, c->claim_key);
+
+        r = config_check_file(c, "platform.ca_file", c->ca_file, c->line_ca_file, &err);
+        if (r < 0)
+                return log_error_errno(r, "%s", err);
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        enum { ARG_VERSION = 0x100 };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "verbose", no_argument, NULL, 'v' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {},
+        };
+        _cleanup_(manager_freep) Manager *m = NULL;
+        _cleanup_free_ char *err = NULL;
+        const char *config_path = LODEV_CONFIG_FILE;
+        bool verbose = false;
+        Config config;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "c:vh", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        config_path = optarg;
+                        break;
+                case 'v':
+                        verbose = true;
+                        break;
+                case 'h':
+                        help();
+                        return EXIT_SUCCESS;
+                case ARG_VERSION:
+                        printf("lodevd %s\n", LODEV_VERSION);
+                        return EXIT_SUCCESS;
+                default:
+                        return 2;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "lodevd: unexpected argument '%s'\n", argv[optind]);
+                return 2;
+        }
+
+        log_setup(verbose ? LOG_DEBUG : LOG_INFO, false);
+        umask(0077);
+
+        r = config_load(config_path, &config, &err);
+        if (r < 0) {
+                log_error_errno(r, "%s", err ?: strerror(-r));
+                return EXIT_FAILURE;
+        }
+        if (!verbose)
+                log_set_max_level(config.log_level);
+
+        r = check_files(&config);
+        if (r < 0) {
+                config_done(&config);
+                return EXIT_FAILURE;
+        }
+
+        r = manager_new(config_path, &config, &m);
+        if (r < 0) {
+                config_done(&config);
+                log_error_errno(r, "Failed to set up: %m");
+                return EXIT_FAILURE;
+        }
+
+        r = manager_start(m);
+        if (r < 0)
+                return EXIT_FAILURE;
+
+        r = manager_run(m);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdint.h>
+
+#include "util.h"
+
+int free_and_strdup(char **dst, const char *src) {
+        char *copy = NULL;
+
+        if (src) {
+                copy = strdup(src);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(*dst);
+        *dst = copy;
+        return 0;
+}
+
+char *strdup_printf(const char *fmt, ...) {
+        va_list ap;
+        char *s = NULL;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        return r < 0 ? NULL : s;
+}
+
+char *strstrip(char *s) {
+        char *end;
+
+        while (isspace((unsigned char) *s))
+                memmove(s, s + 1, strlen(s));
+        end = s + strlen(s);
+        while (end > s && isspace((unsigned char) end[-1]))
+                *--end = '\0';
+        return s;
+}
+
+bool utf8_is_valid(const char *s, size_t len) {
+        const uint8_t *p = (const uint8_t *) s, *e = p + len;
+
+        while (p < e) {
+                uint32_t cp;
+                size_t n;
+
+                if (*p == 0)
+                        return false;
+                if (*p < 0x80) {
+                        p++;
+                        continue;
+                }
+                if ((*p & 0xe0) == 0xc0) {
+                        n = 1;
+                        cp = *p & 0x1f;
+                } else if ((*p & 0xf0) == 0xe0) {
+                        n = 2;
+                        cp = *p & 0x0f;
+                } else if ((*p & 0xf8) == 0xf0) {
+                        n = 3;
+                        cp = *p & 0x07;
+                } else
+                        return false;
+                if ((size_t) (e - p) <= n)
+                        return false;
+                for (size_t i = 1; i <= n; i++) {
+                        if ((p[i] & 0xc0) != 0x80)
+                                return false;
+                        cp = (cp << 6) | (p[i] & 0x3f);
+                }
+                /* Reject overlong forms, surrogates and values past U+10FFFF. */
+                if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+                    (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+                        return false;
+                p += n + 1;
+        }
+        return true;
+}

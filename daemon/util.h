@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Small helpers shared by every module: cleanup attributes that make ownership
+ * visible, and a few string helpers. No sd-*, mosquitto or curl types here. */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _sentinel_ __attribute__((sentinel))
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Hand the pointer over to the caller and leave NULL behind, so the cleanup
+ * attribute on the local variable no longer frees it. */
+#define TAKE_PTR(p)                                                                                \
+        ({                                                                                         \
+                typeof(p) _p_ = (p);                                                               \
+                (p) = NULL;                                                                        \
+                _p_;                                                                               \
+        })
+#define TAKE_FD(fd)                                                                                \
+        ({                                                                                         \
+                int _fd_ = (fd);                                                                   \
+                (fd) = -EBADF;                                                                     \
+                _fd_;                                                                              \
+        })
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+static inline int safe_close(int fd) {
+        if (fd >= 0) {
+                int saved = errno;
+                (void) close(fd);
+                errno = saved;
+        }
+        return -EBADF;
+}
+static inline void closep(int *fd) {
+        *fd = safe_close(*fd);
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                (void) fclose(*f);
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)
+
+/* Defines name##p(type **) calling func(*p) when *p is set, for _cleanup_(). */
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)                                                    \
+        static inline void func##p(type *p) {                                                      \
+                if (*p)                                                                            \
+                        func(*p);                                                                  \
+        }
+
+static inline bool streq(const char *a, const char *b) {
+        return strcmp(a, b) == 0;
+}
+static inline bool streq_ptr(const char *a, const char *b) {
+        if (!a || !b)
+                return a == b;
+        return streq(a, b);
+}
+static inline bool isempty(const char *s) {
+        return !s || !*s;
+}
+static inline const char *strempty(const char *s) {
+        return s ?: "";
+}
+
+/* Replaces *dst with a copy of src (NULL allowed). -ENOMEM on failure, *dst untouched. */
+int free_and_strdup(char **dst, const char *src);
+
+/* Formats into a newly allocated string, NULL on allocation failure. */
+char *strdup_printf(const char *fmt, ...) _printf_(1, 2);
+
+/* Strips leading and trailing white space in place and returns s. */
+char *strstrip(char *s);
+
+/* True when the buffer is valid UTF-8 without NUL bytes. */
+bool utf8_is_valid(const char *s, size_t len);
+
+/* Exchanges two owned string pointers. */
+#define SWAP_STR(a, b)                                                                             \
+        do {                                                                                       \
+                char *_t_ = (a);                                                                   \
+                (a) = (b);                                                                         \
+                (b) = _t_;                                                                         \
+        } while (0)

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef LODEV_H
+#define LODEV_H
+
+/* liblodev: the client library on-device applications link to talk to
+ * lodevd over D-Bus. See liblodev(3). Every function returning int answers
+ * >= 0 on success and a negative errno on failure; lodev_strerror() and
+ * lodev_last_error() turn that into text. */
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lodev lodev;
+
+typedef struct lodev_status {
+        char *state;      /* unprovisioned, provisioning, connecting, online, offline */
+        char *thing_name; /* empty before provisioning */
+        char *endpoint;
+        char *last_error;
+        uint32_t queued_observations;
+        uint32_t queued_transfers;
+        char *job_id, *job_status, *job_percent; /* empty when no job runs */
+} lodev_status;
+
+typedef struct lodev_observation {
+        const char *code;         /* required */
+        const char *code_system;  /* required */
+        const char *code_display; /* may be NULL */
+        double value;             /* finite */
+        const char *unit;         /* may be empty */
+        const char *patient_id;   /* may be NULL */
+} lodev_observation;
+
+/* Connects to lodevd on the system bus ($DBUS_SYSTEM_BUS_ADDRESS is honoured). */
+int lodev_open(lodev **ret);
+/* Closes the connection; pending asynchronous calls are dropped without
+ * their callbacks. Accepts NULL; returns NULL. */
+lodev *lodev_close(lodev *l);
+
+/* For callers with their own event loop: poll lodev_get_fd() for
+ * lodev_get_events(), wake after lodev_get_timeout() (UINT64_MAX: none, an
+ * absolute CLOCK_MONOTONIC time in microseconds otherwise) and call
+ * lodev_dispatch(), which never blocks. */
+int lodev_get_fd(lodev *l);
+int lodev_get_events(lodev *l);
+int lodev_get_timeout(lodev *l, uint64_t *ret_usec);
+int lodev_dispatch(lodev *l);
+/* Blocks until there is something to dispatch, at most timeout_usec
+ * (UINT64_MAX: no limit). */
+int lodev_wait(lodev *l, uint64_t timeout_usec);
+/* Number of asynchronous calls still waiting for their reply. */
+unsigned lodev_pending_calls(lodev *l);
+
+/* Timeout of each method call in microseconds (default 25 s, 0 = default). */
+int lodev_set_call_timeout(lodev *l, uint64_t usec);
+
+/* Text for an error returned by any lodev_ call. */
+const char *lodev_strerror(int error);
+/* The daemon's message for the last failed call on l (names the bad field
+ * for -EINVAL, for instance), or NULL. Valid until the next call on l. */
+const char *lodev_last_error(lodev *l);
+
+int lodev_get_status(lodev *l, lodev_status **ret);
+lodev_status *lodev_status_free(lodev_status *s);
+
+/* Submits an observation and waits for its id (free() it). Returns once the
+ * reading is on lodevd's disk: -EINVAL for a bad field, -ENOSPC when the
+ * spool is full. */
+int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id);
+
+/* The same without waiting: the callback runs from lodev_dispatch() or
+ * lodev_wait() with error 0 and the id, or a negative errno and NULL. Many
+ * calls may be outstanding, which lets lodevd share one disk sync among them. */
+typedef void (*lodev_submit_callback)(lodev *l, int error, const char *id, void *userdata);
+int lodev_submit_observation_async(lodev *l, const lodev_observation *o,
+                                   lodev_submit_callback callback, void *userdata);
+
+/* Provisions (force != 0: again, with a new identity) and returns the thing
+ * name once done (free() it). Uses a call timeout of at least 5 minutes. */
+int lodev_provision(lodev *l, int force, char **ret_thing_name);
+
+/* Waits until State is "online"; -ETIMEDOUT after timeout_usec (UINT64_MAX: forever). */
+int lodev_wait_online(lodev *l, uint64_t timeout_usec);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

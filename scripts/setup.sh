@@ -1,0 +1,30 @@
+#!/bin/bash
+# Installs what lodevd needs to build, test and run its demo on Debian 12,
+# and creates group lodev (as systemd-sysusers would from systemd/). Idempotent.
+set -euo pipefail
+
+packages=(
+        meson ninja-build pkg-config gcc
+        libmosquitto-dev libcurl4-openssl-dev libssl-dev libjson-c-dev libsystemd-dev
+        libconfig-dev scdoc mandoc systemd
+        mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
+        python3-paho-mqtt python3-pytest python3-cryptography
+        curl openssl util-linux valgrind
+)
+
+missing=()
+for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# Node.js and npm (the emulator's fidelity test) may come from another
+# packaging that bundles npm; install Debian's only when the commands are missing.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+getent group lodev >/dev/null || groupadd --system lodev

@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: MIT
+"""Helpers for the integration tests: a private system bus with lodevd's
+policy, lodevd itself with a NOTIFY_SOCKET we read, and lodevctl."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BUILD_DIR = os.environ.get("LODEV_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+LODEVD = os.path.join(BUILD_DIR, "daemon", "lodevd")
+LODEVCTL = os.path.join(BUILD_DIR, "client", "lodevctl")
+POLICY = os.path.join(SOURCE_DIR, "systemd", "com.lifeomic.Device1.conf")
+INTERFACE_XML = os.path.join(SOURCE_DIR, "daemon", "com.lifeomic.Device1.xml")
+
+# A system bus like Debian's system.conf: everything denied but what a
+# policy file allows, so our policy is what decides.
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+def public_tempdir(prefix):
+    """A directory that user nobody can traverse (the bus socket lives there)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
+class Bus:
+    def __init__(self):
+        self.dir = public_tempdir("lodev-bus-")
+        self.socket = os.path.join(self.dir, "system_bus_socket")
+        self.config = os.path.join(self.dir, "bus.conf")
+        with open(self.config, "w") as f:
+            f.write(BUS_CONFIG.format(socket=self.socket, policy=os.path.abspath(POLICY)))
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", "--config-file", self.config, "--nofork", "--print-address=%d" % w],
+            pass_fds=(w,),
+        )
+        os.close(w)
+        with os.fdopen(r) as f:
+            self.address = f.readline().strip()
+        if not self.address:
+            raise RuntimeError("dbus-daemon did not print its address")
+
+    def env(self):
+        env = dict(os.environ)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
+        return env
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Notify:
+    """The NOTIFY_SOCKET end that systemd would hold."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []
+
+    def wait_for(self, key, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.messages:
+                if m.startswith(key):
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no %s from lodevd within %.0f s; got %r" % (key, timeout, self.messages))
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            self.messages.extend(data.decode().split("\n"))
+
+    def close(self):
+        self.sock.close()
+
+
+def write_config(path, **sections):
+    """Writes a lodevd.conf from nested dicts; strings are quoted, bools and ints as is."""
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return ("%dL" % v) if v > 2**31 - 1 else str(v)
+        if isinstance(v, dict):
+            return "{\n" + "".join("  %s = %s;\n" % (k, value(x)) for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    with open(path, "w") as f:
+        for k, v in sections.items():
+            f.write("%s = %s;\n" % (k, value(v)))
+
+
+class Daemon:
+    def __init__(self, bus, workdir, config_path, args=()):
+        self.bus = bus
+        self.workdir = workdir
+        self.config_path = config_path
+        self.args = list(args)
+        self.proc = None
+        self.notify = None
+        self.log_path = os.path.join(workdir, "lodevd.log")
+
+    def start(self, wait_ready=True, extra_env=None):
+        if self.notify:
+            self.notify.close()
+            os.unlink(self.notify.path)
+        self.notify = Notify(self.workdir)
+        env = self.bus.env()
+        env["NOTIFY_SOCKET"] = self.notify.path
+        env.pop("JOURNAL_STREAM", None)
+        if extra_env:
+            env.update(extra_env)
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [LODEVD, "--config", self.config_path, "--verbose"] + self.args,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            try:
+                self.notify.wait_for("READY=1")
+            except TimeoutError:
+                raise AssertionError("lodevd not ready:\n" + self.output())
+        return self
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("lodevd did not stop within %d s after %s" % (timeout, sig))
+        if self.notify:
+            self.notify.close()
+            try:
+                os.unlink(self.notify.path)
+            except FileNotFoundError:
+                pass
+            self.notify = None
+        return self.proc.returncode if self.proc else None
+
+
+def lodevctl(bus, *args, user=None, timeout=60, binary=LODEVCTL, env=None):
+    cmd = [binary] + list(args)
+    if user:
+        cmd = ["setpriv", "--reuid=%s" % user, "--regid=nogroup", "--clear-groups"] + cmd
+    e = bus.env() if bus else dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def lodevctl_json(bus, *args, **kw):
+    r = lodevctl(bus, "--json", *args, **kw)
+    assert r.returncode == 0, "lodevctl %s failed (%d): %s" % (args, r.returncode, r.stderr)
+    return json.loads(r.stdout)

@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <syslog.h>
+
+#include "conf.h"
+#include "tests.h"
+#include "util.h"
+
+static char dir[] = "/tmp/test-conf-XXXXXX";
+
+static char *write_conf(const char *name, const char *text) {
+        char *path = strdup_printf("%s/%s", dir, name);
+        FILE *f = fopen(path, "we");
+
+        fputs(text, f);
+        fclose(f);
+        return path;
+}
+
+/* Loads text and checks the error message is exactly "PATH:" + expected. */
+static void check_error(const char *text, const char *expected) {
+        _cleanup_free_ char *path = write_conf("bad.conf", text), *err = NULL, *want = NULL;
+        Config c = {};
+        int r;
+
+        r = config_load(path, &c, &err);
+        CHECK_INT(r, -EINVAL);
+        want = strdup_printf("%s%s", path, expected);
+        CHECK_STR(err, want);
+}
+
+static void test_defaults(void) {
+        _cleanup_free_ char *path = write_conf("empty.conf", ""), *err = NULL;
+        Config c;
+
+        CHECK_INT(config_load(path, &c, &err), 0);
+        CHECK_STR(c.endpoint, "data.iot.us.lifeomic.com");
+        CHECK_INT(c.port, 8883);
+        CHECK_STR(c.ca_file, "/etc/ssl/certs/ca-certificates.crt");
+        CHECK_STR(c.alpn, "");
+        CHECK_INT(c.keepalive, 1200);
+        CHECK_INT(c.publish_rate, 100);
+        CHECK_STR(c.template_name, "DefaultProvisioningTemplate");
+        CHECK_INT(c.method, PROVISION_METHOD_CREATE);
+        CHECK_INT(c.n_parameters, 4);
+        CHECK_STR(c.parameters[0].name, "SerialNumber");
+        CHECK_STR(c.parameters[0].value, "file:/etc/lodevd/serial");
+        CHECK_STR(c.state_dir, "/var/lib/lodevd");
+        CHECK_INT(c.spool_max_bytes, 67108864);
+        CHECK(!c.allow_http);
+        CHECK_INT(c.install_timeout, 3600);
+        CHECK_STR(c.reboot_command, "systemctl reboot");
+        CHECK_INT(c.log_level, LOG_INFO);
+        CHECK_STR(c.path, path);
+        config_done(&c);
+}
+
+static void test_full(void) {
+        _cleanup_free_ char *path = NULL, *err = NULL;
+        Config c;
+
+        path = write_conf("full.conf",
+                          "platform = {\n"
+                          "  endpoint = \"localhost\";\n"
+                          "  port = 443;\n"
+                          "  ca_file = \"/tmp/ca.pem\";\n"
+                          "  alpn = \"x-amzn-mqtt-ca\";\n"
+                          "  keepalive = 30;\n"
+                          "  publish_rate = 0;\n"
+                          "};\n"
+                          "provisioning = {\n"
+                          "  method = \"csr\";\n"
+                          "  template = \"T1\";\n"
+                          "  parameters = { SerialNumber = \"42\"; Extra = \"x\"; };\n"
+                          "};\n"
+                          "state_dir = \"/tmp/state\";\n"
+                          "spool = { max_bytes = 5000000000L; };\n"
+                          "http = { allow_http = true; proxy = \"http://p:3128\"; };\n"
+                          "firmware = { install_timeout = 10; max_reboot_delay = 0; };\n"
+                          "log_level = \"debug\";\n");
+        CHECK_INT(config_load(path, &c, &err), 0);
+        CHECK_STR(c.endpoint, "localhost");
+        CHECK_INT(c.port, 443);
+        CHECK_STR(c.alpn, "x-amzn-mqtt-ca");
+        CHECK_INT(c.keepalive, 30);
+        CHECK_INT(c.publish_rate, 0);
+        CHECK_INT(c.method, PROVISION_METHOD_CSR);
+        CHECK_STR(c.template_name, "T1");
+        CHECK_INT(c.n_parameters, 2);
+        CHECK_STR(c.parameters[1].name, "Extra");
+        CHECK_INT(c.parameters[1].line, 12);
+        CHECK_INT(c.line_ca_file, 4);
+        CHECK_INT(c.spool_max_bytes, 5000000000LL);
+        CHECK(c.allow_http);
+        CHECK_STR(c.http_proxy, "http://p:3128");
+        CHECK_INT(c.install_timeout, 10);
+        CHECK_INT(c.max_reboot_delay, 0);
+        CHECK_INT(c.log_level, LOG_DEBUG);
+        config_done(&c);
+}
+
+static void test_errors(void) {
+        _cleanup_free_ char *err = NULL;
+        Config c = {};
+
+        check_error("platform = {\n  endpont = \"x\";\n};\n", ":2: platform.endpont: unknown key");
+        check_error("colour = 1;\n", ":1: colour: unknown key");
+        check_error("platform = {\n port = \"8883\";\n};\n",
+                    ":2: platform.port: expected an integer, got a string");
+        check_error("\nplatform = { keepalive = 10; };\n",
+                    ":2: platform.keepalive: 10 is out of range 30..1200");
+        check_error("platform = { keepalive = 1201; };\n",
+                    ":1: platform.keepalive: 1201 is out of range 30..1200");
+        check_error("platform = { port = 0; };\n", ":1: platform.port: 0 is out of range 1..65535");
+        check_error("http = { allow_http = 1; };\n",
+                    ":1: http.allow_http: expected a boolean (true or false), got an integer");
+        check_error("provisioning = { method = \"magic\"; };\n",
+                    ":1: provisioning.method: expected \"create\" or \"csr\", got \"magic\"");
+        check_error("provisioning = {\n parameters = { SerialNumber = 5; };\n};\n",
+                    ":2: provisioning.parameters.SerialNumber: expected a string, got an integer");
+        check_error("platform = 5;\n", ":1: platform: expected a group, got an integer");
+        check_error("log_level = \"loud\";\n",
+                    ":1: log_level: expected one of err, warning, notice, info, debug, got "
+                    "\"loud\"");
+        check_error("state_dir = \"relative\";\n", ":1: state_dir: must be an absolute path");
+        check_error("spool = { max_bytes = 10; };\n",
+                    ":1: spool.max_bytes: 10 is out of range 65536..1099511627776");
+        check_error("platform = { endpoint = \"\"; };\n",
+                    ": platform.endpoint: must not be empty");
+        check_error("platform = {\n  port = ;\n};\n", ":2: syntax error: syntax error");
+
+        /* A missing file keeps errno and names the path. */
+        CHECK_INT(config_load("/nonexistent/lodevd.conf", &c, &err), -ENOENT);
+        CHECK_STR(err, "/nonexistent/lodevd.conf: No such file or directory");
+}
+
+static void test_parameter_resolve(void) {
+        _cleanup_free_ char *serial = write_conf("serial", "  SN-0042 \n"), *v = NULL,
+                            *err = NULL, *conf = NULL, *want = NULL;
+        Config c = {};
+        ConfigParameter p = { .name = (char *) "SerialNumber", .line = 7 };
+
+        conf = strdup_printf("%s/x.conf", dir);
+        c.path = conf;
+        p.value = strdup_printf("file:%s", serial);
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK_STR(v, "SN-0042");
+        free(p.value);
+
+        p.value = (char *) "file:/nonexistent/serial";
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), -ENOENT);
+        want = strdup_printf("%s:7: provisioning.parameters.SerialNumber: /nonexistent/serial: "
+                             "No such file or directory",
+                             conf);
+        CHECK_STR(err, want);
+
+        free(v);
+        v = NULL;
+        p.value = (char *) "literal";
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK_STR(v, "literal");
+}
+
+static void test_check_file(void) {
+        _cleanup_free_ char *err = NULL, *want = NULL;
+        Config c = { .path = (char *) "/etc/lodevd/lodevd.conf" };
+
+        CHECK_INT(config_check_file(&c, "platform.ca_file", "/nonexistent/ca.pem", 4, &err),
+                  -ENOENT);
+        CHECK_STR(err, "/etc/lodevd/lodevd.conf:4: platform.ca_file: /nonexistent/ca.pem: No "
+                       "such file or directory");
+        CHECK_INT(config_check_file(&c, "platform.ca_file", "/tmp", 4, &err), -EINVAL);
+        CHECK_STR(err, "/etc/lodevd/lodevd.conf:4: platform.ca_file: /tmp: not a regular file");
+        CHECK_INT(config_check_file(&c, "platform.ca_file", "/etc/hostname", 0, &err), 0);
+        (void) want;
+}
+
+int main(void) {
+        if (!mkdtemp(dir))
+                return 77;
+        test_defaults();
+        test_full();
+        test_errors();
+        test_parameter_resolve();
+        test_check_file();
+        {
+                _cleanup_free_ char *cmd = strdup_printf("rm -rf '%s'", dir);
+                (void) system(cmd);
+        }
+        return TESTS_DONE();
+}
