@@ -2,6 +2,7 @@
 #include <stdarg.h>
 
 #include "bus.h"
+#include "message.h"
 #include "log.h"
 #include "util.h"
 
@@ -49,6 +50,142 @@ static int method_not_supported(sd_bus_message *msg, void *userdata, sd_bus_erro
                                  sd_bus_message_get_member(msg));
 }
 
+/* Reads an a{sv} of options, calling handle() for each; unknown keys and
+ * wrong types are InvalidArgument errors naming the key. */
+typedef int (*OptionHandler)(const char *key, sd_bus_message *msg, void *userdata,
+                             sd_bus_error *error);
+
+static int read_options(sd_bus_message *msg, OptionHandler handle, void *userdata,
+                        sd_bus_error *error) {
+        int r;
+
+        r = sd_bus_message_enter_container(msg, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *key;
+
+                r = sd_bus_message_enter_container(msg, 'e', "sv");
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                r = sd_bus_message_read(msg, "s", &key);
+                if (r < 0)
+                        return r;
+                r = handle(key, msg, userdata, error);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(msg);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_exit_container(msg);
+}
+
+static int provision_option(const char *key, sd_bus_message *msg, void *userdata,
+                            sd_bus_error *error) {
+        bool *force = userdata;
+        int b, r;
+
+        if (!streq(key, "force"))
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "options: unknown key '%s'", key);
+        r = sd_bus_message_read(msg, "v", "b", &b);
+        if (r < 0)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "options: 'force' must be a boolean");
+        *force = b;
+        return 0;
+}
+
+static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        bool force = false;
+        int r;
+
+        r = read_options(msg, provision_option, &force, error);
+        if (r < 0)
+                return r;
+
+        if (m->identity.thing_name && !force && m->provision_step == PROVISION_IDLE)
+                return sd_bus_reply_method_return(msg, "s", m->identity.thing_name);
+        if (force && m->provision_step != PROVISION_IDLE &&
+            m->provision_step != PROVISION_RETRY_WAIT && !m->provision_force)
+                return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
+                                         "provisioning is already running (%s)",
+                                         provision_step_to_string(m->provision_step));
+
+        r = provision_add_waiter(m, msg);
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
+                                         "too many callers waiting for provisioning");
+        if (r < 0)
+                return r;
+        r = provision_start(m, force);
+        if (r < 0)
+                return r;
+        return 1; /* answered when provisioning ends */
+}
+
+static int observation_option(const char *key, sd_bus_message *msg, void *userdata,
+                              sd_bus_error *error) {
+        Observation *o = userdata;
+        const char *v;
+        int r;
+
+        if (!streq(key, "patientId"))
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "options: unknown key '%s'", key);
+        r = sd_bus_message_read(msg, "v", "s", &v);
+        if (r < 0)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "options: 'patientId' must be a string");
+        o->patient_id = (char *) v;
+        return 0;
+}
+
+static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        Observation o = {};
+        unsigned n = 0;
+        int r;
+
+        /* Strings point into msg, which outlives this call; nothing is copied. */
+        r = sd_bus_message_enter_container(msg, 'a', "(sss)");
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *system, *code, *display;
+
+                r = sd_bus_message_read(msg, "(sss)", &system, &code, &display);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                if (n++ == 0) {
+                        o.system = (char *) system;
+                        o.code = (char *) code;
+                        o.display = (char *) display;
+                }
+        }
+        r = sd_bus_message_exit_container(msg);
+        if (r < 0)
+                return r;
+        if (n != 1)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "coding: exactly one (system, code, display) entry is "
+                                         "required, got %u",
+                                         n);
+        r = sd_bus_message_read(msg, "ds", &o.value, &o.unit);
+        if (r < 0)
+                return r;
+        r = read_options(msg, observation_option, &o, error);
+        if (r < 0)
+                return r;
+        return delivery_submit(m, msg, &o, error);
+}
+
 static const sd_bus_vtable device_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("State", "s", property_get_string, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
@@ -67,7 +204,7 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("SubmitObservation", "a(sss)dsa{sv}",
                                  SD_BUS_PARAM(coding) SD_BUS_PARAM(value) SD_BUS_PARAM(unit)
                                          SD_BUS_PARAM(options),
-                                 "s", SD_BUS_PARAM(id), method_not_supported,
+                                 "s", SD_BUS_PARAM(id), method_submit_observation,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("UploadFile", "hssa{sv}",
                                  SD_BUS_PARAM(fd) SD_BUS_PARAM(file_name)
@@ -79,7 +216,7 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("ListTransfers", "", , "a(ssstt)", SD_BUS_PARAM(transfers),
                                  method_not_supported, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Provision", "a{sv}", SD_BUS_PARAM(options), "s",
-                                 SD_BUS_PARAM(thing_name), method_not_supported,
+                                 SD_BUS_PARAM(thing_name), method_provision,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("CheckJobs", "", "", method_not_supported, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("InhibitReboot", "ss", SD_BUS_PARAM(who) SD_BUS_PARAM(why), "h",

@@ -4,6 +4,8 @@
 
 #include "config.h"
 #include "fileio.h"
+#include "identity.h"
+#include "mqtt.h"
 #include "log.h"
 #include "manager.h"
 #include "util.h"
@@ -36,7 +38,7 @@ static int check_files(const Config *c) {
                 return log_error_errno(r, "Failed to create state directory %s: %m",
                                        c->state_dir);
 
-        key = strdup_printf("%s/device.key", c->state_dir);
+        key = identity_key_path(c->state_dir);
         if (!key)
                 return log_oom();
         r = check_private_file(key);
@@ -53,6 +55,18 @@ static int check_files(const Config *c) {
         r = config_check_file(c, "platform.ca_file", c->ca_file, c->line_ca_file, &err);
         if (r < 0)
                 return log_error_errno(r, "%s", err);
+
+        /* Without an identity the claim certificate is what lodevd starts with. */
+        if (access(key, F_OK) < 0) {
+                r = config_check_file(c, "provisioning.claim_cert", c->claim_cert,
+                                      c->line_claim_cert, &err);
+                if (r >= 0)
+                        r = config_check_file(c, "provisioning.claim_key", c->claim_key,
+                                              c->line_claim_key, &err);
+                if (r < 0)
+                        return log_error_errno(r, "Not provisioned and no usable claim "
+                                                  "certificate: %s", err);
+        }
         return 0;
 }
 
@@ -109,6 +123,13 @@ int main(int argc, char *argv[]) {
         r = check_files(&config);
         if (r < 0) {
                 config_done(&config);
+                return EXIT_FAILURE;
+        }
+
+        r = mqtt_global_init();
+        if (r < 0) {
+                config_done(&config);
+                log_error_errno(r, "Failed to initialize libmosquitto: %m");
                 return EXIT_FAILURE;
         }
 

@@ -91,7 +91,10 @@ int manager_reload(Manager *m) {
 
         log_set_max_level(c.log_level);
         m->config.log_level = c.log_level;
-        m->config.publish_rate = c.publish_rate;
+        if (m->config.publish_rate != c.publish_rate) {
+                m->config.publish_rate = c.publish_rate;
+                delivery_configure(m);
+        }
         m->config.allow_http = c.allow_http;
         SWAP_STR(m->config.http_proxy, c.http_proxy);
         SWAP_STR(m->config.installer, c.installer);
@@ -122,6 +125,45 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
         return sd_event_exit(m->event, 0);
 }
 
+static int on_release_mqtt(sd_event_source *s, void *userdata) {
+        mqtt_free(userdata);
+        sd_event_source_disable_unref(s);
+        return 0;
+}
+
+void manager_release_mqtt(Manager *m, MqttClient **c) {
+        sd_event_source *s = NULL;
+        int r;
+
+        if (!*c)
+                return;
+        r = sd_event_add_defer(m->event, &s, on_release_mqtt, *c);
+        if (r < 0) {
+                /* The loop has finished (-ESTALE at exit) or cannot take a
+                 * source: no callback of the client is running then. */
+                if (r != -ESTALE)
+                        log_debug_errno(r, "Failed to defer freeing an MQTT client: %m");
+                mqtt_free(*c);
+        }
+        *c = NULL;
+}
+
+void manager_connection_online(Manager *m) {
+        delivery_online(m);
+}
+
+void manager_connection_offline(Manager *m) {
+}
+
+void manager_published(Manager *m, int mid) {
+        delivery_published(m, mid);
+}
+
+void manager_dispatch_message(Manager *m, int topic_kind, const char *topic, const void *data,
+                              size_t len) {
+        log_debug("Message on %s (%zu bytes) not handled by this version, ignoring.", topic, len);
+}
+
 int manager_new(const char *config_path, Config *config, Manager **ret) {
         Manager *m;
         int r;
@@ -149,12 +191,17 @@ int manager_new(const char *config_path, Config *config, Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
+        provision_stop(m);
+        connection_stop(m);
+        delivery_close(m);
+        m->reconnect_timer = sd_event_source_disable_unref(m->reconnect_timer);
         sd_bus_slot_unref(m->object_slot);
         if (m->bus) {
                 sd_bus_flush(m->bus);
                 sd_bus_close_unref(m->bus);
         }
         sd_event_unref(m->event);
+        identity_done(&m->identity);
         config_done(&m->config);
         free(m->config_path);
         free(m->thing_name);
@@ -197,6 +244,23 @@ int manager_start(Manager *m) {
         if (r < 0)
                 log_warning_errno(r, "Failed to enable the watchdog, ignoring: %m");
 
+        r = identity_load(m->config.state_dir, &m->identity);
+        if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "The identity in %s/identity is unusable (%m); "
+                                     "provisioning anew.",
+                                  m->config.state_dir);
+        if (r >= 0) {
+                m->thing_name = strdup(m->identity.thing_name);
+                if (!m->thing_name)
+                        return log_oom();
+                log_set_thing(m->thing_name);
+        }
+
+        /* The spool before the bus: a call that is accepted has a place to go. */
+        r = delivery_open(m);
+        if (r < 0)
+                return r;
+
         r = bus_setup(m);
         if (r < 0)
                 return r;
@@ -204,8 +268,16 @@ int manager_start(Manager *m) {
         (void) sd_notify(false, "READY=1");
         manager_notify_status(m);
         log_event(LOG_INFO, LODEV_MESSAGE_STARTED, NULL, NULL,
-                  "lodevd " LODEV_VERSION " started, state %s, endpoint %s.",
-                  device_state_to_string(m->state), m->endpoint);
+                  "lodevd " LODEV_VERSION " started as %s, endpoint %s.",
+                  m->thing_name ?: "an unprovisioned device", m->endpoint);
+
+        /* An offline gateway is still ready: the network comes later. */
+        if (m->identity.thing_name)
+                r = connection_start(m);
+        else
+                r = provision_start(m, false);
+        if (r < 0)
+                manager_set_last_error(m, "%s", strerror(-r));
         return 0;
 }
 

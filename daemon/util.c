@@ -79,3 +79,30 @@ bool utf8_is_valid(const char *s, size_t len) {
         }
         return true;
 }
+
+#include <sys/random.h>
+#include <time.h>
+
+uint64_t random_u64(void) {
+        uint64_t v;
+        struct timespec ts;
+
+        if (getrandom(&v, sizeof(v), GRND_NONBLOCK) == (ssize_t) sizeof(v))
+                return v;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_nsec * UINT64_C(0x9e3779b97f4a7c15) ^ (uint64_t) getpid();
+}
+
+int uuid_random(char ret[static 37]) {
+        uint8_t b[16];
+
+        if (getrandom(b, sizeof(b), 0) != (ssize_t) sizeof(b))
+                return -errno;
+        b[6] = (b[6] & 0x0f) | 0x40; /* version 4 */
+        b[8] = (b[8] & 0x3f) | 0x80; /* RFC 4122 variant */
+        snprintf(ret, 37,
+                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                 b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                 b[14], b[15]);
+        return 0;
+}

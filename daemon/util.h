@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,3 +102,9 @@ bool utf8_is_valid(const char *s, size_t len);
                 (a) = (b);                                                                         \
                 (b) = _t_;                                                                         \
         } while (0)
+
+/* A random (version 4) UUID in its 36-character text form. */
+int uuid_random(char ret[static 37]);
+
+/* 64 random bits for jitter; never fails (falls back to the clock). */
+uint64_t random_u64(void);

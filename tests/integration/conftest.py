@@ -7,6 +7,7 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "platform"))
 
 import lodevtest  # noqa: E402
 
@@ -35,25 +36,23 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def ca_file(workdir):
-    """Any readable PEM file satisfies the start-up check before the emulator exists."""
-    path = os.path.join(workdir, "ca.pem")
-    with open(path, "w") as f:
-        f.write("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
-    return path
+@pytest.fixture(scope="module")
+def platform():
+    """The local platform emulator, shared by the tests of a module."""
+    require_tool("mosquitto")
+    from lodev_platform import Platform
+
+    d = tempfile.mkdtemp(prefix="lodev-platform-")
+    p = Platform.start(d)
+    yield p
+    p.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def basic_config(workdir, ca_file):
+def basic_config(workdir, platform):
     path = os.path.join(workdir, "lodevd.conf")
-    lodevtest.write_config(
-        path,
-        platform={"endpoint": "127.0.0.1", "port": 1, "ca_file": ca_file},
-        provisioning={"claim_cert": os.path.join(workdir, "claim.pem"),
-                      "claim_key": os.path.join(workdir, "claim.key")},
-        state_dir=os.path.join(workdir, "state"),
-    )
+    lodevtest.write_device_config(path, workdir, platform)
     return path
 
 

@@ -129,6 +129,42 @@ def write_config(path, **sections):
             f.write("%s = %s;\n" % (k, value(v)))
 
 
+def write_device_config(path, workdir, emulator, **overrides):
+    """A lodevd.conf for a device of the emulator, state under workdir."""
+    serial = os.path.join(workdir, "serial")
+    if not os.path.exists(serial):
+        with open(serial, "w") as f:
+            f.write("SN-%s\n" % os.path.basename(workdir))
+    sections = {
+        "platform": {"endpoint": "127.0.0.1", "port": emulator.mqtt_port,
+                     "ca_file": emulator.ca_file, "keepalive": 30},
+        "provisioning": {"claim_cert": emulator.claim_cert, "claim_key": emulator.claim_key,
+                         "parameters": {"SerialNumber": "file:" + serial,
+                                        "Manufacturer": "Acme", "Name": "gateway",
+                                        "Model": "GW-1"}},
+        "state_dir": os.path.join(workdir, "state"),
+        "http": {"allow_http": True},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(sections.get(k), dict):
+            sections[k] = dict(sections[k], **v)
+        else:
+            sections[k] = v
+    write_config(path, **sections)
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
+    """Polls predicate until true; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
 class Daemon:
     def __init__(self, bus, workdir, config_path, args=()):
         self.bus = bus
@@ -162,6 +198,13 @@ class Daemon:
             except TimeoutError:
                 raise AssertionError("lodevd not ready:\n" + self.output())
         return self
+
+    def status(self):
+        return lodevctl_json(self.bus, "status")
+
+    def wait_online(self, timeout=30):
+        r = lodevctl(self.bus, "wait-online", "--timeout", str(timeout), timeout=timeout + 10)
+        assert r.returncode == 0, "not online: %s\n%s" % (r.stderr, self.output()[-3000:])
 
     def output(self):
         self.log.flush()

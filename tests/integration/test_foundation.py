@@ -3,6 +3,7 @@
 configuration errors, against a private system bus with our policy file."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,19 +13,25 @@ import xml.etree.ElementTree as ET
 import lodevtest
 
 
-def test_ready_and_status(daemon, bus):
+def test_ready_and_status(daemon, bus, platform):
     daemon.start()
-    assert any(m.startswith("STATUS=") for m in daemon.notify.messages) or daemon.notify.wait_for("STATUS=")
+    daemon.notify.wait_for("STATUS=")
     st = lodevtest.lodevctl_json(bus, "status")
-    assert st["state"] == "unprovisioned"
-    assert st["thing_name"] == ""
-    assert st["endpoint"] == "127.0.0.1:1"
+    # READY=1 comes before the network: whatever the state, lodevd answers.
+    assert st["state"] in ("unprovisioned", "provisioning", "connecting", "online")
+    assert st["endpoint"] == "127.0.0.1:%d" % platform.mqtt_port
     assert st["queued_observations"] == 0
     assert st["current_job"] == {"id": "", "status": "", "percent": ""}
+    daemon.wait_online()
+    st = lodevtest.lodevctl_json(bus, "status")
+    assert st["state"] == "online"
+    assert st["thing_name"].startswith(platform.account + ":")
+    assert st["last_error"] == ""
     human = lodevtest.lodevctl(bus, "status")
     assert human.returncode == 0
-    assert "State: unprovisioned" in human.stdout
-    assert "Endpoint: 127.0.0.1:1" in human.stdout
+    assert "State: online" in human.stdout
+    assert "Endpoint: 127.0.0.1:%d" % platform.mqtt_port in human.stdout
+    assert "Thing name: " + st["thing_name"] in human.stdout
 
 
 def test_state_directory_created_private(daemon, workdir):
@@ -85,7 +92,7 @@ def test_policy_refuses_methods_to_non_members(daemon, bus, workdir):
         # Anyone may read properties.
         r = lodevtest.lodevctl(bus, "status", user="nobody", binary=binary, env=env)
         assert r.returncode == 0, r.stderr
-        assert "State: unprovisioned" in r.stdout
+        assert "State: " in r.stdout
         # Methods are for root and group lodev only: the bus refuses nobody.
         r = lodevtest.lodevctl(bus, "observe", "--code", "c", "--code-system", "s", "--value", "1",
                                "--unit", "%", user="nobody", binary=binary, env=env)
@@ -186,7 +193,10 @@ def test_refuses_open_state_dir_and_key(bus, workdir, basic_config):
     assert state in r.stderr and "refusing to start" in r.stderr
 
     os.chmod(state, 0o700)
-    key = os.path.join(state, "device.key")
+    ident = os.path.join(state, "identity-test")
+    os.mkdir(ident, 0o700)
+    os.symlink("identity-test", os.path.join(state, "identity"))
+    key = os.path.join(state, "identity", "device.key")
     with open(key, "w") as f:
         f.write("key")
     os.chmod(key, 0o644)
@@ -195,8 +205,22 @@ def test_refuses_open_state_dir_and_key(bus, workdir, basic_config):
     assert key in r.stderr and "refusing to start" in r.stderr
 
 
-def test_missing_ca_file(bus, workdir, basic_config, ca_file):
-    os.unlink(ca_file)
-    r = run_lodevd(bus, basic_config)
+def test_missing_ca_file(bus, workdir, platform):
+    config = os.path.join(workdir, "lodevd.conf")
+    missing = os.path.join(workdir, "missing-ca.pem")
+    lodevtest.write_device_config(config, workdir, platform,
+                                  platform={"ca_file": missing})
+    r = run_lodevd(bus, config)
     assert r.returncode != 0
-    assert "platform.ca_file: %s: No such file or directory" % ca_file in r.stderr
+    assert re.search(r"%s:\d+: platform.ca_file: %s: No such file or directory"
+                     % (re.escape(config), re.escape(missing)), r.stderr), r.stderr
+
+
+def test_missing_claim_certificate(bus, workdir, platform):
+    config = os.path.join(workdir, "lodevd.conf")
+    missing = os.path.join(workdir, "missing-claim.pem")
+    lodevtest.write_device_config(config, workdir, platform,
+                                  provisioning={"claim_cert": missing})
+    r = run_lodevd(bus, config)
+    assert r.returncode != 0
+    assert "provisioning.claim_cert: %s: No such file or directory" % missing in r.stderr

@@ -1,0 +1,96 @@
+"""Fault switches: one-shot or counted misbehaviours armed through the control
+API and consumed by the part of the emulator they concern."""
+
+import threading
+
+# Request kinds that reject_next() and ignore_next() know.
+REQUEST_KINDS = (
+    "create",           # $aws/certificates/create/json
+    "create-from-csr",  # $aws/certificates/create-from-csr/json
+    "register",         # $aws/provisioning-templates/<t>/provision/json
+    "fhir",             # $aws/rules/FHIRIngest
+    "upload-link",      # $aws/rules/CreateFileUploadLink
+    "jobs-get",         # $aws/things/<t>/jobs/get
+    "jobs-describe",    # $aws/things/<t>/jobs/<jobId>/get and $next/get
+    "jobs-start-next",  # $aws/things/<t>/jobs/start-next
+    "jobs-update",      # $aws/things/<t>/jobs/<jobId>/update
+)
+
+
+class Faults:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._expire_urls = 0
+        self._put_failures = []
+        self._download_cuts = []
+        self._rejections = {k: [] for k in REQUEST_KINDS}
+        self._ignores = {k: 0 for k in REQUEST_KINDS}
+
+    @staticmethod
+    def _check_kind(kind):
+        if kind not in REQUEST_KINDS:
+            raise ValueError(f"unknown request kind {kind!r}; one of {', '.join(REQUEST_KINDS)}")
+
+    def expire_next_url(self, count=1):
+        with self._lock:
+            self._expire_urls += count
+
+    def take_expire_url(self):
+        with self._lock:
+            if self._expire_urls:
+                self._expire_urls -= 1
+                return True
+            return False
+
+    def fail_next_puts(self, n, status):
+        if status not in (403, 500, 503):
+            raise ValueError("status must be 403, 500 or 503")
+        with self._lock:
+            self._put_failures.extend([status] * n)
+
+    def take_put_failure(self):
+        with self._lock:
+            return self._put_failures.pop(0) if self._put_failures else None
+
+    def cut_next_download(self, k_bytes, count=1):
+        if k_bytes < 0:
+            raise ValueError("k_bytes must be >= 0")
+        with self._lock:
+            self._download_cuts.extend([k_bytes] * count)
+
+    def take_download_cut(self):
+        with self._lock:
+            return self._download_cuts.pop(0) if self._download_cuts else None
+
+    def reject_next(self, kind, error_code, status_code, message, count=1):
+        self._check_kind(kind)
+        with self._lock:
+            self._rejections[kind].extend([(error_code, status_code, message)] * count)
+
+    def take_rejection(self, kind):
+        with self._lock:
+            queue = self._rejections[kind]
+            return queue.pop(0) if queue else None
+
+    def ignore_next(self, kind, count=1):
+        self._check_kind(kind)
+        with self._lock:
+            self._ignores[kind] += count
+
+    def take_ignore(self, kind):
+        with self._lock:
+            if self._ignores[kind]:
+                self._ignores[kind] -= 1
+                return True
+            return False
+
+    def pending(self):
+        """What is still armed, for `status`."""
+        with self._lock:
+            return {
+                "expire_next_url": self._expire_urls,
+                "fail_next_puts": list(self._put_failures),
+                "cut_next_download": list(self._download_cuts),
+                "reject_next": {k: len(v) for k, v in self._rejections.items() if v},
+                "ignore_next": {k: v for k, v in self._ignores.items() if v},
+            }
