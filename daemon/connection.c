@@ -162,8 +162,12 @@ static void attempt(Manager *m) {
         r = mqtt_connect(m->mqtt);
         if (r == -EALREADY)
                 return;
-        if (r < 0)
-                went_down(m, strerror(-r));
+        if (r < 0) {
+                char reason[700];
+                snprintf(reason, sizeof(reason), "%s%s%s", strerror(-r),
+                         mqtt_last_log(m->mqtt) ? ": " : "", strempty(mqtt_last_log(m->mqtt)));
+                went_down(m, reason);
+        }
 }
 
 static int on_reconnect_timer(sd_event_source *s, uint64_t usec, void *userdata) {

@@ -343,6 +343,10 @@ void mqtt_disconnect(MqttClient *c) {
         (void) sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
 }
 
+const char *mqtt_last_log(MqttClient *c) {
+        return c && c->last_log[0] ? c->last_log : NULL;
+}
+
 bool mqtt_is_connected(MqttClient *c) {
         return c && c->connected;
 }

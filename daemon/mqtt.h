@@ -54,6 +54,10 @@ int mqtt_connect(MqttClient *c);
 void mqtt_disconnect(MqttClient *c);
 bool mqtt_is_connected(MqttClient *c);
 
+/* The last error libmosquitto logged (OpenSSL's reason for a refused
+ * certificate, for instance), or NULL: says why mqtt_connect() failed. */
+const char *mqtt_last_log(MqttClient *c);
+
 int mqtt_publish(MqttClient *c, const char *topic, const void *payload, size_t len, int qos,
                  int *ret_mid);
 /* Subscribes at QoS 1 in batches of at most 8 filters (the AWS IoT limit). */

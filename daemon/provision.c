@@ -421,7 +421,8 @@ static int attempt(Manager *m) {
         arm_timer(m, PROVISION_STEP_TIMEOUT_USEC);
         r = mqtt_connect(m->claim);
         if (r < 0)
-                fail(m, "cannot connect to %s: %s", m->endpoint, strerror(-r));
+                fail(m, "cannot connect to %s: %s%s%s", m->endpoint, strerror(-r),
+                     mqtt_last_log(m->claim) ? ": " : "", strempty(mqtt_last_log(m->claim)));
         return 0;
 }
 

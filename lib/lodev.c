@@ -23,6 +23,9 @@ struct lodev {
         char *last_error;
         uint64_t call_timeout;
         unsigned pending;
+        sd_bus_slot *delivered_slot;
+        lodev_delivered_callback delivered;
+        void *delivered_userdata;
 };
 
 typedef struct SubmitCall {
@@ -78,6 +81,7 @@ int lodev_open(lodev **ret) {
 lodev *lodev_close(lodev *l) {
         if (!l)
                 return NULL;
+        sd_bus_slot_unref(l->delivered_slot);
         sd_bus_flush_close_unref(l->bus);
         free(l->last_error);
         free(l);
@@ -344,6 +348,34 @@ int lodev_submit_observation_async(lodev *l, const lodev_observation *o,
         (void) sd_bus_slot_set_floating(slot, 1);
         l->pending++;
         return 0;
+}
+
+static int on_delivered(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lodev *l = userdata;
+        const char *id;
+
+        if (l->delivered && sd_bus_message_read(m, "s", &id) >= 0)
+                l->delivered(l, id, l->delivered_userdata);
+        return 0;
+}
+
+int lodev_set_delivered_callback(lodev *l, lodev_delivered_callback callback, void *userdata) {
+        int r;
+
+        if (!l)
+                return -EINVAL;
+        l->delivered = callback;
+        l->delivered_userdata = userdata;
+        if (!callback) {
+                l->delivered_slot = sd_bus_slot_unref(l->delivered_slot);
+                return 0;
+        }
+        if (l->delivered_slot)
+                return 0;
+        /* Synchronous: once this returns, no signal can slip past the match. */
+        r = sd_bus_match_signal(l->bus, &l->delivered_slot, BUS_NAME, BUS_PATH, BUS_INTERFACE,
+                                "ObservationDelivered", on_delivered, l);
+        return r < 0 ? r : 0;
 }
 
 int lodev_provision(lodev *l, int force, char **ret_thing_name) {

@@ -71,12 +71,18 @@ lodev_status *lodev_status_free(lodev_status *s);
  * spool is full. */
 int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id);
 
-/* The same without waiting: the callback runs from lodev_dispatch() or
- * lodev_wait() with error 0 and the id, or a negative errno and NULL. Many
+/* The same without waiting: the callback runs from lodev_dispatch() with
+ * error 0 and the id, or a negative errno and NULL. Many
  * calls may be outstanding, which lets lodevd share one disk sync among them. */
 typedef void (*lodev_submit_callback)(lodev *l, int error, const char *id, void *userdata);
 int lodev_submit_observation_async(lodev *l, const lodev_observation *o,
                                    lodev_submit_callback callback, void *userdata);
+
+/* Calls callback with the id of every observation the platform acknowledged
+ * from now on (the ObservationDelivered signal), from lodev_dispatch().
+ * One callback per handle; NULL removes it. */
+typedef void (*lodev_delivered_callback)(lodev *l, const char *id, void *userdata);
+int lodev_set_delivered_callback(lodev *l, lodev_delivered_callback callback, void *userdata);
 
 /* Provisions (force != 0: again, with a new identity) and returns the thing
  * name once done (free() it). Uses a call timeout of at least 5 minutes. */

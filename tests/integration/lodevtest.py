@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 BUILD_DIR = os.environ.get("LODEV_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
@@ -84,31 +85,53 @@ class Bus:
 
 
 class Notify:
-    """The NOTIFY_SOCKET end that systemd would hold."""
+    """The NOTIFY_SOCKET end that systemd would hold. A thread drains it all
+    the time, as systemd does: the kernel queues only a few datagrams, and
+    sd_notify() blocks when the queue is full."""
 
     def __init__(self, directory):
         self.path = os.path.join(directory, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
         self.messages = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
 
-    def wait_for(self, key, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            for m in self.messages:
-                if m.startswith(key):
-                    return m
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no %s from lodevd within %.0f s; got %r" % (key, timeout, self.messages))
-            self.sock.settimeout(left)
+    def _drain(self):
+        while not self.closed:
             try:
                 data = self.sock.recv(4096)
             except socket.timeout:
                 continue
-            self.messages.extend(data.decode().split("\n"))
+            except OSError:
+                return
+            with self.cond:
+                self.messages.extend(data.decode(errors="replace").split("\n"))
+                self.cond.notify_all()
+
+    def wait_for(self, key, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for m in self.messages:
+                    if m.startswith(key):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no %s from lodevd within %.0f s; got %r"
+                                       % (key, timeout, self.messages[-20:]))
+                self.cond.wait(left)
+
+    def clear(self):
+        with self.cond:
+            self.messages.clear()
 
     def close(self):
+        self.closed = True
+        self.thread.join(2)
         self.sock.close()
 
 

@@ -148,7 +148,7 @@ def test_sighup_reload(daemon, workdir, basic_config):
     daemon.start()
     with open(basic_config, "a") as f:
         f.write('log_level = "debug";\n')
-    daemon.notify.messages.clear()
+    daemon.notify.clear()
     daemon.send_signal(signal.SIGHUP)
     daemon.notify.wait_for("RELOADING=1")
     daemon.notify.wait_for("READY=1")
@@ -156,7 +156,7 @@ def test_sighup_reload(daemon, workdir, basic_config):
     # A broken file on reload keeps the running configuration.
     with open(basic_config, "a") as f:
         f.write("bogus = 1;\n")
-    daemon.notify.messages.clear()
+    daemon.notify.clear()
     daemon.send_signal(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
     assert "bogus: unknown key" in daemon.output()

@@ -271,6 +271,10 @@ class Platform:
         """Starts the broker again on the same port (sessions persisted)."""
         return self._call("broker_start")
 
+    def inject(self, topic, payload):
+        """Publishes raw bytes (anything, malformed included) on a topic as the platform."""
+        self._call("inject", topic=topic, payload_b64=base64.b64encode(bytes(payload)).decode())
+
     def drop_client(self, client_id):
         """Closes that client's connection, as a network loss would."""
         return self._call("drop_client", client_id=client_id)

@@ -266,6 +266,12 @@ class Emulator:
             raise RuntimeError("the service did not reconnect to the restarted broker")
         return True
 
+    def rpc_inject(self, topic, payload_b64):
+        """Publishes raw bytes on a topic as the platform, for tests of how a
+        device copes with malformed messages."""
+        self.service.client.publish(topic, base64.b64decode(payload_b64), qos=1)
+        return True
+
     def rpc_drop_client(self, client_id):
         self.service.control("kick", client_id)
         return True
