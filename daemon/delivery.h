@@ -28,6 +28,7 @@ typedef struct Delivery {
         uint64_t cursor; /* last spool record handed to the connection */
         InFlight inflight[DELIVERY_INFLIGHT_MAX];
         size_t n_inflight;
+        unsigned unflushed_acks;
         PendingSubmit *pending; /* replies waiting for the next fsync */
         size_t n_pending, n_pending_alloc;
         TokenBucket messages, bytes;

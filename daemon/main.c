@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <getopt.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include "config.h"
@@ -111,6 +112,9 @@ int main(int argc, char *argv[]) {
 
         log_setup(verbose ? LOG_DEBUG : LOG_INFO, false);
         umask(0077);
+        /* OpenSSL writes to the MQTT socket with write(): a peer that went
+         * away must be an error to handle, not a signal that kills us. */
+        signal(SIGPIPE, SIG_IGN);
 
         r = config_load(config_path, &config, &err);
         if (r < 0) {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <mosquitto.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "mqtt.h"
@@ -152,6 +153,18 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         if (rc == MOSQ_ERR_SUCCESS && c->io && (revents & EPOLLOUT))
                 rc = mosquitto_loop_write(c->mosq, 1);
         c->in_callback = false;
+        if (rc == MOSQ_ERR_SUCCESS && c->io && (revents & (EPOLLHUP | EPOLLERR))) {
+                /* A refused or reset connection libmosquitto did not notice
+                 * (it may still be "connecting"): with a level-triggered
+                 * HUP left in place the loop would spin. */
+                int err = 0;
+                socklen_t len = sizeof(err);
+
+                if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                        err = errno;
+                connection_ended(c, err ? strerror(err) : "connection closed by the peer");
+                return 0;
+        }
         if (rc != MOSQ_ERR_SUCCESS && c->io) {
                 /* libmosquitto normally reports through on_disconnect; make sure
                  * a failure it did not report still ends the connection. */
@@ -168,7 +181,9 @@ static void update_io(MqttClient *c) {
         uint32_t events = EPOLLIN;
         int fd, r;
 
-        if (!c->mosq || c->closing)
+        /* After a failure libmosquitto may keep the dead socket until the
+         * next connect replaces it: never watch it then. */
+        if (!c->mosq || c->closing || (!c->connected && !c->connecting))
                 return;
         fd = mosquitto_socket(c->mosq);
         if (fd < 0) {

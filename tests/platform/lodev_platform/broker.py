@@ -103,6 +103,10 @@ class Broker:
             f"message_size_limit {MAX_MESSAGE_BYTES}",
             f"max_keepalive {MAX_KEEPALIVE}",
             "max_inflight_messages 100",
+            # The rules engine behind AWS IoT takes every accepted message; a
+            # bounded queue here would drop requests the service has not read
+            # yet during a burst.
+            "max_queued_messages 1000000",
             f"plugin {plugin}",
             f"plugin_opt_service_identity {SERVICE_IDENTITY}",
             f"plugin_opt_claim_identity {CLAIM_IDENTITY}",
