@@ -56,9 +56,12 @@ static void went_down(Manager *m, const char *reason) {
 }
 
 static int subscribe_all(Manager *m) {
+        /* Not FHIRIngest/accepted: one answer per observation would double
+         * the messages counted against the connection's 100/s quota, and
+         * the PUBACK already says the platform has it. */
         static const TopicKind kinds[] = {
-                TOPIC_FHIR_ACCEPTED,        TOPIC_FHIR_REJECTED,        TOPIC_UPLOAD_LINK,
-                TOPIC_UPLOAD_LINK_ACCEPTED, TOPIC_UPLOAD_LINK_REJECTED, TOPIC_JOBS_NOTIFY_NEXT,
+                TOPIC_FHIR_REJECTED,        TOPIC_UPLOAD_LINK,      TOPIC_UPLOAD_LINK_ACCEPTED,
+                TOPIC_UPLOAD_LINK_REJECTED, TOPIC_JOBS_NOTIFY_NEXT,
         };
         char *topics[ELEMENTSOF(kinds)] = {};
         int r = 0;

@@ -18,6 +18,9 @@
 
 /* Calls whose reply waits for one fsync; past this a batch is committed at once. */
 #define COMMIT_BATCH_MAX 1024
+/* Under a steady load the loop is never idle: commit at the latest this long
+ * after the first call of a batch arrived. */
+#define COMMIT_DELAY_USEC 10000
 /* Pace below the configured limits, so that jitter on the way cannot push a
  * one-second window over them. */
 #define PACE_FACTOR 0.95
@@ -123,6 +126,48 @@ static void pace_later(Manager *m, uint64_t delay) {
         (void) sd_event_source_set_enabled(m->delivery.pace_timer, SD_EVENT_ONESHOT);
 }
 
+static void recent_drop_head(Delivery *d) {
+        Recent *r = &d->recent[d->recent_head];
+
+        d->recent_bytes -= r->len;
+        r->data = (free(r->data), NULL);
+        d->recent_head = (d->recent_head + 1) % RECENT_MAX;
+        d->n_recent--;
+}
+
+static void recent_clear(Delivery *d) {
+        while (d->n_recent > 0)
+                recent_drop_head(d);
+}
+
+/* Takes ownership of data when it returns true. */
+static bool recent_add(Delivery *d, uint64_t seq, char *data, size_t len) {
+        if (d->n_recent >= RECENT_MAX || d->recent_bytes + len > RECENT_BYTES_MAX)
+                return false;
+        d->recent[(d->recent_head + d->n_recent) % RECENT_MAX] =
+                (Recent) { .seq = seq, .data = data, .len = len };
+        d->n_recent++;
+        d->recent_bytes += len;
+        return true;
+}
+
+/* The cached payload of seq, if it is there; older entries are dropped on
+ * the way, since delivery goes in order. The caller owns the result. */
+static char *recent_take(Delivery *d, uint64_t seq, size_t *ret_len) {
+        while (d->n_recent > 0 && d->recent[d->recent_head].seq < seq)
+                recent_drop_head(d);
+        if (d->n_recent > 0 && d->recent[d->recent_head].seq == seq) {
+                Recent *r = &d->recent[d->recent_head];
+                char *data = TAKE_PTR(r->data);
+
+                *ret_len = r->len;
+                r->len = 0;
+                recent_drop_head(d);
+                return data;
+        }
+        return NULL;
+}
+
 static InFlight *inflight_find(Manager *m, int mid) {
         for (size_t i = 0; i < m->delivery.n_inflight; i++)
                 if (m->delivery.inflight[i].mid == mid)
@@ -149,7 +194,8 @@ void delivery_kick(Manager *m) {
                         log_error_errno(r, "Failed to read the observation spool: %m");
                         return;
                 }
-                r = spool_read(d->spool, seq, &data, &len);
+                data = recent_take(d, seq, &len);
+                r = data ? 0 : spool_read(d->spool, seq, &data, &len);
                 if (r < 0) {
                         /* The medium changed the record: it can never be sent. */
                         log_error_errno(r, "Observation %" PRIu64 " in %s/spool is unreadable "
@@ -217,9 +263,11 @@ void delivery_online(Manager *m) {
 }
 
 void delivery_reset(Manager *m) {
-        /* The client is gone with its queue: send everything unacknowledged again. */
+        /* The client is gone with its queue: send everything unacknowledged
+         * again, read back from the spool. */
         m->delivery.n_inflight = 0;
         m->delivery.cursor = 0;
+        recent_clear(&m->delivery);
 }
 
 /* Answers every waiting SubmitObservation() after one fsync. */
@@ -229,10 +277,15 @@ static void commit(Manager *m) {
 
         if (d->n_pending == 0)
                 return;
+        (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_OFF);
         r = spool_sync(d->spool);
-        if (r < 0)
+        if (r < 0) {
                 log_error_errno(r, "Failed to sync the observation spool in %s/spool: %m",
                                 m->config.state_dir);
+                /* The spool dropped the unsynced records: so must the cache. */
+                recent_clear(d);
+        }
         for (size_t i = 0; i < d->n_pending; i++) {
                 PendingSubmit *p = &d->pending[i];
                 char id[24];
@@ -256,6 +309,11 @@ static void commit(Manager *m) {
 }
 
 static int on_commit(sd_event_source *s, void *userdata) {
+        commit(userdata);
+        return 0;
+}
+
+static int on_commit_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         commit(userdata);
         return 0;
 }
@@ -306,12 +364,23 @@ int delivery_submit(Manager *m, sd_bus_message *msg, const Observation *o, sd_bu
                                          "cannot store the observation: %s", strerror(-r));
 
         d->pending[d->n_pending++] = (PendingSubmit) { .msg = sd_bus_message_ref(msg), .seq = seq };
+        {
+                size_t len = strlen(json);
+                if (recent_add(d, seq, json, len))
+                        json = NULL;
+        }
         /* The commit source has a lower priority than the bus: it runs once
          * the calls already read are all appended, and one fsync answers them. */
         if (d->n_pending >= COMMIT_BATCH_MAX)
                 commit(m);
-        else
+        else {
                 (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_ONESHOT);
+                if (d->n_pending == 1) {
+                        (void) sd_event_source_set_time_relative(d->commit_timer,
+                                                                 COMMIT_DELAY_USEC);
+                        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_ONESHOT);
+                }
+        }
         return 1;
 }
 
@@ -345,6 +414,12 @@ int delivery_open(Manager *m) {
         (void) sd_event_source_set_priority(d->commit_event, SD_EVENT_PRIORITY_IDLE);
         (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
         (void) sd_event_source_set_description(d->commit_event, "spool-commit");
+        r = sd_event_add_time_relative(m->event, &d->commit_timer, CLOCK_MONOTONIC,
+                                       COMMIT_DELAY_USEC, PACE_ACCURACY_USEC, on_commit_timer, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the commit timer: %m");
+        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(d->commit_timer, "spool-commit-timer");
         delivery_configure(m);
         m->queued_observations = (unsigned) MIN(spool_pending_count(d->spool), (uint64_t) UINT32_MAX);
         if (m->queued_observations > 0)
@@ -359,6 +434,7 @@ void delivery_close(Manager *m) {
         /* Answer what is appended: a reply promises durability, so sync first. */
         commit(m);
         d->commit_event = sd_event_source_disable_unref(d->commit_event);
+        d->commit_timer = sd_event_source_disable_unref(d->commit_timer);
         d->pace_timer = sd_event_source_disable_unref(d->pace_timer);
         d->ack_timer = sd_event_source_disable_unref(d->ack_timer);
         d->queued_timer = sd_event_source_disable_unref(d->queued_timer);
@@ -368,6 +444,7 @@ void delivery_close(Manager *m) {
                         log_warning_errno(r, "Failed to persist delivery state, some delivered "
                                              "observations may be sent again: %m");
         }
+        recent_clear(d);
         d->spool = spool_free(d->spool);
         free(d->pending);
         d->pending = NULL;

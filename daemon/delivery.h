@@ -22,6 +22,18 @@ typedef struct PendingSubmit {
         uint64_t seq;
 } PendingSubmit;
 
+/* Payloads appended by this process and not yet published, oldest first: the
+ * publish after the commit then needs no read back from the spool. Bounded;
+ * anything not here is read from the spool. */
+#define RECENT_MAX 4096
+#define RECENT_BYTES_MAX (4U * 1024U * 1024U)
+
+typedef struct Recent {
+        uint64_t seq;
+        char *data;
+        size_t len;
+} Recent;
+
 typedef struct Delivery {
         Spool *spool;
         char *topic;
@@ -32,7 +44,10 @@ typedef struct Delivery {
         PendingSubmit *pending; /* replies waiting for the next fsync */
         size_t n_pending, n_pending_alloc;
         TokenBucket messages, bytes;
+        Recent recent[RECENT_MAX]; /* a ring: recent_head, n_recent */
+        size_t recent_head, n_recent, recent_bytes;
         sd_event_source *commit_event;
+        sd_event_source *commit_timer;
         sd_event_source *pace_timer;
         sd_event_source *ack_timer;
         sd_event_source *queued_timer;

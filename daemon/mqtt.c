@@ -278,6 +278,10 @@ int mqtt_new(sd_event *event, const MqttOptions *o, const MqttCallbacks *cb, voi
                 rc = mosquitto_string_option(c->mosq, MOSQ_OPT_TLS_ALPN, o->alpn);
         if (rc == MOSQ_ERR_SUCCESS)
                 rc = mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+        /* libmosquitto holds back QoS 1 publishes past 20 in flight; AWS
+         * IoT allows 100, and the caller keeps to that. */
+        if (rc == MOSQ_ERR_SUCCESS)
+                rc = mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, 100);
         if (rc != MOSQ_ERR_SUCCESS) {
                 log_debug("libmosquitto setup: %s", mosquitto_strerror(rc));
                 return mosq_to_errno(rc);

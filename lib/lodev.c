@@ -345,7 +345,9 @@ int lodev_submit_observation_async(lodev *l, const lodev_observation *o,
                 return r;
         }
         (void) sd_bus_slot_set_destroy_callback(slot, submit_call_destroy);
+        /* Floating: the bus holds the slot until the reply came; drop ours. */
         (void) sd_bus_slot_set_floating(slot, 1);
+        sd_bus_slot_unref(slot);
         l->pending++;
         return 0;
 }

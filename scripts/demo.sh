@@ -1,7 +1,9 @@
 #!/bin/bash
 # Sets up a fresh Debian 12 machine, builds lodevd and runs it end to end on
-# this machine: a private system bus with lodevd's policy, the daemon, and
-# lodevctl talking to it. Everything runs under a temporary directory and is
+# this machine against the local platform emulator: a private system bus with
+# lodevd's policy, the emulator's broker (mutual TLS) and service, lodevd
+# provisioning itself by claim, going online, and delivering observations that
+# the emulator records. Everything runs under a temporary directory and is
 # stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ work=$(mktemp -d /tmp/lodev-demo-XXXXXX)
 chmod 0755 "$work"
 pids=()
 cleanup() {
+        [ -f "$work/platform.json" ] && tests/platform/lodev-platform --workdir "$work/platform" stop >/dev/null 2>&1
         for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
         wait 2>/dev/null || true
         rm -rf "$work"
@@ -54,20 +57,63 @@ for _ in $(seq 50); do [ -s "$work/bus.address" ] && break; sleep 0.1; done
 export DBUS_SYSTEM_BUS_ADDRESS=$(head -n1 "$work/bus.address")
 echo "DBUS_SYSTEM_BUS_ADDRESS=$DBUS_SYSTEM_BUS_ADDRESS"
 
-step "lodevd"
-printf -- '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n' >"$work/ca.pem"
+step "platform emulator (mosquitto with mutual TLS + the platform service)"
+platform=tests/platform/lodev-platform
+$platform --workdir "$work/platform" start >"$work/platform.json"
+pids+=($(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$work/platform.json"))
+field() { /usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/platform.json" "$1"; }
+port=$(field mqtt_port)
+echo "broker 127.0.0.1:$port, CA $(field ca_file), claim certificate $(field claim_cert)"
+
+step "lodevd: first boot, provisioning by claim"
+echo "GW-0001" >"$work/serial"
 cat >"$work/lodevd.conf" <<CONF
-platform = { endpoint = "127.0.0.1"; port = 8883; ca_file = "$work/ca.pem"; };
+platform = { endpoint = "127.0.0.1"; port = $port; ca_file = "$(field ca_file)"; keepalive = 60; };
+provisioning = {
+  claim_cert = "$(field claim_cert)";
+  claim_key = "$(field claim_key)";
+  parameters = { SerialNumber = "file:$work/serial"; Manufacturer = "Acme"; Name = "demo"; Model = "GW-1"; };
+};
 state_dir = "$work/state";
+http = { allow_http = true; };
 CONF
 build/daemon/lodevd --config "$work/lodevd.conf" 2>"$work/lodevd.log" &
 pids+=($!)
 for _ in $(seq 50); do build/client/lodevctl status >/dev/null 2>&1 && break; sleep 0.1; done
+echo "lodevctl provision (waits for the result):"
+build/client/lodevctl provision
+build/client/lodevctl wait-online --timeout 30
 
 step "lodevctl status"
 build/client/lodevctl status
-step "lodevctl --json status"
-build/client/lodevctl --json status
+
+step "observations: lodevctl observe, then 200 through liblodev"
+build/client/lodevctl observe --code 9750d5e5-d766-4793-a97d-16179578cc4d \
+        --code-system http://lifeomic.com/fhir/devices --code-display "Battery Percentage" \
+        --value 87 --unit %
+build/lib/lodev-example-observe 200 | tail -n 1 | sed 's/^/200 submitted, the last with id /'
+for _ in $(seq 100); do
+        [ "$(build/client/lodevctl --json status | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["queued_observations"])')" = 0 ] && break
+        sleep 0.2
+done
+build/client/lodevctl status | grep Observations
+
+step "what the platform received"
+$platform --workdir "$work/platform" observations | /usr/bin/python3 -c '
+import json, sys
+obs = json.load(sys.stdin)
+print("%d observations recorded; the first:" % len(obs))
+print(json.dumps(obs[0]["payload"], indent=2))
+print("sent by", obs[0]["thing"])'
+
+step "restart: the stored identity is reused"
+kill "${pids[-1]}"
+wait "${pids[-1]}" 2>/dev/null || true
+build/daemon/lodevd --config "$work/lodevd.conf" 2>>"$work/lodevd.log" &
+pids+=($!)
+for _ in $(seq 50); do build/client/lodevctl status >/dev/null 2>&1 && break; sleep 0.1; done
+build/client/lodevctl wait-online --timeout 30
+build/client/lodevctl status | head -n 3
 
 step "lodevd log"
 cat "$work/lodevd.log"

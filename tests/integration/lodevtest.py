@@ -189,8 +189,9 @@ def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
 
 
 class Daemon:
-    def __init__(self, bus, workdir, config_path, args=()):
+    def __init__(self, bus, workdir, config_path, args=(), verbose=True):
         self.bus = bus
+        self.verbose = verbose
         self.workdir = workdir
         self.config_path = config_path
         self.args = list(args)
@@ -210,7 +211,8 @@ class Daemon:
             env.update(extra_env)
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [LODEVD, "--config", self.config_path, "--verbose"] + self.args,
+            [LODEVD, "--config", self.config_path] + (["--verbose"] if self.verbose else [])
+            + self.args,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -27,7 +27,7 @@ def accepted(stdout):
     out = []
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] != "DELIVERED":
+        if len(parts) == 4 and parts[0] != "DELIVERED":
             out.append((parts[0], float(parts[1])))
     return out
 

@@ -6,7 +6,9 @@
  *                [--value V] [--code-size BYTES] [--invalid-utf8]
  *
  * Submits N observations with values S, S+1, ... keeping W calls in flight,
- * and prints "ID VALUE SUBMIT_USEC" for each accepted one as its reply comes.
+ * and prints "ID VALUE REPLY_USEC START_USEC" for each accepted one as its
+ * reply comes: the time the reply took, and when the call was made
+ * (CLOCK_MONOTONIC).
  * --value overrides the values (for instance "nan"), --code-size makes a code
  * of that many bytes, --invalid-utf8 puts a broken sequence into the unit.
  * With --wait-delivered it then waits (at most 600 s) until lodevd reports
@@ -27,7 +29,32 @@
 #include "lodev.h"
 
 static unsigned replies, failures, delivered_count, accepted;
-static char **accepted_ids;
+
+/* The ids this client got back, in an open-addressing set: the delivered
+ * signal reaches every subscriber, and only our own ids count. */
+static uint64_t *ids;
+static size_t ids_size;
+
+static void ids_add(uint64_t id) {
+        size_t i = (id * 0x9e3779b97f4a7c15ULL) & (ids_size - 1);
+
+        while (ids[i] != 0 && ids[i] != id)
+                i = (i + 1) & (ids_size - 1);
+        ids[i] = id;
+}
+
+static bool ids_take(uint64_t id) {
+        size_t i = (id * 0x9e3779b97f4a7c15ULL) & (ids_size - 1);
+
+        while (ids[i] != 0) {
+                if (ids[i] == id) {
+                        ids[i] = UINT64_MAX; /* a tombstone: counted once */
+                        return true;
+                }
+                i = (i + 1) & (ids_size - 1);
+        }
+        return false;
+}
 
 static uint64_t now_usec(void) {
         struct timespec ts;
@@ -50,24 +77,30 @@ static void on_reply(lodev *l, int error, const char *id, void *userdata) {
                 fprintf(stderr, "error: %s: %s\n", lodev_strerror(error),
                         lodev_last_error(l) ? lodev_last_error(l) : "");
         } else {
-                printf("%s %.17g %llu\n", id, c->value,
-                       (unsigned long long) (now_usec() - c->start));
-                accepted_ids[accepted++] = strdup(id);
+                printf("%s %.17g %llu %llu\n", id, c->value,
+                       (unsigned long long) (now_usec() - c->start),
+                       (unsigned long long) c->start);
+                ids_add(strtoull(id, NULL, 10));
+                accepted++;
         }
         free(c);
 }
 
 static void on_delivered(lodev *l, const char *id, void *userdata) {
+        if (!ids_take(strtoull(id, NULL, 10)))
+                return;
         printf("DELIVERED %s %llu\n", id, (unsigned long long) now_usec());
         delivered_count++;
 }
 
 static int pump(lodev *l, int timeout_ms) {
-        struct pollfd p = { .fd = lodev_get_fd(l), .events = (short) lodev_get_events(l) };
+        struct pollfd p;
         int r = lodev_dispatch(l);
 
         if (r < 0)
                 return r;
+        /* The events after dispatching: it may have queued messages to write. */
+        p = (struct pollfd) { .fd = lodev_get_fd(l), .events = (short) lodev_get_events(l) };
         if (poll(&p, 1, timeout_ms) < 0 && errno != EINTR)
                 return -errno;
         return lodev_dispatch(l);
@@ -152,7 +185,11 @@ int main(int argc, char *argv[]) {
         if (window == 0)
                 window = 1;
 
-        accepted_ids = calloc(count ? count : 1, sizeof(char *));
+        for (ids_size = 16; ids_size < 2 * (size_t) count; ids_size *= 2)
+                ;
+        ids = calloc(ids_size, sizeof(uint64_t));
+        if (!ids)
+                return 1;
         r = lodev_open(&l);
         if (r < 0) {
                 fprintf(stderr, "error: %s: cannot connect\n", lodev_strerror(r));
@@ -202,9 +239,7 @@ int main(int argc, char *argv[]) {
                 fflush(stdout);
         }
         lodev_close(l);
-        for (unsigned i = 0; i < accepted; i++)
-                free(accepted_ids[i]);
-        free(accepted_ids);
+        free(ids);
         free(big_code);
         if (r < 0 || failures > 0 || replies < count)
                 return 1;
