@@ -240,6 +240,7 @@ static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
                 {},
         };
         uint64_t timeout = UINT64_MAX;
+        const char *timeout_text = NULL;
         int c, r;
 
         optind = 1;
@@ -254,6 +255,7 @@ static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
                         return EXIT_USAGE;
                 }
                 timeout = (uint64_t) (t * 1e6);
+                timeout_text = optarg;
         }
         if (optind < argc) {
                 fprintf(stderr, "lodevctl: wait-online: unexpected argument '%s'\n", argv[optind]);
@@ -262,7 +264,7 @@ static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
         r = lodev_wait_online(l, timeout);
         if (r == -ETIMEDOUT) {
                 fprintf(stderr, "lodevctl: wait-online: not online after %s s\n",
-                        argv[optind - 1]);
+                        timeout_text);
                 return EXIT_FAIL;
         }
         if (r < 0)

@@ -44,7 +44,7 @@ static const KeyDef keys[] = {
         { NULL, "firmware", KEY_GROUP, 0, 0, 0, NOLINE },
         { NULL, "state_dir", KEY_STRING, OFF(state_dir), 0, 0, OFF(line_state_dir) },
         { NULL, "log_level", KEY_LOG_LEVEL, OFF(log_level), 0, 0, NOLINE },
-        { "platform", "endpoint", KEY_STRING, OFF(endpoint), 0, 0, NOLINE },
+        { "platform", "endpoint", KEY_STRING, OFF(endpoint), 0, 0, OFF(line_endpoint) },
         { "platform", "port", KEY_UINT, OFF(port), 1, 65535, NOLINE },
         { "platform", "ca_file", KEY_STRING, OFF(ca_file), 0, 0, OFF(line_ca_file) },
         { "platform", "alpn", KEY_STRING, OFF(alpn), 0, 0, NOLINE },
@@ -53,7 +53,7 @@ static const KeyDef keys[] = {
         { "platform", "publish_rate", KEY_UINT, OFF(publish_rate), 0, 100000, NOLINE },
         { "provisioning", "claim_cert", KEY_STRING, OFF(claim_cert), 0, 0, OFF(line_claim_cert) },
         { "provisioning", "claim_key", KEY_STRING, OFF(claim_key), 0, 0, OFF(line_claim_key) },
-        { "provisioning", "template", KEY_STRING, OFF(template_name), 0, 0, NOLINE },
+        { "provisioning", "template", KEY_STRING, OFF(template_name), 0, 0, OFF(line_template) },
         { "provisioning", "method", KEY_METHOD, OFF(method), 0, 0, NOLINE },
         { "provisioning", "parameters", KEY_PARAMETERS, 0, 0, 0, NOLINE },
         { "spool", "max_bytes", KEY_UINT64, OFF(spool_max_bytes), 65536, UINT64_C(1) << 40, NOLINE },
@@ -364,7 +364,8 @@ static int parse_group(config_setting_t *g, const char *group, const char *file,
 
 static int check_values(Config *c, const char *file, char **ret_error) {
         if (isempty(c->endpoint))
-                return fail(ret_error, file, 0, "platform.endpoint", "must not be empty");
+                return fail(ret_error, file, c->line_endpoint, "platform.endpoint",
+                            "must not be empty");
         if (isempty(c->ca_file))
                 return fail(ret_error, file, c->line_ca_file, "platform.ca_file",
                             "must not be empty");
@@ -372,7 +373,7 @@ static int check_values(Config *c, const char *file, char **ret_error) {
                 return fail(ret_error, file, c->line_state_dir, "state_dir",
                             "must be an absolute path");
         if (isempty(c->template_name) || strpbrk(c->template_name, "/+#"))
-                return fail(ret_error, file, 0, "provisioning.template",
+                return fail(ret_error, file, c->line_template, "provisioning.template",
                             "must be a non-empty name without '/', '+' or '#'");
         return 0;
 }

@@ -52,7 +52,8 @@ typedef struct Config {
         int log_level; /* syslog priority, LOG_ERR..LOG_DEBUG */
 
         /* Source lines of keys naming files, for later checks; 0 = default. */
-        int line_ca_file, line_claim_cert, line_claim_key, line_state_dir;
+        int line_ca_file, line_claim_cert, line_claim_key, line_state_dir, line_endpoint,
+                line_template;
 } Config;
 
 /* Fills *c with the built-in defaults (SPEC §3). */

@@ -144,6 +144,7 @@ int main(int argc, char *argv[]) {
                 return EXIT_FAILURE;
         }
 
+        m->verbose = verbose;
         r = manager_start(m);
         if (r < 0)
                 return EXIT_FAILURE;

@@ -89,7 +89,9 @@ int manager_reload(Manager *m) {
                 log_warning("platform.endpoint, platform.port, platform.ca_file and state_dir "
                             "take effect at the next start, ignoring their new values.");
 
-        log_set_max_level(c.log_level);
+        /* --verbose wins over log_level, on reload as at start. */
+        if (!m->verbose)
+                log_set_max_level(c.log_level);
         m->config.log_level = c.log_level;
         if (m->config.publish_rate != c.publish_rate) {
                 m->config.publish_rate = c.publish_rate;

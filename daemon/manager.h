@@ -42,6 +42,7 @@ typedef struct Manager {
 
         Config config;
         char *config_path;
+        bool verbose; /* --verbose: debug logging whatever log_level says */
 
         DeviceState state;
         char *thing_name;

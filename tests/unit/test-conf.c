@@ -128,7 +128,10 @@ static void test_errors(void) {
         check_error("spool = { max_bytes = 10; };\n",
                     ":1: spool.max_bytes: 10 is out of range 65536..1099511627776");
         check_error("platform = { endpoint = \"\"; };\n",
-                    ": platform.endpoint: must not be empty");
+                    ":1: platform.endpoint: must not be empty");
+        check_error("\nprovisioning = {\n template = \"a/b\";\n};\n",
+                    ":3: provisioning.template: must be a non-empty name without '/', '+' or "
+                    "'#'");
         check_error("platform = {\n  port = ;\n};\n", ":2: syntax error: syntax error");
 
         /* A missing file keeps errno and names the path. */
