@@ -200,6 +200,10 @@ class Platform:
         """[{"thing", "client_id", "payload", "raw", "time", "id"}] in arrival order."""
         return self._call("observations")
 
+    def observation_count(self, thing=None):
+        """How many observations were recorded (from one thing): cheap to poll."""
+        return self._call("observation_count", thing=thing)
+
     def uploads(self):
         """[{"thing", "client_id", "file_name", "content_type", "size", "sha256", "path", "time"}]."""
         return self._call("uploads")

@@ -4,6 +4,7 @@ import concurrent.futures
 import ctypes
 import hashlib
 import os
+import threading
 import shutil
 import signal
 import socket
@@ -76,6 +77,9 @@ class Broker:
         self.conf_file = os.path.join(directory, "mosquitto.conf")
         self.log_file = os.path.join(directory, "mosquitto.log")
         self.proc = None
+        self._pub_lock = threading.Lock()
+        self._pub_offset = 0
+        self._pub_cache = []
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, "broker-spawner")
         self.mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         os.makedirs(directory, exist_ok=True)
@@ -189,19 +193,30 @@ class Broker:
         write_file_atomic(self.identities_file, text.encode(), 0o644)
 
     def read_publishes(self):
-        """Every client publish the broker saw: (time, client id, verdict, topic)."""
-        out = []
-        try:
-            with open(self.publish_log) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) != 4:
-                        continue
-                    try:
-                        out.append((float(parts[0]), bytes.fromhex(parts[1]).decode(errors="replace"),
-                                    parts[2], bytes.fromhex(parts[3]).decode(errors="replace")))
-                    except ValueError:
-                        continue
-        except FileNotFoundError:
-            pass
-        return out
+        """Every client publish the broker saw: (time, client id, verdict, topic).
+
+        The log is parsed incrementally (only what was appended since the
+        last call), so polling it during a load stays cheap."""
+        with self._pub_lock:
+            try:
+                with open(self.publish_log, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    if f.tell() < self._pub_offset:
+                        self._pub_offset, self._pub_cache = 0, []  # a new log
+                    f.seek(self._pub_offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return list(self._pub_cache)
+            complete = data.rfind(b"\n") + 1  # a line being written waits
+            self._pub_offset += complete
+            for line in data[:complete].decode(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) != 4:
+                    continue
+                try:
+                    self._pub_cache.append(
+                        (float(parts[0]), bytes.fromhex(parts[1]).decode(errors="replace"),
+                         parts[2], bytes.fromhex(parts[3]).decode(errors="replace")))
+                except ValueError:
+                    continue
+            return list(self._pub_cache)

@@ -194,6 +194,12 @@ class Emulator:
         with self._lock:
             return list(self._observations)
 
+    def rpc_observation_count(self, thing=None):
+        with self._lock:
+            if thing is None:
+                return len(self._observations)
+            return sum(1 for o in self._observations if o["thing"] == thing)
+
     def rpc_errors(self):
         with self._lock:
             return list(self._errors)
