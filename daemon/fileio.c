@@ -7,7 +7,7 @@
 #include "fileio.h"
 #include "util.h"
 
-static int write_all(int fd, const void *data, size_t len) {
+int write_full(int fd, const void *data, size_t len) {
         const char *p = data;
 
         while (len > 0) {
@@ -57,7 +57,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
                 r = -errno;
                 goto fail;
         }
-        r = write_all(fd, data, len);
+        r = write_full(fd, data, len);
         if (r < 0)
                 goto fail;
         if (fsync(fd) < 0) {

@@ -5,6 +5,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* write() until everything is written, retrying on EINTR; -errno. */
+int write_full(int fd, const void *data, size_t len);
+
 /* Writes data to path so that a crash at any point leaves either the old
  * content or the new one: temp file in the same directory, fsync, rename,
  * fsync of the directory. */

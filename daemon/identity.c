@@ -114,8 +114,7 @@ int identity_load(const char *state_dir, Identity *ret) {
 static int write_in(const char *dir, const char *name, const char *data, mode_t mode) {
         _cleanup_free_ char *p = strdup_printf("%s/%s", dir, name);
         _cleanup_close_ int fd = -EBADF;
-        size_t len = strlen(data);
-        const char *q = data;
+        int r;
 
         if (!p)
                 return -ENOMEM;
@@ -124,16 +123,9 @@ static int write_in(const char *dir, const char *name, const char *data, mode_t 
                 return -errno;
         if (fchmod(fd, mode) < 0)
                 return -errno;
-        while (len > 0) {
-                ssize_t w = write(fd, q, len);
-                if (w < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                q += w;
-                len -= (size_t) w;
-        }
+        r = write_full(fd, data, strlen(data));
+        if (r < 0)
+                return r;
         return fsync(fd) < 0 ? -errno : 0;
 }
 

@@ -36,6 +36,7 @@
 #include <sys/uio.h>
 
 #include "crc32c.h"
+#include "fileio.h"
 #include "spool.h"
 #include "util.h"
 
@@ -213,23 +214,6 @@ static int pwritev_full(int fd, struct iovec *iov, int n_iov, uint64_t offset) {
                         iov->iov_base = (uint8_t *) iov->iov_base + n;
                         iov->iov_len -= (size_t) n;
                 }
-        }
-        return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t len) {
-        const uint8_t *p = buf;
-
-        while (len > 0) {
-                ssize_t n = write(fd, p, len);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += n;
-                len -= (size_t) n;
         }
         return 0;
 }
