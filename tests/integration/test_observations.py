@@ -262,3 +262,26 @@ def test_pacing(bus, workdir, platform):
         if not platform.status()["broker_running"]:
             platform.broker_start()
         d.stop()
+
+
+def test_submit_before_provisioning(bus, workdir, platform, basic_config):
+    """Readings are taken before the device has an identity and delivered
+    once it has one."""
+    platform.broker_stop()
+    d = lodevtest.Daemon(bus, workdir, basic_config).start()
+    try:
+        st = d.status()
+        assert st["state"] in ("unprovisioned", "provisioning")
+        r = submit(bus, "--count", "20", "--start", "500")
+        assert r.returncode == 0, r.stderr
+        assert d.status()["queued_observations"] == 20
+        platform.broker_start()
+        d.wait_online(timeout=60)
+        thing = d.status()["thing_name"]
+        wait_drained(d)
+        wait_until(lambda: len(values_of(platform, thing)) >= 20, 30, what="delivery")
+        assert values_of(platform, thing) == [float(500 + i) for i in range(20)]
+    finally:
+        if not platform.status()["broker_running"]:
+            platform.broker_start()
+        assert d.stop() == 0
