@@ -157,11 +157,10 @@ static const MqttCallbacks device_callbacks = {
         .published = device_published,
 };
 
-static void attempt(Manager *m) {
+static void connect_device(Manager *m) {
         int r;
 
         (void) sd_event_now(m->event, CLOCK_MONOTONIC, &m->last_connect_usec);
-        manager_set_state(m, DEVICE_STATE_CONNECTING);
         r = mqtt_connect(m->mqtt);
         if (r == -EALREADY)
                 return;
@@ -171,6 +170,38 @@ static void attempt(Manager *m) {
                          mqtt_last_log(m->mqtt) ? ": " : "", strempty(mqtt_last_log(m->mqtt)));
                 went_down(m, reason);
         }
+}
+
+static void device_resolved(Resolver *res, int error, const char *address, const char *reason,
+                            void *userdata) {
+        Manager *m = userdata;
+        char text[512];
+
+        if (!m->mqtt || m->state != DEVICE_STATE_CONNECTING)
+                return;
+        if (error < 0) {
+                snprintf(text, sizeof(text), "cannot resolve %s: %s", m->config.endpoint, reason);
+                went_down(m, text);
+                return;
+        }
+        log_debug("%s is %s.", m->config.endpoint, address);
+        connect_device(m);
+}
+
+static void attempt(Manager *m) {
+        int r;
+
+        manager_set_state(m, DEVICE_STATE_CONNECTING);
+        /* A name is looked up off the loop first: without a network the
+         * connect would otherwise block in getaddrinfo(). */
+        if (resolver_is_address(m->config.endpoint)) {
+                connect_device(m);
+                return;
+        }
+        r = resolver_resolve(m->resolver, m->config.endpoint, m->config.port, &m->mqtt,
+                             device_resolved, m);
+        if (r < 0)
+                went_down(m, strerror(-r));
 }
 
 static int on_reconnect_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -207,6 +238,7 @@ void connection_stop(Manager *m) {
         if (!m->mqtt)
                 return;
         manager_connection_offline(m);
+        resolver_cancel(m->resolver, &m->mqtt);
         mqtt_disconnect(m->mqtt);
         manager_release_mqtt(m, &m->mqtt);
         delivery_reset(m);

@@ -196,6 +196,7 @@ Manager *manager_free(Manager *m) {
         provision_stop(m);
         connection_stop(m);
         delivery_close(m);
+        m->resolver = resolver_free(m->resolver);
         m->reconnect_timer = sd_event_source_disable_unref(m->reconnect_timer);
         sd_bus_slot_unref(m->object_slot);
         if (m->bus) {
@@ -257,6 +258,10 @@ int manager_start(Manager *m) {
                         return log_oom();
                 log_set_thing(m->thing_name);
         }
+
+        r = resolver_new(m->event, &m->resolver);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the resolver: %m");
 
         /* The spool before the bus: a call that is accepted has a place to go. */
         r = delivery_open(m);

@@ -13,6 +13,7 @@
 #include "delivery.h"
 #include "identity.h"
 #include "mqtt.h"
+#include "resolve.h"
 
 typedef enum ProvisionStep {
         PROVISION_IDLE,
@@ -50,6 +51,7 @@ typedef struct Manager {
         char *last_error;
 
         Identity identity; /* empty before provisioning */
+        Resolver *resolver; /* the endpoint's name, looked up off the loop */
 
         /* The device connection: client id = thing name, persistent session. */
         MqttClient *mqtt;

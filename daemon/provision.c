@@ -106,6 +106,7 @@ static void arm_timer(Manager *m, uint64_t delay) {
 }
 
 static void teardown(Manager *m) {
+        resolver_cancel(m->resolver, &m->provision_step);
         if (m->claim) {
                 mqtt_disconnect(m->claim);
                 manager_release_mqtt(m, &m->claim);
@@ -386,6 +387,29 @@ static const MqttCallbacks claim_callbacks = {
         .subscribed = claim_subscribed,
 };
 
+static void connect_claim(Manager *m) {
+        int r;
+
+        r = mqtt_connect(m->claim);
+        if (r < 0)
+                fail(m, "cannot connect to %s: %s%s%s", m->endpoint, strerror(-r),
+                     mqtt_last_log(m->claim) ? ": " : "", strempty(mqtt_last_log(m->claim)));
+}
+
+static void claim_resolved(Resolver *res, int error, const char *address, const char *reason,
+                           void *userdata) {
+        Manager *m = userdata;
+
+        if (m->provision_step != PROVISION_CONNECTING || !m->claim)
+                return;
+        if (error < 0) {
+                fail(m, "cannot resolve %s: %s", m->config.endpoint, reason);
+                return;
+        }
+        log_debug("Provisioning: %s is %s.", m->config.endpoint, address);
+        connect_claim(m);
+}
+
 static int attempt(Manager *m) {
         char uuid[37];
         MqttOptions o;
@@ -419,10 +443,16 @@ static int attempt(Manager *m) {
         }
         set_step(m, PROVISION_CONNECTING);
         arm_timer(m, PROVISION_STEP_TIMEOUT_USEC);
-        r = mqtt_connect(m->claim);
-        if (r < 0)
-                fail(m, "cannot connect to %s: %s%s%s", m->endpoint, strerror(-r),
-                     mqtt_last_log(m->claim) ? ": " : "", strempty(mqtt_last_log(m->claim)));
+        /* A name is looked up off the loop first: without a network the
+         * connect would otherwise block in getaddrinfo(). */
+        if (resolver_is_address(m->config.endpoint))
+                connect_claim(m);
+        else {
+                r = resolver_resolve(m->resolver, m->config.endpoint, m->config.port,
+                                     &m->provision_step, claim_resolved, m);
+                if (r < 0)
+                        fail(m, "cannot resolve %s: %s", m->config.endpoint, strerror(-r));
+        }
         return 0;
 }
 

@@ -336,3 +336,27 @@ def test_bad_payloads_dropped(bus, workdir, platform, basic_config):
         assert d.status()["state"] == "online"
     finally:
         assert d.stop() == 0
+
+
+def test_unresolvable_endpoint_does_not_block(bus, workdir, platform):
+    """The endpoint's name is looked up off the loop: while DNS fails (or
+    takes its time), lodevd keeps answering on the bus."""
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, platform,
+                                  platform={"endpoint": "lodev-no-such-host.invalid"})
+    d = lodevtest.Daemon(bus, workdir, config).start()
+    try:
+        deadline = time.monotonic() + 20
+        slowest = 0.0
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            st = d.status()
+            slowest = max(slowest, time.monotonic() - t0)
+            if "cannot resolve lodev-no-such-host.invalid" in st["last_error"]:
+                break
+            time.sleep(0.1)
+        assert "cannot resolve lodev-no-such-host.invalid" in st["last_error"], st
+        assert st["state"] == "provisioning"
+        assert slowest < 2.0, "a status call took %.1f s" % slowest
+    finally:
+        assert d.stop() == 0
