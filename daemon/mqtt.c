@@ -218,10 +218,10 @@ static void arm_timer(MqttClient *c) {
         uint64_t now, interval;
 
         /* libmosquitto sends PINGREQ and notices a missing PINGRESP from
-         * mosquitto_loop_misc(); a quarter of the keep-alive (at most 30 s,
-         * the watchdog wakes us as often anyway) keeps pings on time while
-         * an idle gateway sleeps. While connecting, once a second. */
-        interval = c->connected ? MIN(MAX(c->keepalive / 4, 1u), 30u) : 1;
+         * mosquitto_loop_misc(). Every quarter of the keep-alive keeps a ping
+         * within 1.25 keep-alives (brokers allow 1.5) while an idle gateway
+         * sleeps; while connecting, once a second. */
+        interval = c->connected ? MAX(c->keepalive / 4, 1u) : 1;
         (void) sd_event_now(c->event, CLOCK_MONOTONIC, &now);
         (void) sd_event_source_set_time(c->timer, now + interval * UINT64_C(1000000));
         (void) sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
