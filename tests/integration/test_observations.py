@@ -285,3 +285,20 @@ def test_submit_before_provisioning(bus, workdir, platform, basic_config):
         if not platform.status()["broker_running"]:
             platform.broker_start()
         assert d.stop() == 0
+
+
+def test_fhir_rejection_logged(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        platform.reject_next("fhir", error_code="InvalidObservation", status_code=400,
+                             message="unknown code system")
+        r = submit(bus, "--count", "1", "--wait-delivered", timeout=60)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "unknown code system" in d.status()["last_error"], 20,
+                   what="the rejection in LastError")
+        assert ("FHIRIngest rejected an observation: 400 InvalidObservation: "
+                "unknown code system") in d.output()
+        # It was delivered (PUBACK) and is not retried: the platform said no.
+        assert d.status()["queued_observations"] == 0
+    finally:
+        assert d.stop() == 0

@@ -331,7 +331,8 @@ def test_bad_payloads_dropped(bus, workdir, platform, basic_config):
         for t in topics:
             for p in payloads:
                 platform.inject(t, p)
-        time.sleep(1)
+        wait_until(lambda: d.output().count("malformed answer") >= len(payloads), 20,
+                   what="every malformed FHIRIngest answer logged")
         assert d.proc.poll() is None
         assert d.status()["state"] == "online"
     finally:
