@@ -104,7 +104,6 @@ static void device_connected(MqttClient *c, int rc, bool session_present, void *
 static void device_disconnected(MqttClient *c, const char *reason, void *userdata) {
         Manager *m = userdata;
 
-        manager_connection_offline(m);
         went_down(m, reason);
 }
 
@@ -237,7 +236,6 @@ int connection_start(Manager *m) {
 void connection_stop(Manager *m) {
         if (!m->mqtt)
                 return;
-        manager_connection_offline(m);
         resolver_cancel(m->resolver, &m->mqtt);
         mqtt_disconnect(m->mqtt);
         manager_release_mqtt(m, &m->mqtt);

@@ -50,29 +50,39 @@ static int on_queued_emit(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* Arms the one-shot timer *s to fire after delay, creating it on first use.
+ * With coalesce, a timer already armed is left as it is: several events
+ * within the delay share one firing. */
+static int arm_timer(Manager *m, sd_event_source **s, uint64_t delay, uint64_t accuracy,
+                     bool coalesce, sd_event_time_handler_t handler) {
+        int enabled = SD_EVENT_OFF, r;
+
+        if (!*s) {
+                r = sd_event_add_time_relative(m->event, s, CLOCK_MONOTONIC, delay, accuracy,
+                                               handler, m);
+                if (r < 0)
+                        return r;
+        } else {
+                (void) sd_event_source_get_enabled(*s, &enabled);
+                if (coalesce && enabled != SD_EVENT_OFF)
+                        return 0;
+                (void) sd_event_source_set_time_relative(*s, delay);
+        }
+        return sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
+}
+
 /* PropertiesChanged for QueuedObservations, at most four times a second:
  * a draining backlog would otherwise send one per observation. */
 static void queued_changed(Manager *m) {
         unsigned n = (unsigned) MIN(spool_pending_count(m->delivery.spool), (uint64_t) UINT32_MAX);
-        int enabled = SD_EVENT_OFF;
+        int r;
 
         if (n == m->queued_observations)
                 return;
         m->queued_observations = n;
-        if (!m->delivery.queued_timer) {
-                if (sd_event_add_time_relative(m->event, &m->delivery.queued_timer,
-                                               CLOCK_MONOTONIC, QUEUED_EMIT_USEC, 0,
-                                               on_queued_emit, m) >= 0)
-                        (void) sd_event_source_set_enabled(m->delivery.queued_timer,
-                                                           SD_EVENT_ONESHOT);
-                return;
-        }
-        (void) sd_event_source_get_enabled(m->delivery.queued_timer, &enabled);
-        if (enabled == SD_EVENT_OFF) {
-                (void) sd_event_source_set_time_relative(m->delivery.queued_timer,
-                                                         QUEUED_EMIT_USEC);
-                (void) sd_event_source_set_enabled(m->delivery.queued_timer, SD_EVENT_ONESHOT);
-        }
+        r = arm_timer(m, &m->delivery.queued_timer, QUEUED_EMIT_USEC, 0, true, on_queued_emit);
+        if (r < 0)
+                log_debug_errno(r, "Failed to arm the QueuedObservations timer, ignoring: %m");
 }
 
 static int on_ack_flush(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -89,20 +99,10 @@ static int on_ack_flush(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 static void schedule_ack_flush(Manager *m) {
-        int enabled = SD_EVENT_OFF;
+        int r = arm_timer(m, &m->delivery.ack_timer, ACK_FLUSH_USEC, 0, true, on_ack_flush);
 
-        if (!m->delivery.ack_timer) {
-                if (sd_event_add_time_relative(m->event, &m->delivery.ack_timer, CLOCK_MONOTONIC,
-                                               ACK_FLUSH_USEC, 0, on_ack_flush, m) >= 0)
-                        (void) sd_event_source_set_enabled(m->delivery.ack_timer,
-                                                           SD_EVENT_ONESHOT);
-                return;
-        }
-        (void) sd_event_source_get_enabled(m->delivery.ack_timer, &enabled);
-        if (enabled == SD_EVENT_OFF) {
-                (void) sd_event_source_set_time_relative(m->delivery.ack_timer, ACK_FLUSH_USEC);
-                (void) sd_event_source_set_enabled(m->delivery.ack_timer, SD_EVENT_ONESHOT);
-        }
+        if (r < 0)
+                log_warning_errno(r, "Failed to arm the ack flush timer, flushing at exit: %m");
 }
 
 static int on_pace(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -111,19 +111,10 @@ static int on_pace(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 static void pace_later(Manager *m, uint64_t delay) {
-        int r;
+        int r = arm_timer(m, &m->delivery.pace_timer, delay, PACE_ACCURACY_USEC, false, on_pace);
 
-        if (!m->delivery.pace_timer) {
-                r = sd_event_add_time_relative(m->event, &m->delivery.pace_timer,
-                                               CLOCK_MONOTONIC, delay,
-                                               PACE_ACCURACY_USEC, on_pace, m);
-                if (r < 0) {
-                        log_error_errno(r, "Failed to arm the pacing timer: %m");
-                        return;
-                }
-        } else
-                (void) sd_event_source_set_time_relative(m->delivery.pace_timer, delay);
-        (void) sd_event_source_set_enabled(m->delivery.pace_timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Failed to arm the pacing timer: %m");
 }
 
 static void recent_drop_head(Delivery *d) {

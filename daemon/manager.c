@@ -154,9 +154,6 @@ void manager_connection_online(Manager *m) {
         delivery_online(m);
 }
 
-void manager_connection_offline(Manager *m) {
-}
-
 void manager_published(Manager *m, int mid) {
         delivery_published(m, mid);
 }

@@ -102,7 +102,6 @@ const char *provision_step_to_string(ProvisionStep s);
 
 /* Hooks of the device connection into what uses it. */
 void manager_connection_online(Manager *m);
-void manager_connection_offline(Manager *m);
 void manager_published(Manager *m, int mid);
 void manager_dispatch_message(Manager *m, int topic_kind, const char *topic, const void *data,
                               size_t len);

@@ -12,13 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "platform"))
 import lodevtest  # noqa: E402
 
 
-def require_tool(name):
-    """Outside CI a missing tool skips; under CI=true it fails."""
-    if shutil.which(name):
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("%s is required under CI" % name)
-    pytest.skip("%s not installed" % name)
+require_tool = lodevtest.require_tool
 
 
 @pytest.fixture

@@ -47,6 +47,17 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Config
 """
 
 
+def require_tool(name):
+    """Outside CI a missing tool skips; under CI=true it fails."""
+    import pytest
+
+    if shutil.which(name):
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("%s is required under CI" % name)
+    pytest.skip("%s not installed" % name)
+
+
 def public_tempdir(prefix):
     """A directory that user nobody can traverse (the bus socket lives there)."""
     d = tempfile.mkdtemp(prefix=prefix)

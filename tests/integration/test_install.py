@@ -34,13 +34,7 @@ MAN_PAGES = [
 ]
 
 
-def require_tool(name):
-    """Outside CI a missing tool skips; under CI=true it fails."""
-    if shutil.which(name):
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("%s is required under CI" % name)
-    pytest.skip("%s not installed" % name)
+require_tool = lodevtest.require_tool
 
 
 def run(args, **kw):

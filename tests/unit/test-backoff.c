@@ -10,17 +10,6 @@
 
 #define SEC 1000000ULL
 
-/* xorshift64*: deterministic randomness for the draws. */
-static uint64_t rng(uint64_t *state) {
-        uint64_t x = *state;
-
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        *state = x;
-        return x * 0x2545f4914f6cdd1dULL;
-}
-
 static void test_bounds(void) {
         uint64_t state = 0x9e3779b97f4a7c15ULL;
         bool in_bounds = true, never_below_min = true;
@@ -31,7 +20,7 @@ static void test_bounds(void) {
 
                 backoff_init(&b, 1 * SEC, 300 * SEC);
                 for (unsigned k = 0; k < 40; k++) {
-                        uint64_t d = backoff_next(&b, rng(&state));
+                        uint64_t d = backoff_next(&b, test_rng(&state));
                         uint64_t w = k >= 9 ? 300 * SEC : MIN(300 * SEC, SEC << (k + 1));
 
                         if (d < MAX(w / 2, SEC) || d > w)
@@ -90,7 +79,7 @@ static void test_growth(void) {
                                 backoff_init(&c, 1 * SEC, 3600 * SEC);
                                 for (unsigned j = 0; j < k; j++)
                                         backoff_next(&c, 0);
-                                sum += backoff_next(&c, rng(&state));
+                                sum += backoff_next(&c, test_rng(&state));
                         }
                         if (k > 0)
                                 CHECK(sum > prev * 19 / 10 && sum < prev * 21 / 10);

@@ -12,16 +12,6 @@
 
 #define SEC 1000000ULL
 
-static uint64_t rng(uint64_t *state) {
-        uint64_t x = *state;
-
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        *state = x;
-        return x * 0x2545f4914f6cdd1dULL;
-}
-
 /* The most takes in any half-open window [t, t + w) over sorted times. */
 static unsigned max_in_window(const uint64_t *t, size_t n, uint64_t w) {
         unsigned best = 0;
@@ -45,7 +35,7 @@ static size_t greedy(double rate, double burst, uint64_t duration, uint64_t *tim
         while (now < 5 * SEC + duration) {
                 while (n < max && token_bucket_take(&tb, 1, now))
                         times[n++] = now;
-                now += 1 + rng(&state) % 2000;
+                now += 1 + test_rng(&state) % 2000;
         }
         return n;
 }
@@ -119,9 +109,9 @@ static void test_wait(void) {
                 bool exact = true;
 
                 for (unsigned i = 0; i < 20000; i++) {
-                        double rate = 1 + (double) (rng(&state) % 100000) / 7;
-                        double burst = 1 + (double) (rng(&state) % 500);
-                        double n = 1 + (double) (rng(&state) % 700);
+                        double rate = 1 + (double) (test_rng(&state) % 100000) / 7;
+                        double burst = 1 + (double) (test_rng(&state) % 500);
+                        double n = 1 + (double) (test_rng(&state) % 700);
 
                         if (i % 500 == 0)
                                 token_bucket_init(&tb, rate, burst, now);
@@ -131,7 +121,7 @@ static void test_wait(void) {
                         now += w;
                         if (!token_bucket_take(&tb, n, now))
                                 exact = false;
-                        now += rng(&state) % 3000;
+                        now += test_rng(&state) % 3000;
                 }
                 CHECK(exact);
         }
@@ -159,7 +149,7 @@ static void test_bytes(void) {
         now = start = 10 * SEC;
         token_bucket_init(&tb, 512 * 1024, 128 * 1024, now);
         while (now < start + 10 * SEC) {
-                double n = 1 + (double) (rng(&state) % (256 * 1024));
+                double n = 1 + (double) (test_rng(&state) % (256 * 1024));
 
                 now += token_bucket_wait_usec(&tb, n, now);
                 if (now >= start + 10 * SEC)

@@ -5,6 +5,7 @@
  * main() returns the number of failed checks, so meson sees a non-zero exit. */
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -46,3 +47,14 @@ static unsigned tests_failed, tests_run;
                 printf("%u checks, %u failed\n", tests_run, tests_failed);                         \
                 tests_failed > 0 ? 1 : 0;                                                          \
         })
+
+/* xorshift64*: deterministic pseudo-random numbers for tests. */
+static inline uint64_t test_rng(uint64_t *state) {
+        uint64_t x = *state;
+
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *state = x;
+        return x * 0x2545f4914f6cdd1dULL;
+}
