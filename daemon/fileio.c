@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -23,21 +24,111 @@ int write_full(int fd, const void *data, size_t len) {
         return 0;
 }
 
-int fsync_directory_of(const char *path) {
-        _cleanup_free_ char *copy = strdup(path);
-        _cleanup_close_ int fd = -EBADF;
-        struct stat st;
-        const char *dir;
+/* off_t is 64 bits here (_FILE_OFFSET_BITS=64 or a 64-bit ABI); a range past it is refused
+ * rather than wrapped into a negative offset. */
+static bool range_ok(uint64_t offset, size_t len) {
+        return offset <= (uint64_t) INT64_MAX && len <= (uint64_t) INT64_MAX - offset;
+}
 
-        if (!copy)
-                return -ENOMEM;
-        dir = (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) ? path : dirname(copy);
+int pread_full(int fd, void *buf, size_t len, uint64_t offset) {
+        uint8_t *p = buf;
+
+        if (!range_ok(offset, len))
+                return -EOVERFLOW;
+        while (len > 0) {
+                ssize_t n = pread(fd, p, len, (off_t) offset);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -ENODATA;
+                p += n;
+                len -= (size_t) n;
+                offset += (uint64_t) n;
+        }
+        return 0;
+}
+
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset) {
+        struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+
+        return pwritev_full(fd, &iov, 1, offset);
+}
+
+int pwritev_full(int fd, struct iovec *iov, size_t n_iov, uint64_t offset) {
+        size_t total = 0;
+
+        for (size_t i = 0; i < n_iov; i++) {
+                if (iov[i].iov_len > SIZE_MAX - total)
+                        return -EOVERFLOW;
+                total += iov[i].iov_len;
+        }
+        if (!range_ok(offset, total))
+                return -EOVERFLOW;
+
+        for (;;) {
+                ssize_t n;
+
+                /* Skip what is done, including empty entries, so that pwritev() returning 0
+                 * can only mean that the kernel wrote nothing. */
+                while (n_iov > 0 && iov->iov_len == 0) {
+                        iov++;
+                        n_iov--;
+                }
+                if (n_iov == 0)
+                        return 0;
+
+                n = pwritev(fd, iov, (int) MIN(n_iov, (size_t) IOV_MAX), (off_t) offset);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -EIO;
+                offset += (uint64_t) n;
+                while (n > 0) {
+                        size_t k = MIN((size_t) n, iov->iov_len);
+
+                        iov->iov_base = (uint8_t *) iov->iov_base + k;
+                        iov->iov_len -= k;
+                        n -= (ssize_t) k;
+                        if (iov->iov_len == 0) {
+                                iov++;
+                                n_iov--;
+                        }
+                }
+        }
+}
+
+static int fsync_dir_path(const char *dir) {
+        _cleanup_close_ int fd = -EBADF;
+
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
         if (fsync(fd) < 0)
                 return -errno;
         return 0;
+}
+
+int fsync_directory_of(const char *path) {
+        struct stat st;
+
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+                return fsync_dir_path(path);
+        return fsync_parent_directory(path);
+}
+
+int fsync_parent_directory(const char *path) {
+        _cleanup_free_ char *copy = strdup(path);
+
+        if (!copy)
+                return -ENOMEM;
+        return fsync_dir_path(dirname(copy));
 }
 
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {

@@ -29,7 +29,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdint.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -173,49 +172,6 @@ static bool segment_name_parse(const char *name, uint64_t *ret) {
         }
         *ret = v;
         return true;
-}
-
-static int pread_full(int fd, void *buf, size_t len, uint64_t offset) {
-        uint8_t *p = buf;
-
-        while (len > 0) {
-                ssize_t n = pread(fd, p, len, (off_t) offset);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (n == 0)
-                        return -EIO; /* the file is shorter than the index says */
-                p += n;
-                len -= (size_t) n;
-                offset += (uint64_t) n;
-        }
-        return 0;
-}
-
-static int pwritev_full(int fd, struct iovec *iov, int n_iov, uint64_t offset) {
-        while (n_iov > 0) {
-                ssize_t n = pwritev(fd, iov, n_iov, (off_t) offset);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                offset += (uint64_t) n;
-                while (n_iov > 0 && (size_t) n >= iov->iov_len) {
-                        n -= (ssize_t) iov->iov_len;
-                        iov++;
-                        n_iov--;
-                }
-                if (n_iov > 0) {
-                        iov->iov_base = (uint8_t *) iov->iov_base + n;
-                        iov->iov_len -= (size_t) n;
-                }
-        }
-        return 0;
 }
 
 static int grow(void **p, size_t *allocated, size_t need, size_t size) {
@@ -647,20 +603,6 @@ static int spool_recover(Spool *s, const HeadState *h) {
         return 0;
 }
 
-static int fsync_parent(const char *path) {
-        _cleanup_free_ char *copy = strdup(path);
-        _cleanup_close_ int fd = -EBADF;
-
-        if (!copy)
-                return -ENOMEM;
-        fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fsync(fd) < 0)
-                return -errno;
-        return 0;
-}
-
 int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
         _cleanup_(head_state_done) HeadState h = {};
         Spool *s;
@@ -676,7 +618,7 @@ int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
                 return -errno;
         if (created) {
                 /* The promise of durability includes the directory itself. */
-                r = fsync_parent(dir);
+                r = fsync_parent_directory(dir);
                 if (r < 0)
                         return r;
         }
