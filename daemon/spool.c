@@ -14,14 +14,18 @@
  *                         (acks that came out of order); next_seq keeps sequence numbers growing
  *                         when every segment has been deleted.
  *
- * Recovery reads every segment from the start and stops at the first record that is not
- * whole and valid, cutting the file there: with append-only files that is exactly the torn
- * tail of a crash. Segments are never appended to after a restart, so the cut only ever
- * removes bytes that no sync covered (or that the medium damaged).
+ * Recovery reads every segment from the start. Where a record is not whole and valid it
+ * looks for the next offset holding one (magic, plausible header, CRC) and goes on from there,
+ * so damage in the middle of a segment costs only the records it hit. Damage that runs to the
+ * end of a segment is cut off the file: with append-only files that is the torn tail of a
+ * crash. Segments are never appended to after a restart, so the cut only ever removes bytes
+ * that no sync covered (or that the medium damaged).
  *
  * Durability: records reach the disk with one fdatasync() of the segments written since the
  * last spool_sync(); a new segment also needs its directory entry, hence the directory fsync()
- * only then. Acks live in memory until spool_flush() writes the head file. A fully acked
+ * only then. When a sync fails, its records are cut off every file they went to (even one
+ * whose own fdatasync() worked: the callers are told they failed) and segments created for
+ * them are deleted, before anything else is appended. Acks live in memory until spool_flush() writes the head file. A fully acked
  * segment is unlinked right away; the only ordering that matters is that the head file holds a
  * next_seq above the records of a segment before the newest segment goes, or sequence numbers
  * could repeat after a crash. */
@@ -29,6 +33,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdint.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -53,13 +58,16 @@
 #define SEGMENT_SIZE_MAX (1024U * 1024U)
 
 typedef struct Segment {
-        uint64_t first_seq; /* from the file name */
-        uint64_t last_seq;  /* seq of the last record written; may overestimate after a discard */
-        uint64_t size;      /* bytes of whole, valid records */
-        uint64_t count;     /* records in the file */
-        uint64_t unacked;   /* of those, not acknowledged yet */
-        int wfd;            /* open for writing while appending or until the next sync */
-        bool dirty;         /* written since the last fdatasync() */
+        uint64_t first_seq;   /* from the file name */
+        uint64_t last_seq;    /* seq of the last record written; may overestimate after a discard */
+        uint64_t size;        /* bytes of whole, valid records */
+        uint64_t synced_size; /* of those, made durable by the last successful sync */
+        uint64_t count;       /* records in the file */
+        uint64_t unacked;     /* of those, not acknowledged yet */
+        int wfd;              /* open for writing while appending or until the next sync */
+        bool dirty;           /* written since the last successful spool_sync() */
+        bool created;         /* the file was created since the last successful spool_sync() */
+        bool cut;             /* a failed sync's records must still be cut off the file */
 } Segment;
 
 typedef struct Entry {
@@ -93,13 +101,22 @@ struct Spool {
         uint64_t used_bytes;
         uint64_t pending;
 
-        bool ready;      /* recovered: only then may spool_free() sync, flush and delete */
-        bool dir_dirty;  /* a segment file was created since the directory was last synced */
-        bool acks_dirty; /* acks since the head file was last written */
+        bool ready;           /* recovered: only then may spool_free() sync, flush and delete */
+        bool dir_dirty;       /* a segment file was created since the directory was last synced */
+        bool acks_dirty;      /* acks since the head file was last written */
+        bool cleanup_pending; /* a failed sync's records are not yet cut off the files */
+        int dir_error;        /* a directory fsync() that failed while dir_dirty */
+
+        SpoolLoss *losses; /* what recovery skipped, at most SPOOL_LOSSES_MAX */
+        size_t n_losses;
+        size_t n_losses_found;
 
         Segment *read_segment; /* spool_read() keeps one descriptor open */
         int read_fd;
 };
+
+int (*spool_fdatasync_hook)(int fd) = fdatasync;
+int (*spool_fsync_hook)(int fd) = fsync;
 
 typedef struct HeadState {
         uint64_t next_seq;
@@ -336,7 +353,7 @@ static int spool_write_head(Spool *s) {
                     0600);
         if (fd < 0)
                 return -errno;
-        if (write_full(fd, buf, size) < 0 || fsync(fd) < 0) {
+        if (write_full(fd, buf, size) < 0 || spool_fsync_hook(fd) < 0) {
                 int r = -errno;
 
                 (void) unlinkat(s->dir_fd, HEAD_TEMP, 0);
@@ -349,8 +366,15 @@ static int spool_write_head(Spool *s) {
                 (void) unlinkat(s->dir_fd, HEAD_TEMP, 0);
                 return r;
         }
-        if (fsync(s->dir_fd) < 0)
-                return -errno;
+        if (spool_fsync_hook(s->dir_fd) < 0) {
+                int r = -errno;
+
+                /* The kernel may have dropped a new segment's entry and will not say so again:
+                 * the records in it are lost even if a later fsync() succeeds. */
+                if (s->dir_dirty)
+                        s->dir_error = r;
+                return r;
+        }
 
         s->persisted_next_seq = s->next_seq;
         s->acks_dirty = false;
@@ -415,8 +439,10 @@ static int segment_remove(Spool *s, size_t i) {
         return 0;
 }
 
+static int spool_cleanup(Spool *s);
+
 static bool segment_removable(const Spool *s, const Segment *seg) {
-        return seg != s->active && seg->unacked == 0 && !seg->dirty;
+        return seg != s->active && seg->unacked == 0 && !seg->dirty && !seg->cut;
 }
 
 /* Deletes the segments whose records are all acknowledged. If one of them holds the highest
@@ -451,9 +477,99 @@ static int spool_gc(Spool *s) {
         return 0;
 }
 
-/* Reads one segment into the index, cutting it at the first record that is not whole and
- * valid. */
-static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t *last_seq) {
+/* Checks for a whole, valid record at offset whose seq lies in [min_seq, seq_limit): 1 with
+ * its payload in *payload, 0 when there is none. */
+static int record_check(int fd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
+                        uint64_t seq_limit, uint8_t **payload, size_t *payload_allocated,
+                        uint32_t *ret_len, uint64_t *ret_seq) {
+        uint8_t header[RECORD_HEADER_SIZE];
+        uint32_t len;
+        uint64_t seq;
+        int r;
+
+        if (offset > file_size || file_size - offset < RECORD_HEADER_SIZE)
+                return 0;
+        r = pread_full(fd, header, sizeof(header), offset);
+        if (r < 0)
+                return r;
+        len = get_le32(header + 4);
+        seq = get_le64(header + 12);
+        if (get_le32(header) != RECORD_MAGIC || len > SPOOL_RECORD_MAX ||
+            file_size - offset - RECORD_HEADER_SIZE < len || seq < min_seq || seq >= seq_limit ||
+            seq == UINT64_MAX)
+                return 0;
+
+        r = grow((void **) payload, payload_allocated, MAX(len, 1U), 1);
+        if (r < 0)
+                return r;
+        r = pread_full(fd, *payload, len, offset + RECORD_HEADER_SIZE);
+        if (r < 0)
+                return r;
+        if (get_le32(header + 8) != record_crc(header, *payload, len))
+                return 0;
+
+        *ret_len = len;
+        *ret_seq = seq;
+        return 1;
+}
+
+/* The offset of the next valid record after a damaged one at offset, and its seq; file_size
+ * when there is none. */
+static int record_resync(int fd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
+                         uint64_t seq_limit, uint8_t **payload, size_t *payload_allocated,
+                         uint64_t *ret_offset, uint64_t *ret_seq) {
+        uint8_t buf[16384];
+        uint64_t pos = offset + 1;
+        int r;
+
+        while (pos < file_size && file_size - pos >= RECORD_HEADER_SIZE) {
+                size_t n = (size_t) MIN(file_size - pos, (uint64_t) sizeof(buf));
+
+                r = pread_full(fd, buf, n, pos);
+                if (r < 0)
+                        return r;
+                for (size_t i = 0; i + 4 <= n; i++) {
+                        uint32_t len;
+                        uint64_t seq;
+
+                        if (get_le32(buf + i) != RECORD_MAGIC)
+                                continue;
+                        r = record_check(fd, file_size, pos + i, min_seq, seq_limit, payload,
+                                         payload_allocated, &len, &seq);
+                        if (r < 0)
+                                return r;
+                        if (r > 0) {
+                                *ret_offset = pos + i;
+                                *ret_seq = seq;
+                                return 0;
+                        }
+                }
+                /* The last three bytes again: a magic may straddle the two reads. */
+                pos += n - 3;
+        }
+        *ret_offset = file_size;
+        *ret_seq = 0;
+        return 0;
+}
+
+static void spool_add_loss(Spool *s, const SpoolLoss *loss) {
+        s->n_losses_found++;
+        if (s->n_losses >= SPOOL_LOSSES_MAX)
+                return;
+        if (!s->losses) {
+                s->losses = calloc(SPOOL_LOSSES_MAX, sizeof(SpoolLoss));
+                if (!s->losses)
+                        return; /* the report is lost, not the records */
+        }
+        s->losses[s->n_losses++] = *loss;
+}
+
+/* Reads one segment into the index. Bytes that hold no whole, valid record are skipped up to
+ * the next valid one and reported; damage at the end is cut off the file. seq_limit is the
+ * first seq of the next segment (UINT64_MAX for the newest); *last_seq is raised to the
+ * highest seq the segment may have held. */
+static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq_limit,
+                        uint64_t *last_seq) {
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ uint8_t *payload = NULL;
         size_t payload_allocated = 0;
@@ -472,32 +588,48 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t *la
                 return -EUCLEAN;
         file_size = (uint64_t) st.st_size;
 
-        for (;;) {
-                uint8_t header[RECORD_HEADER_SIZE];
+        while (offset < file_size) {
+                uint64_t seq, min_seq = MAX(*last_seq + 1, seg->first_seq), next;
                 uint32_t len;
-                uint64_t seq;
+                SpoolLoss loss;
                 Entry *e;
 
-                if (file_size - offset < RECORD_HEADER_SIZE)
-                        break;
-                r = pread_full(fd, header, sizeof(header), offset);
+                r = record_check(fd, file_size, offset, min_seq, seq_limit, &payload,
+                                 &payload_allocated, &len, &seq);
                 if (r < 0)
                         return r;
-                len = get_le32(header + 4);
-                seq = get_le64(header + 12);
-                if (get_le32(header) != RECORD_MAGIC || len > SPOOL_RECORD_MAX ||
-                    file_size - offset - RECORD_HEADER_SIZE < len || seq <= *last_seq ||
-                    seq < seg->first_seq || seq == UINT64_MAX)
-                        break;
+                if (r == 0) {
+                        r = record_resync(fd, file_size, offset, min_seq, seq_limit, &payload,
+                                          &payload_allocated, &next, &seq);
+                        if (r < 0)
+                                return r;
 
-                r = grow((void **) &payload, &payload_allocated, MAX(len, 1U), 1);
-                if (r < 0)
-                        return r;
-                r = pread_full(fd, payload, len, offset + RECORD_HEADER_SIZE);
-                if (r < 0)
-                        return r;
-                if (get_le32(header + 8) != record_crc(header, payload, len))
-                        break;
+                        loss = (SpoolLoss) {
+                                .segment = seg->first_seq,
+                                .offset = offset,
+                                .bytes = next - offset,
+                                .first_seq = min_seq,
+                                .tail = next == file_size,
+                        };
+                        if (!loss.tail)
+                                loss.last_seq = seq - 1;
+                        else if (seq_limit != UINT64_MAX)
+                                loss.last_seq = seq_limit - 1;
+                        else {
+                                /* Whatever records the tail held started at least a header
+                                 * apart: never hand out their seqs again. */
+                                uint64_t n = (loss.bytes + RECORD_HEADER_SIZE - 1) /
+                                             RECORD_HEADER_SIZE;
+
+                                *last_seq = MAX(*last_seq, min_seq + n - 1);
+                        }
+                        if (loss.last_seq != 0 && loss.last_seq < loss.first_seq)
+                                loss.first_seq = loss.last_seq = 0;
+                        spool_add_loss(s, &loss);
+
+                        offset = next;
+                        continue;
+                }
 
                 r = grow((void **) &s->entries, &s->n_entries_allocated, s->n_entries + 1,
                          sizeof(Entry));
@@ -517,22 +649,23 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t *la
                         s->pending++;
                 }
                 seg->last_seq = seq;
-                *last_seq = seq;
-                offset += RECORD_HEADER_SIZE + len;
+                *last_seq = MAX(*last_seq, seq);
+                seg->size = offset + RECORD_HEADER_SIZE + len;
+                offset = seg->size;
         }
 
-        seg->size = offset;
-        s->used_bytes += offset;
+        seg->synced_size = seg->size;
+        s->used_bytes += seg->size;
 
-        if (offset < file_size) {
+        if (seg->size < file_size) {
                 /* The torn tail of a crash (or damage): cut it off so that nothing ever reads
                  * it. Best effort: the segment is never appended to again, and if the cut
                  * fails the next start cuts at the same place. */
                 _cleanup_close_ int wfd = openat(s->dir_fd, name,
                                                  O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 
-                if (wfd >= 0 && ftruncate(wfd, (off_t) offset) >= 0)
-                        (void) fsync(wfd);
+                if (wfd >= 0 && ftruncate(wfd, (off_t) seg->size) >= 0)
+                        (void) spool_fsync_hook(wfd);
         }
         return 0;
 }
@@ -592,7 +725,7 @@ static int spool_recover(Spool *s, const HeadState *h) {
                         free(seg);
                         return r;
                 }
-                r = segment_load(s, seg, h, &last_seq);
+                r = segment_load(s, seg, h, i + 1 < n ? firsts[i + 1] : UINT64_MAX, &last_seq);
                 if (r < 0)
                         return r;
         }
@@ -683,6 +816,7 @@ Spool *spool_free(Spool *s) {
         }
         free(s->segments);
         free(s->entries);
+        free(s->losses);
         safe_close(s->read_fd);
         safe_close(s->dir_fd);
         free(s);
@@ -712,6 +846,7 @@ static int segment_create(Spool *s) {
                 free(seg);
                 return r;
         }
+        seg->created = true;
         s->active = seg;
         s->dir_dirty = true;
         return 0;
@@ -744,6 +879,9 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
                 return -EINVAL;
         if (s->next_seq == UINT64_MAX)
                 return -EOVERFLOW;
+        r = spool_cleanup(s);
+        if (r < 0)
+                return r;
         size = RECORD_HEADER_SIZE + len;
 
         if (s->used_bytes + size > s->max_bytes && s->active && s->active->unacked == 0) {
@@ -803,67 +941,133 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
         return 0;
 }
 
-/* After a failed fsync the unsynced records cannot be trusted: forget them and cut them off
- * the files, and start a new segment for what comes next. */
+/* After a failed sync the unsynced records cannot be trusted: forget them (their seqs stay
+ * used) and leave spool_cleanup() to cut them off the files. What comes next goes to a new
+ * segment. */
 static void spool_discard_unsynced(Spool *s) {
         while (s->n_entries > s->start && s->entries[s->n_entries - 1].seq > s->synced_seq) {
                 Entry *e = &s->entries[--s->n_entries];
-                Segment *seg = e->segment;
 
-                s->used_bytes -= seg->size - e->offset;
-                seg->size = e->offset;
-                seg->count--;
-                seg->unacked--;
+                e->segment->count--;
+                e->segment->unacked--;
                 s->pending--;
         }
         if (s->start == s->n_entries)
                 s->start = s->n_entries = 0;
 
-        s->active = NULL;
         for (size_t i = 0; i < s->n_segments; i++) {
                 Segment *seg = s->segments[i];
 
-                if (seg->wfd < 0)
+                if (!seg->dirty && !seg->created && seg->size == seg->synced_size)
                         continue;
-                (void) ftruncate(seg->wfd, (off_t) seg->size);
-                seg->wfd = safe_close(seg->wfd);
+                s->used_bytes -= seg->size - seg->synced_size;
+                seg->size = seg->synced_size;
                 seg->dirty = false;
+                seg->cut = true;
         }
-        (void) spool_gc(s);
+        s->active = NULL;
+        s->cleanup_pending = true;
+        /* Counted against this batch; what the cleanup's own fsync() says is its business. */
+        s->dir_error = 0;
+}
+
+/* Cuts the records of a failed sync off the files, durably: their callers were told they
+ * failed, so no restart may bring them back. Each segment written since the last good sync
+ * goes back to its synced length; one created since is then deleted; the head file records
+ * next_seq so the discarded seqs stay used, and its directory fsync() makes the deletions
+ * durable. Idempotent; until it succeeds the spool takes no appends. */
+static int spool_cleanup(Spool *s) {
+        int r;
+
+        if (!s->cleanup_pending)
+                return 0;
+
+        for (size_t i = 0; i < s->n_segments; i++) {
+                Segment *seg = s->segments[i];
+
+                if (!seg->cut)
+                        continue;
+                if (seg->wfd < 0) {
+                        char name[32];
+
+                        segment_name(seg->first_seq, name);
+                        seg->wfd = openat(s->dir_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+                        if (seg->wfd < 0) {
+                                r = -errno;
+                                seg->wfd = -EBADF;
+                                if (r != -ENOENT)
+                                        return r;
+                                seg->cut = false; /* nothing left to cut */
+                                continue;
+                        }
+                }
+                if (ftruncate(seg->wfd, (off_t) seg->synced_size) < 0 ||
+                    spool_fsync_hook(seg->wfd) < 0)
+                        return -errno;
+                seg->wfd = safe_close(seg->wfd);
+                seg->cut = false;
+        }
+
+        for (size_t i = 0; i < s->n_segments;) {
+                Segment *seg = s->segments[i];
+
+                if (!seg->created || seg->count > 0) {
+                        i++;
+                        continue;
+                }
+                r = segment_remove(s, i);
+                if (r < 0)
+                        return r;
+        }
+
+        r = spool_write_head(s);
+        if (r < 0)
+                return r;
+
+        /* The segments whose entries a failed directory fsync() may have lost are gone. */
+        s->dir_error = 0;
+        s->cleanup_pending = false;
+        return 0;
 }
 
 int spool_sync(Spool *s) {
-        int r = 0;
+        int r;
 
         if (!s)
                 return -EINVAL;
+        r = spool_cleanup(s);
+        if (r < 0)
+                return r;
 
-        for (size_t i = 0; i < s->n_segments; i++) {
+        for (size_t i = 0; i < s->n_segments && r >= 0; i++) {
                 Segment *seg = s->segments[i];
 
-                if (seg->wfd < 0)
-                        continue;
-                if (seg->dirty) {
-                        if (fdatasync(seg->wfd) < 0) {
-                                r = -errno;
-                                break;
-                        }
-                        seg->dirty = false;
-                }
-                if (seg != s->active)
-                        seg->wfd = safe_close(seg->wfd);
+                if (seg->dirty && seg->wfd >= 0 && spool_fdatasync_hook(seg->wfd) < 0)
+                        r = -errno;
         }
+        if (r >= 0 && s->dir_error < 0)
+                r = s->dir_error;
         if (r >= 0 && s->dir_dirty) {
-                if (fsync(s->dir_fd) < 0)
+                if (spool_fsync_hook(s->dir_fd) < 0)
                         r = -errno;
                 else
                         s->dir_dirty = false;
         }
         if (r < 0) {
                 spool_discard_unsynced(s);
+                (void) spool_cleanup(s);
                 return r;
         }
 
+        for (size_t i = 0; i < s->n_segments; i++) {
+                Segment *seg = s->segments[i];
+
+                seg->dirty = false;
+                seg->created = false;
+                seg->synced_size = seg->size;
+                if (seg != s->active)
+                        seg->wfd = safe_close(seg->wfd);
+        }
         s->synced_seq = s->next_seq - 1;
         return 0;
 }
@@ -928,6 +1132,8 @@ int spool_read(Spool *s, uint64_t seq, void **ret_data, size_t *ret_len) {
         if (!buf)
                 return -ENOMEM;
         r = pread_full(s->read_fd, buf, RECORD_HEADER_SIZE + (size_t) e->len, e->offset);
+        if (r == -ENODATA)
+                return -EBADMSG; /* the file was cut short under the record */
         if (r < 0)
                 return r;
         if (get_le32(buf) != RECORD_MAGIC || get_le32(buf + 4) != e->len ||
@@ -976,6 +1182,14 @@ int spool_flush(Spool *s) {
                         return r;
         }
         return spool_gc(s);
+}
+
+int spool_recovery_losses(const Spool *s, const SpoolLoss **ret, size_t *ret_n) {
+        if (!s || !ret || !ret_n)
+                return -EINVAL;
+        *ret = s->losses;
+        *ret_n = s->n_losses;
+        return (int) MIN(s->n_losses_found, (size_t) INT_MAX);
 }
 
 uint64_t spool_pending_count(const Spool *s) {

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 
 /* The spool against real files in a temporary directory: round trips, reopen, out-of-order
- * acks, the size bound, torn and corrupt tails, SIGKILL at arbitrary points, and a rough
- * throughput figure. */
+ * acks, the size bound, torn and corrupt tails, damage in the middle of a segment, failing
+ * fdatasync() and fsync(), SIGKILL at arbitrary points, and a rough throughput figure. */
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -129,6 +130,36 @@ static int append_range(Spool *s, uint64_t first, unsigned n, uint64_t *ret_firs
                 prev = seq;
         }
         return 0;
+}
+
+/* Offset of record seq in a segment that holds counters 1.. as seqs 1.. (append_range(s, 1,
+ * n) into a fresh spool with big segments). */
+static off_t record_offset(uint64_t seq) {
+        off_t offset = 0;
+
+        for (uint64_t i = 1; i < seq; i++) {
+                char buf[512];
+
+                offset += 20 + (off_t) payload_make(i, buf, sizeof(buf));
+        }
+        return offset;
+}
+
+static size_t payload_len(uint64_t n) {
+        char buf[512];
+
+        return payload_make(n, buf, sizeof(buf));
+}
+
+static void flip_byte(const char *path, off_t offset) {
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        char c = 0;
+
+        CHECK(fd >= 0);
+        CHECK_INT(pread(fd, &c, 1, offset), 1);
+        c ^= 0x5a;
+        CHECK_INT(pwrite(fd, &c, 1, offset), 1);
+        close(fd);
 }
 
 /* Counter stored in record seq, UINT64_MAX if unreadable or damaged. */
@@ -382,7 +413,7 @@ static void torn_case(const char *name, void (*damage)(const char *segment)) {
         _cleanup_free_ char *dir = path_join(tmpdir, name), *seg = NULL;
         uint64_t first, seq, after = 0;
         Spool *s = NULL;
-        off_t size_before;
+        off_t size_before, file_size_damaged;
         unsigned n = 0;
 
         CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
@@ -395,7 +426,9 @@ static void torn_case(const char *name, void (*damage)(const char *segment)) {
         if (!seg)
                 return;
         size_before = file_size(seg);
+        CHECK_INT(size_before, record_offset(11));
         damage(seg);
+        file_size_damaged = file_size(seg);
 
         CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
         CHECK_INT(spool_pending_count(s), 9);
@@ -407,16 +440,28 @@ static void torn_case(const char *name, void (*damage)(const char *segment)) {
         }
         CHECK_INT(n, 9);
         CHECK_INT(spool_read(s, 10, &(void *) { NULL }, &(size_t) { 0 }), -ENOENT);
-        /* The damaged record is cut off the file, exactly. */
+        /* The damaged record is cut off the file, exactly, and reported. */
         {
-                char buf[512];
+                const SpoolLoss *l = NULL;
+                size_t n_l = 0;
 
-                CHECK_INT(file_size(seg), size_before - 20 - (off_t) payload_make(10, buf, 512));
+                CHECK_INT(file_size(seg), record_offset(10));
+                CHECK_INT(spool_recovery_losses(s, &l, &n_l), 1);
+                CHECK_INT(n_l, 1);
+                if (n_l == 1) {
+                        CHECK_INT(l[0].segment, 1);
+                        CHECK_INT(l[0].offset, record_offset(10));
+                        CHECK_INT(l[0].bytes, file_size_damaged - record_offset(10));
+                        CHECK_INT(l[0].first_seq, 10);
+                        CHECK_INT(l[0].last_seq, 0);
+                        CHECK(l[0].tail);
+                }
         }
 
-        /* The spool goes on: a new record after the cut, durable across a reopen. */
+        /* The spool goes on: a new record after the cut, durable across a reopen, with a seq
+         * that the damaged bytes cannot have held. */
         CHECK_INT(append_range(s, 11, 1, &first), 0);
-        CHECK(first >= 10);
+        CHECK(first >= 10 + (uint64_t) (file_size_damaged - record_offset(10) + 19) / 20);
         CHECK_INT(spool_sync(s), 0);
         s = spool_free(s);
 
@@ -503,6 +548,14 @@ static void test_zero_tail_and_bad_head(void) {
                 n++;
         }
         CHECK_INT(n, 10);
+        {
+                const SpoolLoss *l = NULL;
+                size_t n_l = 0;
+
+                CHECK_INT(spool_recovery_losses(s, &l, &n_l), 1);
+                CHECK(n_l == 1 && l[0].offset == (uint64_t) size && l[0].bytes == sizeof(zeros) &&
+                      l[0].first_seq == 11 && l[0].last_seq == 0 && l[0].tail);
+        }
         spool_free(s);
 }
 
@@ -869,6 +922,391 @@ static void test_performance(void) {
         spool_free(s);
 }
 
+
+/* Thirty synced records in one segment, damaged by `damage`, then reopened: every record but
+ * the damaged ones is still there, and the loss report names those exactly. */
+static void resync_case(const char *name, void (*damage)(const char *segment), uint64_t lost_first,
+                        uint64_t lost_last) {
+        _cleanup_free_ char *dir = path_join(tmpdir, name), *seg = NULL;
+        uint64_t first, seq, after = 0;
+        const SpoolLoss *l = NULL;
+        size_t n_l = 0;
+        Spool *s = NULL;
+        off_t size;
+        unsigned n = 0;
+        bool ok = true;
+
+        CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+        CHECK_INT(append_range(s, 1, 30, &first), 0);
+        CHECK_INT(spool_sync(s), 0);
+        s = spool_free(s);
+        seg = last_segment(dir);
+        CHECK(seg);
+        if (!seg)
+                return;
+        damage(seg);
+        size = file_size(seg);
+
+        for (unsigned round = 0; round < 2; round++) {
+                CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+                if (!s)
+                        return;
+                CHECK_INT(spool_pending_count(s), 30 - (lost_last - lost_first + 1) + round);
+                after = 0;
+                n = 0;
+                while (spool_next(s, after, &seq) >= 0) {
+                        if (seq >= lost_first && seq <= lost_last)
+                                ok = false;
+                        if (seq <= 30 && read_counter(s, seq) != seq)
+                                ok = false;
+                        after = seq;
+                        n++;
+                }
+                CHECK(ok);
+                CHECK_INT(n, 30 - (lost_last - lost_first + 1) + round);
+                for (uint64_t i = lost_first; i <= lost_last; i++)
+                        CHECK_INT(spool_read(s, i, &(void *) { NULL }, &(size_t) { 0 }), -ENOENT);
+                CHECK_INT(read_counter(s, 30), 30);
+
+                /* Damage in the middle stays in the file and is reported at each open. */
+                CHECK_INT(file_size(seg), size);
+                CHECK_INT(spool_recovery_losses(s, &l, &n_l), 1);
+                CHECK_INT(n_l, 1);
+                if (n_l == 1) {
+                        CHECK_INT(l[0].segment, 1);
+                        CHECK_INT(l[0].offset, record_offset(lost_first));
+                        CHECK_INT(l[0].bytes, record_offset(lost_last + 1) - record_offset(lost_first));
+                        CHECK_INT(l[0].first_seq, lost_first);
+                        CHECK_INT(l[0].last_seq, lost_last);
+                        CHECK(!l[0].tail);
+                }
+
+                /* Numbering carries on above the records after the damage. */
+                if (round == 0) {
+                        CHECK_INT(append_range(s, 31, 1, &first), 0);
+                        CHECK_INT(first, 31);
+                        CHECK_INT(spool_sync(s), 0);
+                        CHECK_INT(read_counter(s, 31), 31);
+                } else {
+                        CHECK_INT(spool_append(s, "x", 1, &seq), 0);
+                        CHECK_INT(seq, 32);
+                }
+                s = spool_free(s);
+        }
+}
+
+static void damage_payload_10(const char *seg) {
+        flip_byte(seg, record_offset(10) + 20 + 3);
+}
+
+static void damage_magic_10(const char *seg) {
+        flip_byte(seg, record_offset(10) + 1);
+}
+
+/* A len that still fits the file: the record would swallow the ones after it. */
+static void damage_len_10(const char *seg) {
+        flip_byte(seg, record_offset(10) + 5);
+}
+
+static void damage_seq_10(const char *seg) {
+        flip_byte(seg, record_offset(10) + 12);
+}
+
+static void damage_10_and_11(const char *seg) {
+        flip_byte(seg, record_offset(10) + 20);
+        flip_byte(seg, record_offset(11) + 2);
+}
+
+static void damage_first(const char *seg) {
+        flip_byte(seg, 20 + 1);
+}
+
+/* A run of zeros over the end of record 12 and the start of 13 (a lost block). */
+static void damage_zeros_12_13(const char *seg) {
+        char zeros[30] = {};
+        int fd = open(seg, O_WRONLY | O_CLOEXEC);
+
+        CHECK(fd >= 0);
+        CHECK_INT(pwrite(fd, zeros, sizeof(zeros), record_offset(13) - 10), sizeof(zeros));
+        close(fd);
+}
+
+static void test_resync(void) {
+        resync_case("resync-payload", damage_payload_10, 10, 10);
+        resync_case("resync-magic", damage_magic_10, 10, 10);
+        resync_case("resync-len", damage_len_10, 10, 10);
+        resync_case("resync-seq", damage_seq_10, 10, 10);
+        resync_case("resync-two", damage_10_and_11, 10, 11);
+        resync_case("resync-first", damage_first, 1, 1);
+        resync_case("resync-zeros", damage_zeros_12_13, 12, 13);
+}
+
+/* Damage at the end of a segment that is not the newest: cut, and the seqs lost are told by
+ * the next segment's name. */
+static void test_resync_segment_tail(void) {
+        _cleanup_free_ char *dir = path_join(tmpdir, "resync-segtail"), *seg1 = NULL;
+        uint64_t first, seq, after = 0, last1 = 0;
+        const SpoolLoss *l = NULL;
+        size_t n_l = 0;
+        Spool *s = NULL;
+        unsigned n = 0;
+        off_t size1;
+
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        CHECK_INT(append_range(s, 1, 150, &first), 0);
+        CHECK_INT(spool_sync(s), 0);
+        s = spool_free(s);
+        CHECK(count_segments(dir) > 2);
+
+        /* The record that ends segment 1 is the one before the next segment's first. */
+        seg1 = path_join(dir, "0000000000000001.seg");
+        size1 = file_size(seg1);
+        {
+                DIR *d = opendir(dir);
+                struct dirent *de;
+
+                while (d && (de = readdir(d)))
+                        if (strlen(de->d_name) == 20 && streq(de->d_name + 16, ".seg")) {
+                                uint64_t f = strtoull(de->d_name, NULL, 16);
+
+                                if (f > 1 && (last1 == 0 || f - 1 < last1))
+                                        last1 = f - 1;
+                        }
+                if (d)
+                        closedir(d);
+        }
+        CHECK(last1 > 10);
+        flip_byte(seg1, size1 - 2);
+
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        if (!s)
+                return;
+        CHECK_INT(spool_pending_count(s), 149);
+        while (spool_next(s, after, &seq) >= 0) {
+                CHECK(seq != last1);
+                CHECK_INT(read_counter(s, seq), seq);
+                after = seq;
+                n++;
+        }
+        CHECK_INT(n, 149);
+        CHECK_INT(file_size(seg1), size1 - 20 - (off_t) payload_len(last1));
+        CHECK_INT(spool_recovery_losses(s, &l, &n_l), 1);
+        CHECK_INT(n_l, 1);
+        if (n_l == 1) {
+                CHECK_INT(l[0].segment, 1);
+                CHECK_INT(l[0].offset, size1 - 20 - (off_t) payload_len(last1));
+                CHECK_INT(l[0].bytes, 20 + payload_len(last1));
+                CHECK_INT(l[0].first_seq, last1);
+                CHECK_INT(l[0].last_seq, last1);
+                CHECK(l[0].tail);
+        }
+        CHECK_INT(spool_append(s, "x", 1, &seq), 0);
+        CHECK_INT(seq, 151);
+        spool_free(s);
+}
+
+/* fdatasync() and fsync() as the spool calls them, made to fail on demand: calls number
+ * fail_from .. fail_from + n_fail - 1 (counting from 1) fail with EIO. */
+typedef struct Fault {
+        unsigned calls;
+        unsigned fail_from;
+        unsigned n_fail;
+        bool dirs_only; /* count and fail only calls on directories */
+} Fault;
+
+static Fault fault_datasync, fault_fsync;
+
+static bool fault_hit(Fault *f, int fd) {
+        struct stat st;
+
+        if (f->dirs_only && (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)))
+                return false;
+        f->calls++;
+        return f->n_fail > 0 && f->calls >= f->fail_from && f->calls - f->fail_from < f->n_fail;
+}
+
+static int failing_fdatasync(int fd) {
+        if (fault_hit(&fault_datasync, fd)) {
+                errno = EIO;
+                return -1;
+        }
+        return fdatasync(fd);
+}
+
+static int failing_fsync(int fd) {
+        if (fault_hit(&fault_fsync, fd)) {
+                errno = EIO;
+                return -1;
+        }
+        return fsync(fd);
+}
+
+static void faults_clear(void) {
+        fault_datasync = (Fault) {};
+        fault_fsync = (Fault) {};
+}
+
+/* Twenty records synced, then forty more that finish the first segment and start a second:
+ * fail() breaks their sync. They must be gone at once and after a reopen, and their seqs
+ * never come again. */
+static void sync_fail_case(const char *name, int (*fail)(Spool *s), unsigned n_acked) {
+        _cleanup_free_ char *dir = path_join(tmpdir, name), *seg1 = NULL;
+        uint64_t first, seq;
+        off_t size1;
+        Spool *s = NULL;
+
+        faults_clear();
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        if (!s)
+                return;
+        CHECK_INT(append_range(s, 1, 20, &first), 0);
+        CHECK_INT(spool_sync(s), 0);
+        seg1 = path_join(dir, "0000000000000001.seg");
+        size1 = file_size(seg1);
+        CHECK_INT(size1, record_offset(21));
+        CHECK_INT(append_range(s, 21, 40, &first), 0);
+        CHECK_INT(first, 21);
+        CHECK_INT(count_segments(dir), 2);
+
+        CHECK_INT(fail(s), -EIO);
+        faults_clear();
+
+        /* Gone now: not visible, not in the files. */
+        CHECK_INT(spool_pending_count(s), 20 - n_acked);
+        CHECK_INT(spool_next(s, 20, &seq), -ENOENT);
+        for (uint64_t i = 21; i <= 60; i++)
+                CHECK_INT(spool_read(s, i, &(void *) { NULL }, &(size_t) { 0 }), -ENOENT);
+        CHECK_INT(file_size(seg1), size1);
+        CHECK_INT(count_segments(dir), 1);
+        CHECK_INT(read_counter(s, 20), 20);
+        s = spool_free(s);
+
+        /* Gone after a restart, too, and their seqs stay used. */
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        if (!s)
+                return;
+        CHECK_INT(spool_pending_count(s), 20 - n_acked);
+        CHECK_INT(spool_next(s, 20, &seq), -ENOENT);
+        CHECK_INT(spool_recovery_losses(s, &(const SpoolLoss *) { NULL }, &(size_t) { 0 }), 0);
+        CHECK_INT(append_range(s, 61, 1, &first), 0);
+        CHECK(first > 60);
+        CHECK_INT(spool_sync(s), 0);
+        CHECK_INT(read_counter(s, first), 61);
+        s = spool_free(s);
+
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        CHECK_INT(spool_pending_count(s), 21 - n_acked);
+        CHECK_INT(spool_next(s, 20, &seq), 0);
+        CHECK_INT(seq, first);
+        spool_free(s);
+}
+
+/* The finished segment syncs fine, the new one does not. */
+static int fail_second_datasync(Spool *s) {
+        int r;
+
+        fault_datasync = (Fault) { .fail_from = 2, .n_fail = 1 };
+        r = spool_sync(s);
+        CHECK_INT(fault_datasync.calls, 2);
+        return r;
+}
+
+/* Both segments sync fine, the directory entry of the new one does not. */
+static int fail_dir_fsync(Spool *s) {
+        int r;
+
+        fault_fsync = (Fault) { .fail_from = 1, .n_fail = 1, .dirs_only = true };
+        r = spool_sync(s);
+        CHECK(fault_fsync.calls >= 1);
+        return r;
+}
+
+/* The directory fsync() that fails is spool_flush()'s; the sync after it cannot succeed. */
+static int fail_dir_fsync_in_flush(Spool *s) {
+        CHECK_INT(spool_ack(s, 1), 0);
+        fault_fsync = (Fault) { .fail_from = 1, .n_fail = 1, .dirs_only = true };
+        CHECK_INT(spool_flush(s), -EIO);
+        faults_clear();
+        return spool_sync(s);
+}
+
+/* Nothing can be made durable for a while: the cleanup fails too, and appends are refused
+ * until it has succeeded. */
+static int fail_everything(Spool *s) {
+        uint64_t seq = 0;
+        int r;
+
+        fault_datasync = (Fault) { .fail_from = 1, .n_fail = 1000 };
+        fault_fsync = (Fault) { .fail_from = 1, .n_fail = 1000 };
+        r = spool_sync(s);
+        CHECK_INT(spool_append(s, "x", 1, &seq), -EIO);
+        CHECK_INT(spool_sync(s), -EIO);
+        CHECK_INT(seq, 0);
+        CHECK_INT(spool_pending_count(s), 20);
+        faults_clear();
+        /* The next sync (or append) retries the cleanup. */
+        CHECK_INT(spool_sync(s), 0);
+        return r;
+}
+
+static void test_sync_failures(void) {
+        spool_fdatasync_hook = failing_fdatasync;
+        spool_fsync_hook = failing_fsync;
+
+        sync_fail_case("syncfail-data", fail_second_datasync, 0);
+        sync_fail_case("syncfail-dir", fail_dir_fsync, 0);
+        sync_fail_case("syncfail-dir-flush", fail_dir_fsync_in_flush, 1);
+        sync_fail_case("syncfail-cleanup", fail_everything, 0);
+
+        spool_fdatasync_hook = fdatasync;
+        spool_fsync_hook = fsync;
+}
+
+/* -EBADMSG for a record that is not whole and valid on disk; other errors as they are. */
+static void test_read_errors(void) {
+        _cleanup_free_ char *dir = path_join(tmpdir, "readerr"), *seg1 = NULL, *last = NULL;
+        _cleanup_free_ void *data = NULL;
+        uint64_t first, seq;
+        struct rlimit rl, low;
+        size_t len;
+        Spool *s = NULL;
+
+        CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+        if (!s)
+                return;
+        CHECK_INT(append_range(s, 1, 100, &first), 0);
+        CHECK_INT(spool_sync(s), 0);
+        CHECK(count_segments(dir) >= 2);
+
+        /* No descriptor left: -EMFILE, nothing else; the record is fine afterwards. */
+        CHECK_INT(read_counter(s, 1), 1);
+        CHECK_INT(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        /* Limit 0: even the descriptor spool_read() closes first cannot be had again. */
+        low = (struct rlimit) { .rlim_cur = 0, .rlim_max = rl.rlim_max };
+        CHECK_INT(setrlimit(RLIMIT_NOFILE, &low), 0);
+        CHECK_INT(spool_read(s, 100, &data, &len), -EMFILE);
+        CHECK_INT(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        CHECK_INT(read_counter(s, 100), 100);
+
+        /* The file cut short under the newest record. */
+        last = last_segment(dir);
+        CHECK_INT(truncate(last, file_size(last) - 5), 0);
+        CHECK_INT(spool_read(s, 100, &data, &len), -EBADMSG);
+        CHECK(data == NULL);
+
+        /* A flipped bit. */
+        seg1 = path_join(dir, "0000000000000001.seg");
+        flip_byte(seg1, record_offset(2) + 20);
+        CHECK_INT(spool_read(s, 2, &data, &len), -EBADMSG);
+        flip_byte(seg1, record_offset(2) + 20);
+        CHECK_INT(read_counter(s, 2), 2);
+        flip_byte(seg1, record_offset(3) + 14); /* the seq in the header */
+        CHECK_INT(spool_read(s, 3, &data, &len), -EBADMSG);
+
+        CHECK_INT(spool_next(s, 0, &seq), 0);
+        spool_free(s);
+}
+
 int main(void) {
         if (!mkdtemp(tmpdir)) {
                 perror("mkdtemp");
@@ -883,6 +1321,10 @@ int main(void) {
         test_full();
         test_torn_tail();
         test_zero_tail_and_bad_head();
+        test_resync();
+        test_resync_segment_tail();
+        test_sync_failures();
+        test_read_errors();
         test_seq_monotonic();
         test_stop_start();
         test_crash();
