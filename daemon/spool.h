@@ -27,9 +27,9 @@ typedef struct Spool Spool;
 
 /* Bytes of a segment file that spool_open() found holding no whole, valid record. */
 typedef struct SpoolLoss {
-        uint64_t segment;       /* first seq of the segment, its file is "%016" PRIx64 ".seg" */
-        uint64_t offset;        /* where the damage starts in that file */
-        uint64_t bytes;         /* how many bytes hold no valid record */
+        uint64_t segment; /* first seq of the segment, its file is "%016" PRIx64 ".seg" */
+        uint64_t offset;  /* where the damage starts in that file */
+        uint64_t bytes;   /* how many bytes hold no valid record */
         /* The sequence numbers lost, first_seq..last_seq, told by the good records around the
          * damage (seqs are consecutive within a segment). At the end of a segment last_seq is
          * the one before the next segment's first (some of those may never have existed), or
@@ -37,7 +37,7 @@ typedef struct SpoolLoss {
          * the damaged bytes held none. */
         uint64_t first_seq;
         uint64_t last_seq;
-        bool tail;              /* the damage ran to the end of the file, which was cut there */
+        bool tail; /* the damage ran to the end of the file, which was cut there */
 } SpoolLoss;
 
 /* Opens the spool in dir, creating the directory with mode 0700 if it is missing (its
