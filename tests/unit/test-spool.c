@@ -1005,7 +1005,12 @@ static void damage_magic_10(const char *seg) {
 
 /* A len that still fits the file: the record would swallow the ones after it. */
 static void damage_len_10(const char *seg) {
-        flip_byte(seg, record_offset(10) + 5);
+        flip_byte(seg, record_offset(10) + 4);
+}
+
+/* A len far past the end of the file. */
+static void damage_len_huge_10(const char *seg) {
+        flip_byte(seg, record_offset(10) + 6);
 }
 
 static void damage_seq_10(const char *seg) {
@@ -1035,6 +1040,7 @@ static void test_resync(void) {
         resync_case("resync-payload", damage_payload_10, 10, 10);
         resync_case("resync-magic", damage_magic_10, 10, 10);
         resync_case("resync-len", damage_len_10, 10, 10);
+        resync_case("resync-len-huge", damage_len_huge_10, 10, 10);
         resync_case("resync-seq", damage_seq_10, 10, 10);
         resync_case("resync-two", damage_10_and_11, 10, 11);
         resync_case("resync-first", damage_first, 1, 1);
