@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -12,6 +13,8 @@
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(config_t *, config_destroy);
+
+#define WRITABLE_ERROR "is writable by group or others; refusing to start (chmod go-w it)"
 
 typedef enum KeyType {
         KEY_STRING,
@@ -138,7 +141,7 @@ int config_init_defaults(Config *c) {
         };
 
         d.endpoint = strdup("data.iot.us.lifeomic.com");
-        d.ca_file = strdup("/etc/ssl/certs/ca-certificates.crt");
+        d.ca_file = strdup(CONFIG_DEFAULT_CA_FILE);
         d.alpn = strdup("");
         d.claim_cert = strdup(LODEV_SYSCONFDIR "/lodevd/claim.pem");
         d.claim_key = strdup(LODEV_SYSCONFDIR "/lodevd/claim.key");
@@ -459,6 +462,64 @@ int config_check_file(const Config *c, const char *key, const char *path, int li
         if (!S_ISREG(st.st_mode))
                 return file_error(ret_error, c, line, key, path, "not a regular file");
         return 0;
+}
+
+/* Whoever can write a file lodevd trusts can point it at another platform or another
+ * account. Files that are missing are left to config_check_file(). */
+static int check_not_writable(const Config *c, const char *key, const char *path, int line,
+                              char **ret_error) {
+        struct stat st;
+        int r;
+
+        if (stat(path, &st) < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                r = -errno;
+                if (key)
+                        file_error(ret_error, c, line, key, path, strerror(-r));
+                else if (ret_error) {
+                        free(*ret_error);
+                        *ret_error = strdup_printf("%s: %s", path, strerror(-r));
+                }
+                return r;
+        }
+        if (!(st.st_mode & (S_IWGRP | S_IWOTH)))
+                return 0;
+        if (ret_error) {
+                free(*ret_error);
+                if (!key)
+                        *ret_error = strdup_printf("%s " WRITABLE_ERROR, path);
+                else if (line > 0)
+                        *ret_error = strdup_printf("%s:%d: %s: %s " WRITABLE_ERROR,
+                                                   strempty(c->path), line, key, path);
+                else
+                        *ret_error = strdup_printf("%s: %s: %s " WRITABLE_ERROR,
+                                                   strempty(c->path), key, path);
+        }
+        return -EPERM;
+}
+
+int config_check_permissions(const Config *c, bool need_claim, char **ret_error) {
+        int r;
+
+        assert(c);
+
+        if (c->path) {
+                r = check_not_writable(c, NULL, c->path, 0, ret_error);
+                if (r < 0)
+                        return r;
+        }
+        r = check_not_writable(c, "platform.ca_file", c->ca_file, c->line_ca_file, ret_error);
+        if (r < 0)
+                return r;
+        if (!need_claim)
+                return 0;
+        r = check_not_writable(c, "provisioning.claim_cert", c->claim_cert, c->line_claim_cert,
+                               ret_error);
+        if (r < 0)
+                return r;
+        return check_not_writable(c, "provisioning.claim_key", c->claim_key, c->line_claim_key,
+                                  ret_error);
 }
 
 int config_parameter_resolve(const Config *c, const ConfigParameter *p, char **ret,

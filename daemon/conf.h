@@ -56,6 +56,11 @@ typedef struct Config {
                 line_template;
 } Config;
 
+/* Debian's ca-certificates installs Amazon Root CA 1, which AWS IoT Core's endpoints chain
+ * to, under this name. Trusting it alone rather than the whole system bundle keeps any other
+ * CA from vouching for the platform. */
+#define CONFIG_DEFAULT_CA_FILE "/etc/ssl/certs/Amazon_Root_CA_1.pem"
+
 /* Fills *c with the built-in defaults (SPEC §3). */
 int config_init_defaults(Config *c);
 
@@ -71,6 +76,15 @@ int config_load(const char *path, Config *ret, char **ret_error);
  * sets *ret_error to "FILE:LINE: key: PATH: reason". */
 int config_check_file(const Config *c, const char *key, const char *path, int line,
                       char **ret_error);
+
+/* Refuses files that group or others can write (following symlinks): the configuration
+ * file itself (c->path, when set), platform.ca_file and, when need_claim, the claim
+ * certificate and key. A file that does not exist is not checked here (config_check_file()
+ * reports it). -EPERM with *ret_error set to "PATH is writable by group or others; refusing
+ * to start (chmod go-w it)" for the configuration file, "FILE:LINE: key: PATH is writable
+ * ..." for a file named by a key ("FILE: key: PATH ..." when the key is not in the file);
+ * another -errno from stat() with "FILE:LINE: key: PATH: reason". */
+int config_check_permissions(const Config *c, bool need_claim, char **ret_error);
 
 const char *provision_method_to_string(ProvisionMethod m);
 ProvisionMethod provision_method_from_string(const char *s);

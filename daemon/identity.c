@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "fileio.h"
 #include "identity.h"
@@ -12,6 +14,7 @@
 
 #define IDENTITY_LINK "identity"
 #define IDENTITY_PREFIX "identity-"
+#define IDENTITY_PROBE_SIZE (64U * 1024U)
 
 void identity_done(Identity *id) {
         if (!id)
@@ -67,47 +70,73 @@ static void remove_stale(const char *state_dir, const char *current) {
         closedir(d);
 }
 
+/* Classifies a failed lookup of a file the identity must have: its absence proves the identity
+ * incomplete, any other error proves nothing. */
+static int required_file(const char *path) {
+        struct stat st;
+
+        if (stat(path, &st) < 0)
+                return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? -EBADMSG : -errno;
+        return S_ISREG(st.st_mode) ? 0 : -EBADMSG;
+}
+
 int identity_load(const char *state_dir, Identity *ret) {
-        _cleanup_free_ char *link = NULL, *thing_path = NULL, *thing = NULL;
-        Identity id = {};
+        _cleanup_free_ char *link = NULL, *dir = NULL, *thing_path = NULL, *thing = NULL;
+        _cleanup_(identity_done) Identity id = {};
         char target[PATH_MAX];
+        struct stat st;
         ssize_t n;
         int r;
+
+        assert(state_dir);
+        assert(ret);
 
         link = strdup_printf("%s/" IDENTITY_LINK, state_dir);
         if (!link)
                 return -ENOMEM;
         n = readlink(link, target, sizeof(target) - 1);
-        if (n < 0) {
-                r = -errno;
-                if (r == -ENOENT)
-                        remove_stale(state_dir, NULL);
-                return r == -EINVAL ? -EBADMSG : r;
-        }
+        if (n < 0)
+                /* EINVAL: "identity" exists but is not a symlink. Anything else, ENOENT included,
+                 * is what it says. */
+                return errno == EINVAL ? -EBADMSG : -errno;
         target[n] = '\0';
-        if (strchr(target, '/') ||
-            strncmp(target, IDENTITY_PREFIX, strlen(IDENTITY_PREFIX)) != 0)
+        if (strchr(target, '/') || !startswith(target, IDENTITY_PREFIX))
                 return -EBADMSG;
-        remove_stale(state_dir, target);
+
+        dir = strdup_printf("%s/%s", state_dir, target);
+        if (!dir)
+                return -ENOMEM;
+        if (lstat(dir, &st) < 0)
+                return errno == ENOENT ? -EBADMSG : -errno;
+        if (!S_ISDIR(st.st_mode))
+                return -EBADMSG;
 
         thing_path = strdup_printf("%s/thing-name", link);
         id.cert_path = strdup_printf("%s/device.pem", link);
         id.key_path = strdup_printf("%s/device.key", link);
-        if (!thing_path || !id.cert_path || !id.key_path) {
-                identity_done(&id);
+        if (!thing_path || !id.cert_path || !id.key_path)
                 return -ENOMEM;
-        }
+
         r = read_file(thing_path, 4096, &thing, NULL);
-        if (r >= 0 && (!file_exists(id.cert_path) || !file_exists(id.key_path)))
-                r = -EBADMSG;
-        if (r >= 0 && !topic_name_component_valid(strstrip(thing)))
-                r = -EBADMSG;
-        if (r < 0) {
-                identity_done(&id);
-                return r == -ENOENT ? -EBADMSG : r;
-        }
+        if (IN_SET(r, -ENOENT, -EBADFD, -EFBIG))
+                return -EBADMSG; /* missing, not a regular file, or no name at that size */
+        if (r < 0)
+                return r;
+        if (!topic_name_component_valid(strstrip(thing)))
+                return -EBADMSG;
+        r = required_file(id.cert_path);
+        if (r < 0)
+                return r;
+        r = required_file(id.key_path);
+        if (r < 0)
+                return r;
+
+        /* Only now that this identity is known to be good may the older ones go. */
+        remove_stale(state_dir, target);
+
         id.thing_name = TAKE_PTR(thing);
         *ret = id;
+        id = (Identity) {};
         return 0;
 }
 
@@ -127,6 +156,14 @@ static int write_in(const char *dir, const char *name, const char *data, mode_t 
         if (r < 0)
                 return r;
         return fsync(fd) < 0 ? -errno : 0;
+}
+
+int (*identity_fsync_directory_hook)(const char *path) = NULL;
+
+static int fsync_dir(const char *path) {
+        if (identity_fsync_directory_hook)
+                return identity_fsync_directory_hook(path);
+        return fsync_directory_of(path);
 }
 
 int identity_store(const char *state_dir, const char *thing_name, const char *cert_pem,
@@ -153,19 +190,58 @@ int identity_store(const char *state_dir, const char *thing_name, const char *ce
         if (r >= 0)
                 r = write_in(tmpl, "thing-name", thing_line, 0644);
         if (r >= 0)
-                r = fsync_directory_of(tmpl);
+                r = fsync_dir(tmpl);
         if (r >= 0) {
                 (void) unlink(tmp_link);
                 if (symlink(base, tmp_link) < 0 || rename(tmp_link, link) < 0)
                         r = -errno;
         }
-        if (r >= 0)
-                r = fsync_directory_of(state_dir);
         if (r < 0) {
                 (void) unlink(tmp_link);
                 (void) rm_rf_dir(tmpl);
                 return r;
         }
-        remove_stale(state_dir, base);
-        return 0;
+
+        /* From here on tmpl is the current identity, whatever happens. The old one stays until
+         * identity_load() has read the new one: after a power loss before this sync, the link
+         * may still point at it. */
+        return fsync_dir(state_dir);
+}
+
+int identity_check_writable(const char *state_dir) {
+        /* About the size of a certificate, a key and a name, with room to spare. */
+        static const char zeros[4096] = {};
+        _cleanup_close_ int dfd = -EBADF, fd = -EBADF;
+        _cleanup_free_ char *probe = NULL;
+        struct statvfs sv;
+        int r;
+
+        assert(state_dir);
+
+        dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+                return -errno;
+        if (fstatvfs(dfd, &sv) < 0)
+                return -errno;
+        if (sv.f_flag & ST_RDONLY)
+                return -EROFS;
+        if ((uint64_t) sv.f_bavail * sv.f_frsize < IDENTITY_SPACE_MIN ||
+            (sv.f_files > 0 && sv.f_favail < 8))
+                return -ENOSPC;
+
+        /* Not "identity-*": remove_stale() must never see it. */
+        probe = strdup_printf("%s/.writable-XXXXXX", state_dir);
+        if (!probe)
+                return -ENOMEM;
+        fd = mkostemp(probe, O_CLOEXEC); /* O_CREAT|O_EXCL, mode 0600 */
+        if (fd < 0)
+                return -errno;
+        r = 0;
+        for (size_t i = 0; r >= 0 && i < IDENTITY_PROBE_SIZE / sizeof(zeros); i++)
+                r = write_full(fd, zeros, sizeof(zeros));
+        if (r >= 0 && fsync(fd) < 0)
+                r = -errno;
+        if (unlink(probe) < 0 && r >= 0)
+                r = -errno;
+        return r;
 }

@@ -24,8 +24,9 @@ static void help(void) {
 }
 
 /* Checks what must hold before anything is written: the state directory is
- * private to lodevd, stored keys are not readable by others, and the CA
- * bundle exists. Each failure names the path. */
+ * private to lodevd, stored keys are not readable by others, the CA bundle
+ * exists, and no one but its owner can write the config file, the CA bundle
+ * or the claim certificate and key. Each failure names the path. */
 static int check_files(const Config *c) {
         _cleanup_free_ char *err = NULL, *key = NULL;
         int r;
@@ -54,6 +55,11 @@ static int check_files(const Config *c) {
                                        c->path, c->line_claim_key, c->claim_key);
 
         r = config_check_file(c, "platform.ca_file", c->ca_file, c->line_ca_file, &err);
+        if (r < 0)
+                return log_error_errno(r, "%s", err);
+
+        /* Claim files too when provisioned: a forced re-provisioning uses them. */
+        r = config_check_permissions(c, true, &err);
         if (r < 0)
                 return log_error_errno(r, "%s", err);
 

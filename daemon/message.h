@@ -10,9 +10,19 @@
  * invalid UTF-8), -ENOMEM. Every string is copied into the result, which the caller releases
  * with the matching _done(); on failure the result is untouched.
  *
+ * An integer field is a JSON number with an integral value (2, 2.0 or 2e0) within the field's
+ * range, never more than +-(2^53 - 1); anything else, 1e300 or 1.5 say, is -EBADMSG. Free
+ * text that ends up in logs, LastError or lodevctl output (error codes and messages, the
+ * certificate id, a job's operation) comes with its control characters escaped
+ * (escape_control()), so a platform answer cannot forge a log line or drive a terminal.
+ *
  * Encoders return a newly allocated compact JSON text in *ret: -EINVAL for an argument that
  * would make an invalid or rejected message, -E2BIG if the text would exceed
- * MESSAGE_SIZE_MAX, -ENOMEM. */
+ * MESSAGE_SIZE_MAX, -ENOMEM.
+ *
+ * One file per area implements them: message-observation.c, message-provision.c (claim and
+ * register), message-upload.c and message-job.c; message.c has the error answer that every
+ * area shares, and json-util.c the JSON plumbing they all use. */
 
 #include <errno.h>
 #include <stddef.h>
@@ -61,7 +71,7 @@ int message_encode_create(char **ret);
 int message_encode_create_from_csr(const char *csr_pem, char **ret);
 
 typedef struct CreateCertificateResponse {
-        char *certificate_id;
+        char *certificate_id; /* escaped: it is only logged */
         char *certificate_pem;
         char *private_key; /* NULL in CSR mode */
         char *ownership_token;
@@ -77,8 +87,8 @@ int message_decode_create_certificate(const void *data, size_t size,
 
 typedef struct PlatformError {
         int status_code;     /* HTTP-like statusCode; 0 when absent (AWS jobs send none) */
-        char *error_code;    /* errorCode (provisioning) or code (jobs) */
-        char *error_message; /* errorMessage or message; NULL when absent */
+        char *error_code;    /* errorCode (provisioning) or code (jobs), escaped */
+        char *error_message; /* errorMessage or message, escaped; NULL when absent */
 } PlatformError;
 
 void platform_error_done(PlatformError *e);
@@ -155,7 +165,7 @@ int message_decode_job_list(const void *data, size_t size, JobList *ret);
  * missing or not a string is NULL, so that the job logic can still REJECT a job it cannot
  * run (it needs the job id for that) instead of failing to decode it. */
 typedef struct JobDocument {
-        char *operation; /* "firmware_update" is the one lodevd runs */
+        char *operation; /* "firmware_update" is the one lodevd runs; escaped */
         char *deployment_id;
         char *firmware_id;
         char *firmware_url;

@@ -106,3 +106,46 @@ int uuid_random(char ret[static 37]) {
                  b[14], b[15]);
         return 0;
 }
+
+char *escape_control(const char *s) {
+        char *buf, *q;
+
+        if (!s)
+                return NULL;
+        /* At most four bytes out for one in: "\x1b". */
+        buf = malloc(strlen(s) * 4 + 1);
+        if (!buf)
+                return NULL;
+        q = buf;
+        for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+                switch (*p) {
+                case '\\':
+                        *q++ = '\\';
+                        *q++ = '\\';
+                        break;
+                case '\n':
+                        *q++ = '\\';
+                        *q++ = 'n';
+                        break;
+                case '\t':
+                        *q++ = '\\';
+                        *q++ = 't';
+                        break;
+                case '\r':
+                        *q++ = '\\';
+                        *q++ = 'r';
+                        break;
+                default:
+                        if (*p < 0x20 || *p == 0x7f) {
+                                static const char hex[] = "0123456789abcdef";
+
+                                *q++ = '\\';
+                                *q++ = 'x';
+                                *q++ = hex[*p >> 4];
+                                *q++ = hex[*p & 0xf];
+                        } else
+                                *q++ = (char) *p;
+                }
+        *q = '\0';
+        return buf;
+}

@@ -108,3 +108,29 @@ int uuid_random(char ret[static 37]);
 
 /* 64 random bits for jitter; never fails (falls back to the clock). */
 uint64_t random_u64(void);
+
+/* True when x equals one of the values listed; each is evaluated once. */
+#define IN_SET(x, ...)                                                                             \
+        ({                                                                                         \
+                const typeof(x) _x_ = (x), _set_[] = { __VA_ARGS__ };                              \
+                bool _found_ = false;                                                              \
+                for (size_t _i_ = 0; _i_ < ELEMENTSOF(_set_); _i_++)                               \
+                        if (_set_[_i_] == _x_) {                                                   \
+                                _found_ = true;                                                    \
+                                break;                                                             \
+                        }                                                                          \
+                _found_;                                                                           \
+        })
+
+/* The rest of s after prefix, or NULL when s does not start with it. */
+static inline const char *startswith(const char *s, const char *prefix) {
+        size_t n = strlen(prefix);
+
+        return strncmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+/* A copy of s that is safe to put in a log line, a D-Bus property or a terminal: every byte
+ * below 0x20 and 0x7f becomes a C escape ("\n", "\t", "\r", or "\x1b" and the like) and a
+ * backslash becomes "\\"; everything else, UTF-8 included, is copied as it is. NULL for NULL
+ * or on allocation failure. */
+char *escape_control(const char *s);

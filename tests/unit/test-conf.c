@@ -38,7 +38,7 @@ static void test_defaults(void) {
         CHECK_INT(config_load(path, &c, &err), 0);
         CHECK_STR(c.endpoint, "data.iot.us.lifeomic.com");
         CHECK_INT(c.port, 8883);
-        CHECK_STR(c.ca_file, "/etc/ssl/certs/ca-certificates.crt");
+        CHECK_STR(c.ca_file, "/etc/ssl/certs/Amazon_Root_CA_1.pem");
         CHECK_STR(c.alpn, "");
         CHECK_INT(c.keepalive, 1200);
         CHECK_INT(c.publish_rate, 100);
@@ -180,6 +180,70 @@ static void test_check_file(void) {
         (void) want;
 }
 
+static void test_check_permissions(void) {
+        _cleanup_free_ char *conf = write_conf("perm.conf", ""), *ca = write_conf("ca.pem", "x"),
+                            *cert = write_conf("claim.pem", "x"), *key = write_conf("claim.key", "x"),
+                            *link = strdup_printf("%s/ca-link.pem", dir), *err = NULL, *want = NULL;
+        Config c = {
+                .path = conf,
+                .ca_file = ca,
+                .claim_cert = cert,
+                .claim_key = key,
+                .line_ca_file = 4,
+                .line_claim_cert = 9,
+        };
+
+        CHECK_INT(chmod(conf, 0644), 0);
+        CHECK_INT(chmod(ca, 0644), 0);
+        CHECK_INT(chmod(cert, 0644), 0);
+        CHECK_INT(chmod(key, 0600), 0);
+        CHECK_INT(config_check_permissions(&c, true, &err), 0);
+        CHECK(err == NULL);
+
+        /* The configuration file itself. */
+        CHECK_INT(chmod(conf, 0664), 0);
+        CHECK_INT(config_check_permissions(&c, false, &err), -EPERM);
+        want = strdup_printf("%s is writable by group or others; refusing to start (chmod go-w "
+                             "it)", conf);
+        CHECK_STR(err, want);
+        CHECK_INT(chmod(conf, 0646), 0);
+        CHECK_INT(config_check_permissions(&c, false, &err), -EPERM);
+        CHECK_INT(chmod(conf, 0644), 0);
+
+        /* The CA file, through a symlink (whose own mode is 0777 and does not count). */
+        CHECK_INT(symlink(ca, link), 0);
+        c.ca_file = link;
+        CHECK_INT(config_check_permissions(&c, false, &err), 0);
+        CHECK_INT(chmod(ca, 0666), 0);
+        CHECK_INT(config_check_permissions(&c, false, &err), -EPERM);
+        free(want);
+        want = strdup_printf("%s:4: platform.ca_file: %s is writable by group or others; "
+                             "refusing to start (chmod go-w it)", conf, link);
+        CHECK_STR(err, want);
+        CHECK_INT(chmod(ca, 0644), 0);
+
+        /* The claim files, only when they are needed; a key left at its default has no line. */
+        CHECK_INT(chmod(cert, 0664), 0);
+        CHECK_INT(config_check_permissions(&c, false, &err), 0);
+        CHECK_INT(config_check_permissions(&c, true, &err), -EPERM);
+        free(want);
+        want = strdup_printf("%s:9: provisioning.claim_cert: %s is writable by group or others; "
+                             "refusing to start (chmod go-w it)", conf, cert);
+        CHECK_STR(err, want);
+        CHECK_INT(chmod(cert, 0644), 0);
+        CHECK_INT(chmod(key, 0620), 0);
+        CHECK_INT(config_check_permissions(&c, true, &err), -EPERM);
+        free(want);
+        want = strdup_printf("%s: provisioning.claim_key: %s is writable by group or others; "
+                             "refusing to start (chmod go-w it)", conf, key);
+        CHECK_STR(err, want);
+        CHECK_INT(chmod(key, 0600), 0);
+
+        /* Missing files are config_check_file()'s to report. */
+        c.claim_cert = (char *) "/nonexistent/claim.pem";
+        CHECK_INT(config_check_permissions(&c, true, &err), 0);
+}
+
 int main(void) {
         if (!mkdtemp(dir))
                 return 77;
@@ -188,6 +252,7 @@ int main(void) {
         test_errors();
         test_parameter_resolve();
         test_check_file();
+        test_check_permissions();
         {
                 _cleanup_free_ char *cmd = strdup_printf("rm -rf '%s'", dir);
                 (void) system(cmd);

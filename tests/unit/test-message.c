@@ -641,6 +641,143 @@ static void test_job_execution(void) {
         }
 }
 
+/* Numbers no integer type holds, or that are no integers, in every integer field: each is refused
+ * as it is, never converted first (undefined for 1e300) or clamped (json-c turns an integer
+ * literal past int64 into INT64_MAX). */
+static const char *const bad_integers[] = {
+        "1e300", "-1e300", "1.5", "9.3e18", "-9.3e18", "9300000000000000000",
+        "-9300000000000000000", "99999999999999999999999", "18446744073709551615",
+        "9007199254740992", "0.5", "4.000001", "-1",
+};
+
+static void test_integer_ranges(void) {
+        for (size_t i = 0; i < ELEMENTSOF(bad_integers); i++) {
+                const char *n = bad_integers[i];
+                _cleanup_free_ char *err = NULL, *list1 = NULL, *list2 = NULL, *exec1 = NULL,
+                                    *exec2 = NULL;
+                PlatformError e = { .error_code = SENTINEL };
+                JobList l = { .n_queued = 12345 };
+                JobExecution x = { .job_id = SENTINEL };
+
+                err = strdup_printf("{\"statusCode\":%s,\"errorCode\":\"X\"}", n);
+                list1 = strdup_printf("{\"queuedJobs\":[{\"jobId\":\"j\",\"executionNumber\":%s}]}", n);
+                list2 = strdup_printf("{\"inProgressJobs\":[{\"jobId\":\"j\",\"versionNumber\":%s}]}", n);
+                exec1 = strdup_printf("{\"execution\":{\"jobId\":\"j\",\"status\":\"QUEUED\","
+                                      "\"versionNumber\":%s}}", n);
+                exec2 = strdup_printf("{\"execution\":{\"jobId\":\"j\",\"status\":\"QUEUED\","
+                                      "\"executionNumber\":%s}}", n);
+
+                CHECK_INT(message_decode_error(S(err), &e), -EBADMSG);
+                CHECK_INT(message_decode_job_list(S(list1), &l), -EBADMSG);
+                CHECK_INT(message_decode_job_list(S(list2), &l), -EBADMSG);
+                CHECK_INT(message_decode_job_execution(S(exec1), &x), -EBADMSG);
+                CHECK_INT(message_decode_job_execution(S(exec2), &x), -EBADMSG);
+                CHECK(e.error_code == SENTINEL && l.n_queued == 12345 && x.job_id == SENTINEL);
+        }
+
+        {
+                /* A whole number is one however it is written; the largest exact one passes. */
+                _cleanup_(platform_error_done) PlatformError e = {};
+                _cleanup_(job_execution_done) JobExecution x = {};
+
+                CHECK_INT(message_decode_error(S("{\"statusCode\":4.0e2,\"errorCode\":\"X\"}"), &e), 0);
+                CHECK_INT(e.status_code, 400);
+                CHECK_INT(message_decode_error(S("{\"statusCode\":1000,\"errorCode\":\"X\"}"), &e),
+                          -EBADMSG);
+                CHECK_INT(message_decode_job_execution(
+                                  S("{\"execution\":{\"jobId\":\"j\",\"status\":\"QUEUED\","
+                                    "\"versionNumber\":9007199254740991,\"executionNumber\":2.0}}"),
+                                  &x),
+                          1);
+                CHECK_INT(x.version_number, INT64_C(9007199254740991));
+                CHECK_INT(x.execution_number, 2);
+        }
+}
+
+/* Values far outside any integer type encode without converting them to one. */
+static void test_observation_huge(void) {
+        static const struct {
+                double v;
+                const char *text;
+        } cases[] = {
+                { 1e300, "1e+300" }, { -1e300, "-1e+300" }, { 1.5, "1.5" },
+                { 9.3e18, "9.3e+18" }, { -9.3e18, "-9.3e+18" }, { 1e15, "1e+15" },
+                { 999999999999999, "999999999999999" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                Observation o = { .value = cases[i].v, .code = (char *) "c", .system = (char *) "s" };
+                _cleanup_(observation_done) Observation back = {};
+                _cleanup_free_ char *json = NULL, *want = NULL;
+
+                want = strdup_printf("{\"value\":%s,\"unit\":\"\",", cases[i].text);
+                CHECK_INT(message_encode_observation(&o, &json), 0);
+                CHECK(json && strncmp(json, want, strlen(want)) == 0);
+                CHECK_INT(message_decode_observation(S(json), &back), 0);
+                CHECK(back.value == cases[i].v);
+        }
+}
+
+static void test_escape_control(void) {
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                { "", "" },
+                { "plain text", "plain text" },
+                { "a\nb\tc\rd", "a\\nb\\tc\\rd" },
+                { "\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m" },
+                { "back\\slash", "back\\\\slash" },
+                { "\x01\x1f\x7f", "\\x01\\x1f\\x7f" },
+                { "\xc2\xb0" "C caf\xc3\xa9", "\xc2\xb0" "C caf\xc3\xa9" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_free_ char *e = escape_control(cases[i].in);
+
+                CHECK_STR(e, cases[i].out);
+        }
+        CHECK(escape_control(NULL) == NULL);
+}
+
+/* Text from the platform that ends up in logs, LastError and lodevctl output comes out with its
+ * control characters escaped: no forged log lines, no terminal escape sequences. */
+static void test_error_text_escaped(void) {
+        {
+                _cleanup_(platform_error_done) PlatformError e = {};
+                const char *j = "{\"statusCode\":400,\"errorCode\":\"Bad\\nCode\","
+                                "\"errorMessage\":\"line1\\nlodevd: Provisioned as evil\\u001b[2J\\\\\"}";
+
+                CHECK_INT(message_decode_error(S(j), &e), 0);
+                CHECK_STR(e.error_code, "Bad\\nCode");
+                CHECK_STR(e.error_message, "line1\\nlodevd: Provisioned as evil\\x1b[2J\\\\");
+        }
+        {
+                _cleanup_(platform_error_done) PlatformError e = {};
+                const char *j = "{\"code\":\"InvalidRequest\\t\",\"message\":\"\\u007f\\r\"}";
+
+                CHECK_INT(message_decode_error(S(j), &e), 0);
+                CHECK_STR(e.error_code, "InvalidRequest\\t");
+                CHECK_STR(e.error_message, "\\x7f\\r");
+        }
+        {
+                _cleanup_(create_certificate_response_done) CreateCertificateResponse c = {};
+                const char *j = "{\"certificateId\":\"abc\\n123\",\"certificatePem\":\"PEM\\n\","
+                                "\"certificateOwnershipToken\":\"t\"}";
+
+                CHECK_INT(message_decode_create_certificate(S(j), &c), 0);
+                CHECK_STR(c.certificate_id, "abc\\n123");
+                CHECK_STR(c.certificate_pem, "PEM\n"); /* data, not text: kept as it is */
+        }
+        {
+                _cleanup_(job_execution_done) JobExecution x = {};
+                const char *j = "{\"execution\":{\"jobId\":\"j\",\"status\":\"QUEUED\","
+                                "\"jobDocument\":{\"operation\":\"reboot\\u001b]0;x\\u0007\"}}}";
+
+                CHECK_INT(message_decode_job_execution(S(j), &x), 1);
+                CHECK_STR(x.document.operation, "reboot\\x1b]0;x\\x07");
+        }
+}
+
 int main(void) {
         test_observation_encode();
         test_observation_round_trip();
@@ -652,5 +789,9 @@ int main(void) {
         test_job_update();
         test_job_list();
         test_job_execution();
+        test_integer_ranges();
+        test_observation_huge();
+        test_escape_control();
+        test_error_text_escaped();
         return TESTS_DONE();
 }
