@@ -41,8 +41,9 @@ static void help(void) {
 static int fail(lodev *l, const char *what, int r) {
         const char *detail = l ? lodev_last_error(l) : NULL;
 
-        /* The bus's own text for a policy refusal is a wall of rule details. */
-        if (r == -EACCES || r == -EPERM)
+        /* dbus-daemon's text for a policy refusal is a wall of rule details; lodevd's
+         * own refusals say why in a line. */
+        if ((r == -EACCES || r == -EPERM) && detail && strncmp(detail, "Rejected", 8) == 0)
                 detail = NULL;
         if (detail)
                 fprintf(stderr, "lodevctl: %s: %s\n", what, detail);

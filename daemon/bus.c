@@ -1,21 +1,126 @@
 /* SPDX-License-Identifier: MIT */
-#include <stdarg.h>
+#include <inttypes.h>
 
 #include "bus.h"
-#include "message.h"
 #include "log.h"
+#include "message.h"
 #include "util.h"
+
+/* Provision() callers waiting at once; each holds a message. */
+#define PROVISION_WAITERS_MAX 64
+
+/* A caller with calls waiting for an answer. */
+typedef struct Client {
+        char *name; /* unique bus name */
+        unsigned pending;
+} Client;
+
+struct Bus {
+        sd_bus *bus;
+        sd_bus_slot *slot;
+        Manager *manager;
+        Client *clients;
+        size_t n_clients;
+        unsigned n_pending; /* of all clients */
+        sd_bus_message **provision_waiters;
+        size_t n_provision_waiters;
+};
+
+/* A call answered later: the message and the bus that answers it. */
+typedef struct PendingCall {
+        Bus *bus;
+        sd_bus_message *msg;
+} PendingCall;
+
+static Client *client_find(Bus *b, const char *name) {
+        for (size_t i = 0; i < b->n_clients; i++)
+                if (streq(b->clients[i].name, name))
+                        return &b->clients[i];
+        return NULL;
+}
+
+/* Counts a call of msg's sender as pending; -EUSERS when it has too many already. */
+static int client_hold(Bus *b, sd_bus_message *msg) {
+        const char *name = sd_bus_message_get_sender(msg);
+        Client *c, *a;
+
+        if (!name)
+                return 0; /* a direct connection: nothing to tell callers apart */
+        if (b->n_pending >= BUS_PENDING_MAX)
+                return -EUSERS;
+        c = client_find(b, name);
+        if (c) {
+                if (c->pending >= BUS_PENDING_PER_CLIENT_MAX)
+                        return -EUSERS;
+                c->pending++;
+                b->n_pending++;
+                return 0;
+        }
+        a = realloc(b->clients, (b->n_clients + 1) * sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        b->clients = a;
+        a[b->n_clients] = (Client) { .name = strdup(name), .pending = 1 };
+        if (!a[b->n_clients].name)
+                return -ENOMEM;
+        b->n_clients++;
+        b->n_pending++;
+        return 0;
+}
+
+static void client_release(Bus *b, sd_bus_message *msg) {
+        const char *name = sd_bus_message_get_sender(msg);
+        Client *c = name ? client_find(b, name) : NULL;
+
+        if (!c)
+                return;
+        b->n_pending--;
+        if (--c->pending > 0)
+                return;
+        free(c->name);
+        *c = b->clients[--b->n_clients];
+}
+
+static int pending_call_new(Bus *b, sd_bus_message *msg, sd_bus_error *error,
+                            PendingCall **ret) {
+        PendingCall *p;
+        int r;
+
+        r = client_hold(b, msg);
+        if (r == -EUSERS)
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many calls waiting for an answer (at most %u "
+                                         "per client, %u in all)",
+                                         BUS_PENDING_PER_CLIENT_MAX, BUS_PENDING_MAX);
+        if (r < 0)
+                return r;
+        p = malloc(sizeof(*p));
+        if (!p) {
+                client_release(b, msg);
+                return -ENOMEM;
+        }
+        *p = (PendingCall) { .bus = b, .msg = sd_bus_message_ref(msg) };
+        *ret = p;
+        return 0;
+}
+
+static void pending_call_free(PendingCall *p) {
+        client_release(p->bus, p->msg);
+        sd_bus_message_unref(p->msg);
+        free(p);
+}
 
 static int property_get_string(sd_bus *bus, const char *path, const char *interface,
                                const char *property, sd_bus_message *reply, void *userdata,
                                sd_bus_error *error) {
-        Manager *m = userdata;
+        Bus *b = userdata;
+        Manager *m = b->manager;
         const char *v = NULL;
 
         if (streq(property, "State"))
                 v = device_state_to_string(m->state);
         else if (streq(property, "ThingName"))
-                v = m->thing_name;
+                v = m->identity.thing_name;
         else if (streq(property, "Endpoint"))
                 v = m->endpoint;
         else if (streq(property, "LastError"))
@@ -26,32 +131,29 @@ static int property_get_string(sd_bus *bus, const char *path, const char *interf
 static int property_get_queued(sd_bus *bus, const char *path, const char *interface,
                                const char *property, sd_bus_message *reply, void *userdata,
                                sd_bus_error *error) {
-        Manager *m = userdata;
+        Bus *b = userdata;
+        unsigned n = 0;
 
-        return sd_bus_message_append(reply, "u",
-                                     streq(property, "QueuedObservations")
-                                             ? m->queued_observations
-                                             : m->queued_transfers);
+        if (streq(property, "QueuedObservations"))
+                n = delivery_queued(b->manager->delivery);
+        return sd_bus_message_append(reply, "u", n);
 }
 
 static int property_get_current_job(sd_bus *bus, const char *path, const char *interface,
                                     const char *property, sd_bus_message *reply, void *userdata,
                                     sd_bus_error *error) {
-        Manager *m = userdata;
-
-        return sd_bus_message_append(reply, "(sss)", strempty(m->job_id), strempty(m->job_status),
-                                     strempty(m->job_percent));
+        return sd_bus_message_append(reply, "(sss)", "", "", "");
 }
 
-/* Methods whose capability is not built yet answer with a named error rather
- * than the generic UnknownMethod, so callers can tell the two apart. */
+/* Methods whose capability is not built yet answer with a named error rather than the
+ * generic UnknownMethod, so callers can tell the two apart. */
 static int method_not_supported(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         return sd_bus_error_setf(error, LODEV_ERROR_NOT_SUPPORTED, "%s is not supported yet",
                                  sd_bus_message_get_member(msg));
 }
 
-/* Reads an a{sv} of options, calling handle() for each; unknown keys and
- * wrong types are InvalidArgument errors naming the key. */
+/* Reads an a{sv} of options, calling handle() for each; unknown keys and wrong types are
+ * InvalidArgument errors naming the key. */
 typedef int (*OptionHandler)(const char *key, sd_bus_message *msg, void *userdata,
                              sd_bus_error *error);
 
@@ -83,6 +185,24 @@ static int read_options(sd_bus_message *msg, OptionHandler handle, void *userdat
         return sd_bus_message_exit_container(msg);
 }
 
+static void provision_waiters_reply(Bus *b, const char *thing, const char *error) {
+        for (size_t i = 0; i < b->n_provision_waiters; i++) {
+                sd_bus_message *msg = b->provision_waiters[i];
+                int r;
+
+                if (thing)
+                        r = sd_bus_reply_method_return(msg, "s", thing);
+                else
+                        r = sd_bus_reply_method_errorf(msg, LODEV_ERROR_FAILED, "%s", error);
+                if (r < 0)
+                        log_debug_errno(r, "Failed to answer Provision(), ignoring: %m");
+                client_release(b, msg);
+                sd_bus_message_unref(msg);
+        }
+        b->provision_waiters = (free(b->provision_waiters), NULL);
+        b->n_provision_waiters = 0;
+}
+
 static int provision_option(const char *key, sd_bus_message *msg, void *userdata,
                             sd_bus_error *error) {
         bool *force = userdata;
@@ -99,32 +219,66 @@ static int provision_option(const char *key, sd_bus_message *msg, void *userdata
         return 0;
 }
 
+/* Replacing the identity gives the gateway a new thing name and contacts the platform
+ * with the fleet's claim certificate: root only, whatever the bus policy allows. */
+static int check_root(sd_bus_message *msg, sd_bus_error *error) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        uid_t uid;
+        int r;
+
+        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "cannot tell who is calling: %s", strerror(-r));
+        if (uid != 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "options: 'force' is allowed to root only");
+        return 0;
+}
+
 static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
+        Bus *b = userdata;
+        const char *thing = NULL;
+        sd_bus_message **w;
         bool force = false;
         int r;
 
         r = read_options(msg, provision_option, &force, error);
         if (r < 0)
                 return r;
-
-        if (m->identity.thing_name && !force && m->provision_step == PROVISION_IDLE)
-                return sd_bus_reply_method_return(msg, "s", m->identity.thing_name);
-        if (force && m->provision_step != PROVISION_IDLE &&
-            m->provision_step != PROVISION_RETRY_WAIT && !m->provision_force)
-                return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
-                                         "provisioning is already running (%s)",
-                                         provision_step_to_string(m->provision_step));
-
-        r = provision_add_waiter(m, msg);
-        if (r == -EBUSY)
+        if (force) {
+                r = check_root(msg, error);
+                if (r < 0)
+                        return r;
+        }
+        if (b->n_provision_waiters >= PROVISION_WAITERS_MAX)
                 return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
                                          "too many callers waiting for provisioning");
+        w = realloc(b->provision_waiters, (b->n_provision_waiters + 1) * sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        b->provision_waiters = w;
+
+        r = manager_provision(b->manager, force, &thing);
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
+                                         "provisioning is already running (%s)",
+                                         provision_step_to_string(
+                                                 provisioner_step(b->manager->provisioner)));
         if (r < 0)
                 return r;
-        r = provision_start(m, force);
+        if (r == 0)
+                return sd_bus_reply_method_return(msg, "s", thing);
+
+        r = client_hold(b, msg);
+        if (r == -EUSERS)
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many calls waiting for an answer");
         if (r < 0)
                 return r;
+        w[b->n_provision_waiters++] = sd_bus_message_ref(msg);
         return 1; /* answered when provisioning ends */
 }
 
@@ -145,8 +299,28 @@ static int observation_option(const char *key, sd_bus_message *msg, void *userda
         return 0;
 }
 
+static void observation_submitted(uint64_t seq, int error, void *userdata) {
+        PendingCall *p = userdata;
+        char id[24];
+        int r;
+
+        snprintf(id, sizeof(id), "%" PRIu64, seq);
+        if (error >= 0)
+                r = sd_bus_reply_method_return(p->msg, "s", id);
+        else
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
+                                               "cannot store the observation: %s",
+                                               strerror(-error));
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer SubmitObservation(), ignoring: %m");
+        pending_call_free(p);
+}
+
 static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
+        Bus *b = userdata;
+        Delivery *d = b->manager->delivery;
+        const char *field = NULL;
+        PendingCall *p = NULL;
         Observation o = {};
         unsigned n = 0;
         int r;
@@ -183,7 +357,34 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
         r = read_options(msg, observation_option, &o, error);
         if (r < 0)
                 return r;
-        return delivery_submit(m, msg, &o, error);
+        r = observation_validate(&o, &field);
+        if (r < 0)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s: %s",
+                                         field ?: "observation",
+                                         streq_ptr(field, "value")
+                                                 ? "must be a finite number"
+                                                 : "must be valid UTF-8 of at most 4096 bytes"
+                                                   " (code and system non-empty)");
+
+        r = pending_call_new(b, msg, error, &p);
+        if (r < 0)
+                return r;
+        r = delivery_submit(d, &o, observation_submitted, p);
+        if (r >= 0)
+                return 1; /* answered after the fsync */
+        pending_call_free(p);
+        if (r == -E2BIG)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "observation: encoded payload exceeds %u bytes",
+                                         MESSAGE_SIZE_MAX);
+        if (r == -ENOSPC)
+                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
+                                         "the observation queue is full (%" PRIu64
+                                         " bytes of spool.max_bytes %" PRIu64 ")",
+                                         delivery_used_bytes(d),
+                                         b->manager->config.spool_max_bytes);
+        return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot store the observation: %s",
+                                 strerror(-r));
 }
 
 static const sd_bus_vtable device_vtable[] = {
@@ -234,46 +435,90 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_VTABLE_END,
 };
 
-void bus_emit_changed(Manager *m, const char *property, ...) {
-        const char *names[8];
-        size_t n = 0;
-        va_list ap;
+static void on_property_changed(const char *property, void *userdata) {
+        Bus *b = userdata;
         int r;
 
-        if (!m->bus)
-                return;
-        va_start(ap, property);
-        for (const char *p = property; p && n < ELEMENTSOF(names) - 1; p = va_arg(ap, const char *))
-                names[n++] = p;
-        va_end(ap);
-        names[n] = NULL;
-
-        r = sd_bus_emit_properties_changed_strv(m->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE,
-                                                (char **) names);
+        r = sd_bus_emit_properties_changed(b->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE, property,
+                                           NULL);
         if (r < 0)
                 log_debug_errno(r, "Failed to emit PropertiesChanged, ignoring: %m");
 }
 
-int bus_setup(Manager *m) {
+static void on_observation_delivered(uint64_t seq, void *userdata) {
+        Bus *b = userdata;
+        char id[24];
         int r;
 
-        /* sd_bus_open_system() honours DBUS_SYSTEM_BUS_ADDRESS, which is how
-         * tests point lodevd at a private bus. */
-        r = sd_bus_open_system(&m->bus);
+        snprintf(id, sizeof(id), "%" PRIu64, seq);
+        r = sd_bus_emit_signal(b->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE,
+                               "ObservationDelivered", "s", id);
         if (r < 0)
-                return log_error_errno(r, "Failed to connect to the system bus: %m");
+                log_debug_errno(r, "Failed to emit ObservationDelivered, ignoring: %m");
+}
 
-        r = sd_bus_add_object_vtable(m->bus, &m->object_slot, LODEV_BUS_PATH, LODEV_BUS_INTERFACE,
-                                     device_vtable, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to register %s: %m", LODEV_BUS_PATH);
+static void on_provision_finished(const char *thing, const char *error, void *userdata) {
+        provision_waiters_reply(userdata, thing, error);
+}
 
-        r = sd_bus_request_name(m->bus, LODEV_BUS_NAME, 0);
-        if (r < 0)
-                return log_error_errno(r, "Failed to acquire bus name %s: %m", LODEV_BUS_NAME);
+static const ManagerObserver observer = {
+        .property_changed = on_property_changed,
+        .observation_delivered = on_observation_delivered,
+        .provision_finished = on_provision_finished,
+};
 
-        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
-        if (r < 0)
-                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+int bus_new(Manager *m, Bus **ret) {
+        Bus *b;
+        int r;
+
+        b = calloc(1, sizeof(*b));
+        if (!b)
+                return log_oom();
+        b->manager = m;
+
+        /* sd_bus_open_system() honours DBUS_SYSTEM_BUS_ADDRESS, which is how tests point
+         * lodevd at a private bus. */
+        r = sd_bus_open_system(&b->bus);
+        if (r < 0) {
+                log_error_errno(r, "Failed to connect to the system bus: %m");
+                goto fail;
+        }
+        r = sd_bus_add_object_vtable(b->bus, &b->slot, LODEV_BUS_PATH, LODEV_BUS_INTERFACE,
+                                     device_vtable, b);
+        if (r < 0) {
+                log_error_errno(r, "Failed to register %s: %m", LODEV_BUS_PATH);
+                goto fail;
+        }
+        r = sd_bus_request_name(b->bus, LODEV_BUS_NAME, 0);
+        if (r < 0) {
+                log_error_errno(r, "Failed to acquire bus name %s: %m", LODEV_BUS_NAME);
+                goto fail;
+        }
+        r = sd_bus_attach_event(b->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0) {
+                log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+                goto fail;
+        }
+        manager_set_observer(m, &observer, b);
+        *ret = b;
         return 0;
+fail:
+        bus_free(b);
+        return r;
+}
+
+Bus *bus_free(Bus *b) {
+        if (!b)
+                return NULL;
+        provision_waiters_reply(b, NULL, "lodevd is stopping");
+        sd_bus_slot_unref(b->slot);
+        if (b->bus) {
+                sd_bus_flush(b->bus);
+                sd_bus_close_unref(b->bus);
+        }
+        for (size_t i = 0; i < b->n_clients; i++)
+                free(b->clients[i].name);
+        free(b->clients);
+        free(b);
+        return NULL;
 }

@@ -1,120 +1,104 @@
 /* SPDX-License-Identifier: MIT */
-/* Observations from SubmitObservation() to $aws/rules/FHIRIngest: appended to
- * the spool, answered only after the fsync that makes them durable (shared by
- * every call that arrived meanwhile: group commit), then published oldest
- * first at QoS 1, at most DELIVERY_INFLIGHT_MAX unacknowledged, paced to the
- * platform's limits, and removed from the spool on PUBACK. */
-
 #include <inttypes.h>
-#include <math.h>
 
-#include "bus.h"
+#include "backoff.h"
 #include "delivery.h"
+#include "event-util.h"
 #include "log.h"
-#include "manager.h"
-#include "message.h"
+#include "outbox.h"
+#include "spool.h"
 #include "topic.h"
 #include "util.h"
 
-/* Calls whose reply waits for one fsync; past this a batch is committed at once. */
+/* Calls whose confirmation waits for one fsync; past this a batch is committed at once. */
 #define COMMIT_BATCH_MAX 1024
-/* Under a steady load the loop is never idle: commit at the latest this long
- * after the first call of a batch arrived. */
+/* Under a steady load the loop is never idle: commit at the latest this long after the
+ * first call of a batch arrived. */
 #define COMMIT_DELAY_USEC 10000
-/* Pace below the configured limits, so that jitter on the way cannot push a
- * one-second window over them. */
-#define PACE_FACTOR 0.95
-#define BYTES_PER_SEC_MAX (512.0 * 1024.0)
-/* sd-event coalesces timers by 250 ms unless told otherwise: far too coarse
- * for 100 publishes a second. */
-#define PACE_ACCURACY_USEC 1000
-/* Acknowledgements are persisted within this time, or at once past a count:
- * what a crash can send twice stays small under load. */
+#define COMMIT_ACCURACY_USEC 1000
+/* Acknowledgements are persisted within this time, or at once past a count: what a crash
+ * can send twice stays small under load. */
 #define ACK_FLUSH_USEC (UINT64_C(250) * 1000)
 #define ACK_FLUSH_COUNT 256
 #define QUEUED_EMIT_USEC (UINT64_C(250) * 1000)
+/* A spool that cannot be read right now (EIO, EMFILE, ENOMEM) is tried again. */
+#define READ_RETRY_MIN_USEC (UINT64_C(1) * 1000000)
+#define READ_RETRY_MAX_USEC (UINT64_C(60) * 1000000)
 
-static uint64_t now_usec(Manager *m) {
-        uint64_t now;
+/* Payloads appended by this process and not yet published, oldest first: the publish after
+ * the commit then needs no read back from the spool. Bounded; anything not here is read
+ * from the spool. */
+#define RECENT_MAX 4096
+#define RECENT_BYTES_MAX (4U * 1024U * 1024U)
 
-        (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now);
-        return now;
-}
+typedef struct Recent {
+        uint64_t seq;
+        char *data;
+        size_t len;
+} Recent;
 
-static void queued_changed(Manager *m);
+typedef struct PendingSubmit {
+        uint64_t seq;
+        DeliverySubmitted done;
+        void *userdata;
+} PendingSubmit;
+
+struct Delivery {
+        sd_event *event;
+        char *dir;
+        uint64_t max_bytes;
+        DeliveryCallbacks cb;
+        void *userdata;
+
+        Spool *spool;
+        char *topic;
+        Channel *channel; /* NULL while detached */
+        uint64_t cursor;  /* last record handed to the connection */
+        unsigned unflushed_acks;
+        PendingSubmit *pending; /* confirmations waiting for the next fsync */
+        size_t n_pending, n_pending_alloc;
+        Recent recent[RECENT_MAX]; /* a ring: recent_head, n_recent */
+        size_t recent_head, n_recent, recent_bytes;
+        Backoff read_backoff;
+        sd_event_source *commit_event;
+        sd_event_source *commit_timer;
+        sd_event_source *ack_timer;
+        sd_event_source *queued_timer;
+        sd_event_source *retry_timer;
+};
 
 static int on_queued_emit(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
+        Delivery *d = userdata;
 
-        bus_emit_changed(m, "QueuedObservations", NULL);
+        if (d->cb.queued_changed)
+                d->cb.queued_changed(d->userdata);
         return 0;
 }
 
-/* Arms the one-shot timer *s to fire after delay, creating it on first use.
- * With coalesce, a timer already armed is left as it is: several events
- * within the delay share one firing. */
-static int arm_timer(Manager *m, sd_event_source **s, uint64_t delay, uint64_t accuracy,
-                     bool coalesce, sd_event_time_handler_t handler) {
-        int enabled = SD_EVENT_OFF, r;
+/* PropertiesChanged for QueuedObservations at most four times a second: a draining backlog
+ * would otherwise send one per observation. */
+static void queued_changed(Delivery *d) {
+        int r = event_arm_timer(d->event, &d->queued_timer, QUEUED_EMIT_USEC, 0, true,
+                                on_queued_emit, d, "queued-emit");
 
-        if (!*s) {
-                r = sd_event_add_time_relative(m->event, s, CLOCK_MONOTONIC, delay, accuracy,
-                                               handler, m);
-                if (r < 0)
-                        return r;
-        } else {
-                (void) sd_event_source_get_enabled(*s, &enabled);
-                if (coalesce && enabled != SD_EVENT_OFF)
-                        return 0;
-                (void) sd_event_source_set_time_relative(*s, delay);
-        }
-        return sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
-}
-
-/* PropertiesChanged for QueuedObservations, at most four times a second:
- * a draining backlog would otherwise send one per observation. */
-static void queued_changed(Manager *m) {
-        unsigned n = (unsigned) MIN(spool_pending_count(m->delivery.spool), (uint64_t) UINT32_MAX);
-        int r;
-
-        if (n == m->queued_observations)
-                return;
-        m->queued_observations = n;
-        r = arm_timer(m, &m->delivery.queued_timer, QUEUED_EMIT_USEC, 0, true, on_queued_emit);
         if (r < 0)
                 log_debug_errno(r, "Failed to arm the QueuedObservations timer, ignoring: %m");
 }
 
-static int on_ack_flush(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
+static int flush_acks(Delivery *d) {
         int r;
 
-        m->delivery.unflushed_acks = 0;
-        r = spool_flush(m->delivery.spool);
+        d->unflushed_acks = 0;
+        r = spool_flush(d->spool);
         if (r < 0)
-                log_warning_errno(r, "Failed to persist delivery state in %s/spool, "
-                                     "will retry: %m",
-                                  m->config.state_dir);
+                log_warning_errno(r, "Failed to persist delivery state in %s, will retry: %m",
+                                  d->dir);
+        return r;
+}
+
+static int on_ack_flush(sd_event_source *s, uint64_t usec, void *userdata) {
+        (void) flush_acks(userdata);
         return 0;
-}
-
-static void schedule_ack_flush(Manager *m) {
-        int r = arm_timer(m, &m->delivery.ack_timer, ACK_FLUSH_USEC, 0, true, on_ack_flush);
-
-        if (r < 0)
-                log_warning_errno(r, "Failed to arm the ack flush timer, flushing at exit: %m");
-}
-
-static int on_pace(sd_event_source *s, uint64_t usec, void *userdata) {
-        delivery_kick(userdata);
-        return 0;
-}
-
-static void pace_later(Manager *m, uint64_t delay) {
-        int r = arm_timer(m, &m->delivery.pace_timer, delay, PACE_ACCURACY_USEC, false, on_pace);
-
-        if (r < 0)
-                log_error_errno(r, "Failed to arm the pacing timer: %m");
 }
 
 static void recent_drop_head(Delivery *d) {
@@ -142,8 +126,8 @@ static bool recent_add(Delivery *d, uint64_t seq, char *data, size_t len) {
         return true;
 }
 
-/* The cached payload of seq, if it is there; older entries are dropped on
- * the way, since delivery goes in order. The caller owns the result. */
+/* The cached payload of seq, if it is there; older entries are dropped on the way, since
+ * delivery goes in order. The caller owns the result. */
 static char *recent_take(Delivery *d, uint64_t seq, size_t *ret_len) {
         while (d->n_recent > 0 && d->recent[d->recent_head].seq < seq)
                 recent_drop_head(d);
@@ -159,144 +143,198 @@ static char *recent_take(Delivery *d, uint64_t seq, size_t *ret_len) {
         return NULL;
 }
 
-static InFlight *inflight_find(Manager *m, int mid) {
-        for (size_t i = 0; i < m->delivery.n_inflight; i++)
-                if (m->delivery.inflight[i].mid == mid)
-                        return &m->delivery.inflight[i];
-        return NULL;
+static int source_next(void *userdata, uint64_t after_seq, uint64_t *ret_seq) {
+        Delivery *d = userdata;
+
+        return spool_next(d->spool, after_seq, ret_seq);
 }
 
-void delivery_kick(Manager *m) {
-        Delivery *d = &m->delivery;
+static int source_read(void *userdata, uint64_t seq, void **ret_data, size_t *ret_len) {
+        Delivery *d = userdata;
+        char *data = recent_take(d, seq, ret_len);
 
-        if (!d->spool || !m->mqtt || m->state != DEVICE_STATE_ONLINE)
-                return;
-
-        while (d->n_inflight < DELIVERY_INFLIGHT_MAX) {
-                _cleanup_free_ void *data = NULL;
-                uint64_t seq, now, wait;
-                size_t len;
-                int r, mid = 0;
-
-                r = spool_next(d->spool, d->cursor, &seq);
-                if (r == -ENOENT)
-                        return;
-                if (r < 0) {
-                        log_error_errno(r, "Failed to read the observation spool: %m");
-                        return;
-                }
-                data = recent_take(d, seq, &len);
-                r = data ? 0 : spool_read(d->spool, seq, &data, &len);
-                if (r < 0) {
-                        /* The medium changed the record: it can never be sent. */
-                        log_error_errno(r, "Observation %" PRIu64 " in %s/spool is unreadable "
-                                           "(%m), dropping it.",
-                                        seq, m->config.state_dir);
-                        (void) spool_ack(d->spool, seq);
-                        d->cursor = seq;
-                        continue;
-                }
-
-                now = now_usec(m);
-                wait = MAX(token_bucket_wait_usec(&d->messages, 1, now),
-                           token_bucket_wait_usec(&d->bytes, (double) len, now));
-                if (wait > 0) {
-                        pace_later(m, wait);
-                        return;
-                }
-                r = mqtt_publish(m->mqtt, d->topic, data, len, 1, &mid);
-                if (r < 0) {
-                        if (r != -ENOTCONN)
-                                log_warning_errno(r, "Failed to publish observation %" PRIu64
-                                                     ", will retry: %m",
-                                                  seq);
-                        return;
-                }
-                (void) token_bucket_take(&d->messages, 1, now);
-                (void) token_bucket_take(&d->bytes, (double) len, now);
-                d->inflight[d->n_inflight++] = (InFlight) { .mid = mid, .seq = seq };
-                d->cursor = seq;
+        if (data) {
+                *ret_data = data;
+                return 0;
         }
+        return spool_read(d->spool, seq, ret_data, ret_len);
 }
 
-void delivery_published(Manager *m, int mid) {
-        Delivery *d = &m->delivery;
-        InFlight *f = inflight_find(m, mid);
+static int source_ack(void *userdata, uint64_t seq) {
+        Delivery *d = userdata;
+
+        return spool_ack(d->spool, seq);
+}
+
+static const OutboxSource spool_source = {
+        .next = source_next,
+        .read = source_read,
+        .ack = source_ack,
+};
+
+static void on_skipped(uint64_t seq, void *userdata) {
+        Delivery *d = userdata;
         char id[24];
-        uint64_t seq;
+
+        /* The medium changed the record: it can never be sent. */
+        snprintf(id, sizeof(id), "%" PRIu64, seq);
+        log_event(LOG_ERR, LODEV_MESSAGE_OBSERVATION_LOST, NULL, NULL,
+                  "Observation %s in %s fails its checksum and can never be sent; dropping it.",
+                  id, d->dir);
+        queued_changed(d);
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Delivery *d = userdata;
+
+        if (d->channel)
+                channel_wake(d->channel);
+        return 0;
+}
+
+static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
+        Delivery *d = userdata;
+        _cleanup_free_ void *data = NULL;
+        _cleanup_free_ char *topic = NULL;
+        uint64_t seq, delay;
+        size_t len;
         int r;
 
-        if (!f)
-                return;
-        seq = f->seq;
-        *f = d->inflight[--d->n_inflight];
+        r = outbox_next(&spool_source, d, &d->cursor, on_skipped, d, &seq, &data, &len);
+        if (r < 0) {
+                /* Nothing is dropped for an error that may pass: stop, and try again. */
+                delay = backoff_next(&d->read_backoff, random_u64());
+                log_error_errno(r, "Failed to read the observation spool %s, retrying in %.1f s: %m",
+                                d->dir, (double) delay / 1e6);
+                r = event_arm_timer(d->event, &d->retry_timer, delay, 0, false, on_retry, d,
+                                    "spool-retry");
+                if (r < 0)
+                        log_error_errno(r, "Failed to arm the spool retry timer: %m");
+                return 0;
+        }
+        backoff_reset(&d->read_backoff);
+        if (r == 0)
+                return 0;
+        topic = strdup(d->topic);
+        if (!topic) {
+                d->cursor = seq - 1; /* offered again on the next wake */
+                return -ENOMEM;
+        }
+        *ret = (ChannelMessage) {
+                .topic = TAKE_PTR(topic),
+                .data = TAKE_PTR(data),
+                .len = len,
+                .cookie = seq,
+        };
+        return 1;
+}
+
+static void channel_acked(Channel *ch, uint64_t seq, void *userdata) {
+        Delivery *d = userdata;
+        int r;
 
         r = spool_ack(d->spool, seq);
         if (r < 0 && r != -ENOENT)
                 log_warning_errno(r, "Failed to mark observation %" PRIu64 " delivered: %m", seq);
-        snprintf(id, sizeof(id), "%" PRIu64, seq);
-        r = sd_bus_emit_signal(m->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE,
-                               "ObservationDelivered", "s", id);
-        if (r < 0)
-                log_debug_errno(r, "Failed to emit ObservationDelivered, ignoring: %m");
+        if (d->cb.delivered)
+                d->cb.delivered(seq, d->userdata);
         if (++d->unflushed_acks >= ACK_FLUSH_COUNT)
-                (void) on_ack_flush(NULL, 0, m);
-        else
-                schedule_ack_flush(m);
-        queued_changed(m);
-        delivery_kick(m);
+                (void) flush_acks(d);
+        else {
+                r = event_arm_timer(d->event, &d->ack_timer, ACK_FLUSH_USEC, 0, true,
+                                    on_ack_flush, d, "ack-flush");
+                if (r < 0)
+                        log_warning_errno(r, "Failed to arm the ack flush timer, flushing at "
+                                             "exit: %m");
+        }
+        queued_changed(d);
 }
 
-void delivery_online(Manager *m) {
-        /* libmosquitto keeps unacknowledged publishes and sends them again
-         * after a reconnect, so what is in flight stays in flight. */
-        delivery_kick(m);
+static void channel_failed(Channel *ch, uint64_t seq, int error, void *userdata) {
+        Delivery *d = userdata;
+        char id[24];
+
+        /* Validated and bounded at submission: only a changed medium gets here. */
+        snprintf(id, sizeof(id), "%" PRIu64, seq);
+        log_event(LOG_ERR, LODEV_MESSAGE_OBSERVATION_LOST, NULL, NULL,
+                  "Observation %s can never be published (%s); dropping it.", id,
+                  strerror(-error));
+        (void) spool_ack(d->spool, seq);
+        queued_changed(d);
 }
 
-void delivery_reset(Manager *m) {
-        /* The client is gone with its queue: send everything unacknowledged
-         * again, read back from the spool. */
-        m->delivery.n_inflight = 0;
-        m->delivery.cursor = 0;
-        recent_clear(&m->delivery);
+static void on_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        Delivery *d = userdata;
+        PlatformError e = {};
+
+        if (message_decode_error(data, len, &e) < 0) {
+                log_warning("FHIRIngest rejected an observation with a malformed answer, "
+                            "ignoring.");
+                return;
+        }
+        log_warning("FHIRIngest rejected an observation: %d %s: %s", e.status_code, e.error_code,
+                    strempty(e.error_message));
+        if (d->cb.rejected)
+                d->cb.rejected(e.error_code, strempty(e.error_message), d->userdata);
+        platform_error_done(&e);
 }
 
-/* Answers every waiting SubmitObservation() after one fsync. */
-static void commit(Manager *m) {
-        Delivery *d = &m->delivery;
+static const ChannelOps channel_ops = {
+        .next = channel_next,
+        .acked = channel_acked,
+        .failed = channel_failed,
+};
+
+int delivery_attach(Delivery *d, Connection *c) {
+        _cleanup_free_ char *rejected = NULL;
         int r;
 
-        if (d->n_pending == 0)
+        /* Not FHIRIngest/accepted: one answer per observation would double the messages
+         * counted against the connection's 100/s quota, and the PUBACK already says the
+         * platform has it. */
+        r = topic_build(TOPIC_FHIR_REJECTED, connection_thing_name(c), NULL, NULL, &rejected);
+        if (r >= 0)
+                r = connection_subscribe(c, rejected, on_rejected, d);
+        if (r >= 0)
+                r = connection_add_channel(c, CHANNEL_BULK, &channel_ops, d, &d->channel);
+        if (r < 0)
+                return r;
+        channel_wake(d->channel);
+        return 0;
+}
+
+void delivery_detach(Delivery *d) {
+        /* The client goes with its queue: everything unacknowledged is read back from the
+         * spool and sent again. */
+        d->channel = NULL;
+        d->cursor = 0;
+        recent_clear(d);
+        event_disarm(d->retry_timer);
+}
+
+/* Confirms every waiting submission after one fsync. */
+static void commit(Delivery *d) {
+        size_t n = d->n_pending;
+        int r;
+
+        if (n == 0)
                 return;
-        (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
-        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_OFF);
+        event_disarm(d->commit_event);
+        event_disarm(d->commit_timer);
         r = spool_sync(d->spool);
         if (r < 0) {
-                log_error_errno(r, "Failed to sync the observation spool in %s/spool: %m",
-                                m->config.state_dir);
+                log_error_errno(r, "Failed to sync the observation spool %s: %m", d->dir);
                 /* The spool dropped the unsynced records: so must the cache. */
                 recent_clear(d);
         }
-        for (size_t i = 0; i < d->n_pending; i++) {
-                PendingSubmit *p = &d->pending[i];
-                char id[24];
-
-                int q;
-
-                snprintf(id, sizeof(id), "%" PRIu64, p->seq);
-                if (r >= 0)
-                        q = sd_bus_reply_method_return(p->msg, "s", id);
-                else
-                        q = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
-                                                       "cannot store the observation: %s",
-                                                       strerror(-r));
-                if (q < 0)
-                        log_debug_errno(q, "Failed to answer SubmitObservation(), ignoring: %m");
-                p->msg = sd_bus_message_unref(p->msg);
-        }
+        /* A callback may submit again: confirm from a snapshot. */
         d->n_pending = 0;
-        queued_changed(m);
-        delivery_kick(m);
+        for (size_t i = 0; i < n; i++)
+                d->pending[i].done(r < 0 ? 0 : d->pending[i].seq, r < 0 ? r : 0,
+                                   d->pending[i].userdata);
+        queued_changed(d);
+        if (r >= 0 && d->channel)
+                channel_wake(d->channel);
 }
 
 static int on_commit(sd_event_source *s, void *userdata) {
@@ -309,136 +347,157 @@ static int on_commit_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-int delivery_submit(Manager *m, sd_bus_message *msg, const Observation *o, sd_bus_error *error) {
-        Delivery *d = &m->delivery;
+int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, void *userdata) {
         _cleanup_free_ char *json = NULL;
-        const char *field = NULL;
         uint64_t seq;
+        size_t len;
         int r;
 
-        r = observation_validate(o, &field);
-        if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "%s: %s", field ?: "observation",
-                                         streq_ptr(field, "value")
-                                                 ? "must be a finite number"
-                                                 : "must be valid UTF-8 of at most 4096 bytes"
-                                                   " (code and system non-empty)");
         r = message_encode_observation(o, &json);
-        if (r == -E2BIG)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "observation: encoded payload exceeds %u bytes",
-                                         MESSAGE_SIZE_MAX);
         if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "observation: cannot be encoded (%s)", strerror(-r));
-        if (!d->spool)
-                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
-                                         "the observation spool is not available");
+                return r;
         if (d->n_pending >= d->n_pending_alloc) {
                 size_t n = MAX(d->n_pending_alloc * 2, (size_t) 64);
                 PendingSubmit *p = realloc(d->pending, n * sizeof(*p));
+
                 if (!p)
                         return -ENOMEM;
                 d->pending = p;
                 d->n_pending_alloc = n;
         }
-
-        r = spool_append(d->spool, json, strlen(json), &seq);
-        if (r == -ENOSPC)
-                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
-                                         "the observation queue is full (%" PRIu64
-                                         " bytes of spool.max_bytes %" PRIu64 ")",
-                                         spool_used_bytes(d->spool), m->config.spool_max_bytes);
+        len = strlen(json);
+        r = spool_append(d->spool, json, len, &seq);
         if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
-                                         "cannot store the observation: %s", strerror(-r));
+                return r;
+        d->pending[d->n_pending++] = (PendingSubmit) { .seq = seq, .done = done, .userdata = userdata };
+        if (recent_add(d, seq, json, len))
+                TAKE_PTR(json);
 
-        d->pending[d->n_pending++] = (PendingSubmit) { .msg = sd_bus_message_ref(msg), .seq = seq };
-        {
-                size_t len = strlen(json);
-                if (recent_add(d, seq, json, len))
-                        json = NULL;
-        }
-        /* The commit source has a lower priority than the bus: it runs once
-         * the calls already read are all appended, and one fsync answers them. */
+        /* The commit source has a lower priority than the bus: it runs once the calls
+         * already read are all appended, and one fsync answers them. */
         if (d->n_pending >= COMMIT_BATCH_MAX)
-                commit(m);
+                commit(d);
         else {
                 (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_ONESHOT);
-                if (d->n_pending == 1) {
-                        (void) sd_event_source_set_time_relative(d->commit_timer,
-                                                                 COMMIT_DELAY_USEC);
-                        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_ONESHOT);
-                }
+                if (d->n_pending == 1)
+                        (void) event_arm_timer(d->event, &d->commit_timer, COMMIT_DELAY_USEC,
+                                               COMMIT_ACCURACY_USEC, false, on_commit_timer, d,
+                                               "spool-commit-timer");
         }
-        return 1;
-}
-
-void delivery_configure(Manager *m) {
-        uint64_t now = now_usec(m);
-        double rate = m->config.publish_rate * PACE_FACTOR;
-
-        /* A burst of one: a backlog drains evenly instead of in one-second lumps. */
-        token_bucket_init(&m->delivery.messages, rate, rate > 0 ? 1 : 0, now);
-        token_bucket_init(&m->delivery.bytes, BYTES_PER_SEC_MAX * PACE_FACTOR,
-                          (double) MESSAGE_SIZE_MAX, now);
-}
-
-int delivery_open(Manager *m) {
-        Delivery *d = &m->delivery;
-        _cleanup_free_ char *dir = NULL;
-        int r;
-
-        dir = strdup_printf("%s/spool", m->config.state_dir);
-        if (!dir)
-                return log_oom();
-        r = spool_open(dir, m->config.spool_max_bytes, &d->spool);
-        if (r < 0)
-                return log_error_errno(r, "Failed to open the observation spool %s: %m", dir);
-        r = topic_build(TOPIC_FHIR_INGEST, NULL, NULL, NULL, &d->topic);
-        if (r < 0)
-                return log_oom();
-        r = sd_event_add_defer(m->event, &d->commit_event, on_commit, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up the commit source: %m");
-        (void) sd_event_source_set_priority(d->commit_event, SD_EVENT_PRIORITY_IDLE);
-        (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
-        (void) sd_event_source_set_description(d->commit_event, "spool-commit");
-        r = sd_event_add_time_relative(m->event, &d->commit_timer, CLOCK_MONOTONIC,
-                                       COMMIT_DELAY_USEC, PACE_ACCURACY_USEC, on_commit_timer, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up the commit timer: %m");
-        (void) sd_event_source_set_enabled(d->commit_timer, SD_EVENT_OFF);
-        (void) sd_event_source_set_description(d->commit_timer, "spool-commit-timer");
-        delivery_configure(m);
-        m->queued_observations = (unsigned) MIN(spool_pending_count(d->spool), (uint64_t) UINT32_MAX);
-        if (m->queued_observations > 0)
-                log_info("%u observations queued from before.", m->queued_observations);
         return 0;
 }
 
-void delivery_close(Manager *m) {
-        Delivery *d = &m->delivery;
+unsigned delivery_queued(const Delivery *d) {
+        return (unsigned) MIN(spool_pending_count(d->spool), (uint64_t) UINT32_MAX);
+}
+
+uint64_t delivery_used_bytes(const Delivery *d) {
+        return spool_used_bytes(d->spool);
+}
+
+/* What recovery skipped at start-up: damaged bytes in the spool, and the observations
+ * that were in them. Reported at every start until the segment file is gone. */
+static void log_recovery(Delivery *d) {
+        const SpoolLoss *losses = NULL;
+        size_t n = 0;
+        int total;
+
+        total = spool_recovery_losses(d->spool, &losses, &n);
+        for (size_t i = 0; i < n; i++) {
+                const SpoolLoss *l = &losses[i];
+                char what[96];
+
+                if (l->first_seq == 0)
+                        snprintf(what, sizeof(what), "no whole observation was in them");
+                else if (l->last_seq == 0)
+                        /* The end of the newest file: most often a write cut short by a
+                         * crash, which was never confirmed to its caller. */
+                        snprintf(what, sizeof(what),
+                                 "an interrupted write or damage; observations from %" PRIu64
+                                 " on, if any, are lost",
+                                 l->first_seq);
+                else if (l->last_seq == l->first_seq)
+                        snprintf(what, sizeof(what), "observation %" PRIu64 " is lost",
+                                 l->first_seq);
+                else
+                        snprintf(what, sizeof(what), "observations %" PRIu64 " to %" PRIu64
+                                 " are lost", l->first_seq, l->last_seq);
+                log_event(l->first_seq && l->last_seq ? LOG_ERR : LOG_WARNING,
+                          LODEV_MESSAGE_OBSERVATION_LOST,
+                          NULL, NULL,
+                          "Spool %s: %" PRIu64 " damaged bytes at offset %" PRIu64
+                          " of segment %016" PRIx64 ".seg %s; %s.",
+                          d->dir, l->bytes, l->offset, l->segment,
+                          l->tail ? "cut off" : "skipped", what);
+        }
+        if (total > (int) n)
+                log_warning("Spool %s: %d more damaged places not listed.", d->dir,
+                            total - (int) n);
+}
+
+int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
+                 const DeliveryCallbacks *cb, void *userdata, Delivery **ret) {
+        Delivery *d;
         int r;
 
-        /* Answer what is appended: a reply promises durability, so sync first. */
-        commit(m);
-        d->commit_event = sd_event_source_disable_unref(d->commit_event);
-        d->commit_timer = sd_event_source_disable_unref(d->commit_timer);
-        d->pace_timer = sd_event_source_disable_unref(d->pace_timer);
-        d->ack_timer = sd_event_source_disable_unref(d->ack_timer);
-        d->queued_timer = sd_event_source_disable_unref(d->queued_timer);
+        d = calloc(1, sizeof(*d));
+        if (!d)
+                return log_oom();
+        d->event = sd_event_ref(event);
+        d->max_bytes = max_bytes;
+        d->cb = *cb;
+        d->userdata = userdata;
+        backoff_init(&d->read_backoff, READ_RETRY_MIN_USEC, READ_RETRY_MAX_USEC);
+        d->dir = strdup_printf("%s/spool", state_dir);
+        if (!d->dir || topic_build(TOPIC_FHIR_INGEST, NULL, NULL, NULL, &d->topic) < 0) {
+                delivery_free(d);
+                return log_oom();
+        }
+        r = spool_open(d->dir, max_bytes, &d->spool);
+        if (r < 0) {
+                log_error_errno(r, "Failed to open the observation spool %s: %m", d->dir);
+                delivery_free(d);
+                return r;
+        }
+        log_recovery(d);
+        r = sd_event_add_defer(event, &d->commit_event, on_commit, d);
+        if (r < 0) {
+                delivery_free(d);
+                return log_error_errno(r, "Failed to set up the commit source: %m");
+        }
+        (void) sd_event_source_set_priority(d->commit_event, SD_EVENT_PRIORITY_IDLE);
+        (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(d->commit_event, "spool-commit");
+        if (delivery_queued(d) > 0)
+                log_info("%u observations queued from before.", delivery_queued(d));
+        *ret = d;
+        return 0;
+}
+
+Delivery *delivery_free(Delivery *d) {
+        if (!d)
+                return NULL;
+        /* A confirmation promises durability: sync first. */
+        if (d->spool)
+                commit(d);
+        sd_event_source_disable_unref(d->commit_event);
+        sd_event_source_disable_unref(d->commit_timer);
+        sd_event_source_disable_unref(d->ack_timer);
+        sd_event_source_disable_unref(d->queued_timer);
+        sd_event_source_disable_unref(d->retry_timer);
         if (d->spool) {
-                r = spool_flush(d->spool);
+                int r = spool_flush(d->spool);
+
                 if (r < 0)
                         log_warning_errno(r, "Failed to persist delivery state, some delivered "
                                              "observations may be sent again: %m");
         }
         recent_clear(d);
-        d->spool = spool_free(d->spool);
+        spool_free(d->spool);
         free(d->pending);
-        d->pending = NULL;
-        d->n_pending = d->n_pending_alloc = 0;
-        d->topic = (free(d->topic), NULL);
+        free(d->topic);
+        free(d->dir);
+        sd_event_unref(d->event);
+        free(d);
+        return NULL;
 }

@@ -1,67 +1,46 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* The delivery service: observations from SubmitObservation() to $aws/rules/FHIRIngest.
+ * Appended to the spool and confirmed only after the fsync that makes them durable (shared
+ * by every submission that arrived meanwhile: group commit), then handed to the connection
+ * oldest first on a bulk channel and removed from the spool on PUBACK. Knows nothing of
+ * D-Bus: results come back through callbacks. */
+
 #include <stdint.h>
-#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "connection.h"
 #include "message.h"
-#include "ratelimit.h"
-#include "spool.h"
 
-/* AWS IoT Core: at most 100 unacknowledged QoS 1 publishes per connection. */
-#define DELIVERY_INFLIGHT_MAX 100
+typedef struct Delivery Delivery;
 
-typedef struct InFlight {
-        int mid;
-        uint64_t seq;
-} InFlight;
+/* error 0: the observation is durable and has the id seq; otherwise it was not stored. */
+typedef void (*DeliverySubmitted)(uint64_t seq, int error, void *userdata);
 
-typedef struct PendingSubmit {
-        sd_bus_message *msg;
-        uint64_t seq;
-} PendingSubmit;
+typedef struct DeliveryCallbacks {
+        void (*delivered)(uint64_t seq, void *userdata);
+        /* delivery_queued() changed; at most four times a second. */
+        void (*queued_changed)(void *userdata);
+        /* The platform answered on <thing>/FHIRIngest/rejected (texts already escaped). */
+        void (*rejected)(const char *code, const char *message, void *userdata);
+} DeliveryCallbacks;
 
-/* Payloads appended by this process and not yet published, oldest first: the
- * publish after the commit then needs no read back from the spool. Bounded;
- * anything not here is read from the spool. */
-#define RECENT_MAX 4096
-#define RECENT_BYTES_MAX (4U * 1024U * 1024U)
+int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
+                 const DeliveryCallbacks *callbacks, void *userdata, Delivery **ret);
+/* Confirms what is appended first (a confirmation promises durability), then closes the
+ * spool. NULL-safe. */
+Delivery *delivery_free(Delivery *d);
 
-typedef struct Recent {
-        uint64_t seq;
-        char *data;
-        size_t len;
-} Recent;
+/* Starts sending on c; the service subscribes to what it needs. */
+int delivery_attach(Delivery *d, Connection *c);
+/* Before the connection goes away: what was in flight is sent again on the next one. */
+void delivery_detach(Delivery *d);
 
-typedef struct Delivery {
-        Spool *spool;
-        char *topic;
-        uint64_t cursor; /* last spool record handed to the connection */
-        InFlight inflight[DELIVERY_INFLIGHT_MAX];
-        size_t n_inflight;
-        unsigned unflushed_acks;
-        PendingSubmit *pending; /* replies waiting for the next fsync */
-        size_t n_pending, n_pending_alloc;
-        TokenBucket messages, bytes;
-        Recent recent[RECENT_MAX]; /* a ring: recent_head, n_recent */
-        size_t recent_head, n_recent, recent_bytes;
-        sd_event_source *commit_event;
-        sd_event_source *commit_timer;
-        sd_event_source *pace_timer;
-        sd_event_source *ack_timer;
-        sd_event_source *queued_timer;
-} Delivery;
+/* Appends o (already validated) and calls done() after the commit. Returns 0 when done()
+ * will be called, or without calling it: -E2BIG (the encoded observation is too large),
+ * -ENOSPC (spool.max_bytes reached), another negative errno. */
+int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, void *userdata);
 
-typedef struct Manager Manager;
-
-int delivery_open(Manager *m);
-void delivery_close(Manager *m);
-void delivery_configure(Manager *m);
-/* Appends o and queues the reply to msg for the next commit; returns 1 when
- * the reply is pending, or a D-Bus error set in *error. */
-int delivery_submit(Manager *m, sd_bus_message *msg, const Observation *o, sd_bus_error *error);
-void delivery_kick(Manager *m);
-void delivery_published(Manager *m, int mid);
-void delivery_online(Manager *m);
-void delivery_reset(Manager *m);
+unsigned delivery_queued(const Delivery *d);
+uint64_t delivery_used_bytes(const Delivery *d);

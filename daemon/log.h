@@ -16,6 +16,8 @@
 #define LODEV_MESSAGE_OFFLINE "3e9c1b5d7f2a4b77c3d5e7f9a1b2c314"
 #define LODEV_MESSAGE_JOB_FINISHED "a7b3c9d1e5f24a88d4e6f8a0b2c3d415"
 #define LODEV_MESSAGE_TRANSFER_FINISHED "f1e2d3c4b5a64b99e5f7a9b1c3d4e516"
+#define LODEV_MESSAGE_OBSERVATION_LOST "2af0e64fafdd43e683758453eec3402b"
+#define LODEV_MESSAGE_IDENTITY_UNREADABLE "dec5741cef3a46ac99d73d9ad76276ea"
 
 void log_setup(int max_level, int force_stderr);
 void log_set_max_level(int level);

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include "bus.h"
 #include "config.h"
 #include "fileio.h"
 #include "identity.h"
@@ -12,6 +13,7 @@
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Bus *, bus_free);
 
 static void help(void) {
         printf("Usage: lodevd [OPTIONS]\n\n"
@@ -86,6 +88,9 @@ int main(int argc, char *argv[]) {
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
+        /* Freed in reverse order: the manager's services answer what is pending while the
+         * bus is still there. */
+        _cleanup_(bus_freep) Bus *bus = NULL;
         _cleanup_(manager_freep) Manager *m = NULL;
         _cleanup_free_ char *err = NULL;
         const char *config_path = LODEV_CONFIG_FILE;
@@ -151,6 +156,13 @@ int main(int argc, char *argv[]) {
         }
 
         m->verbose = verbose;
+        /* The spool before the bus: a call that is accepted has a place to go. */
+        r = manager_open(m);
+        if (r < 0)
+                return EXIT_FAILURE;
+        r = bus_new(m, &bus);
+        if (r < 0)
+                return EXIT_FAILURE;
         r = manager_start(m);
         if (r < 0)
                 return EXIT_FAILURE;

@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
-#include "bus.h"
-#include "fileio.h"
+#include "event-util.h"
 #include "log.h"
 #include "manager.h"
 #include "util.h"
+
+/* An identity that could not be read for a reason that may pass is read again. */
+#define IDENTITY_RETRY_MIN_USEC (UINT64_C(1) * 1000000)
+#define IDENTITY_RETRY_MAX_USEC (UINT64_C(300) * 1000000)
 
 static const char *const device_state_table[_DEVICE_STATE_MAX] = {
         [DEVICE_STATE_UNPROVISIONED] = "unprovisioned",
@@ -22,25 +26,30 @@ const char *device_state_to_string(DeviceState s) {
         return s >= 0 && s < _DEVICE_STATE_MAX ? device_state_table[s] : NULL;
 }
 
-static void manager_notify_status(Manager *m) {
-        if (m->thing_name)
+static void property_changed(Manager *m, const char *property) {
+        if (m->observer && m->observer->property_changed)
+                m->observer->property_changed(property, m->observer_userdata);
+}
+
+static void notify_status(Manager *m) {
+        if (m->identity.thing_name)
                 (void) sd_notifyf(false, "STATUS=%s (%s)", device_state_to_string(m->state),
-                                  m->thing_name);
+                                  m->identity.thing_name);
         else
                 (void) sd_notifyf(false, "STATUS=%s", device_state_to_string(m->state));
 }
 
-void manager_set_state(Manager *m, DeviceState state) {
+static void set_state(Manager *m, DeviceState state) {
         if (m->state == state)
                 return;
         log_debug("State %s -> %s.", device_state_to_string(m->state),
                   device_state_to_string(state));
         m->state = state;
-        manager_notify_status(m);
-        bus_emit_changed(m, "State", NULL);
+        notify_status(m);
+        property_changed(m, "State");
 }
 
-void manager_set_last_error(Manager *m, const char *fmt, ...) {
+_printf_(2, 3) static void set_last_error(Manager *m, const char *fmt, ...) {
         char *s = NULL;
         va_list ap;
 
@@ -56,16 +65,190 @@ void manager_set_last_error(Manager *m, const char *fmt, ...) {
         }
         free(m->last_error);
         m->last_error = s;
-        bus_emit_changed(m, "LastError", NULL);
+        property_changed(m, "LastError");
 }
 
-static int set_endpoint(Manager *m) {
-        char *e = strdup_printf("%s:%u", m->config.endpoint, m->config.port);
+static void connection_state_changed(Connection *c, ConnectionState state, const char *reason,
+                                     void *userdata) {
+        Manager *m = userdata;
 
-        if (!e)
-                return -ENOMEM;
-        free(m->endpoint);
-        m->endpoint = e;
+        switch (state) {
+        case CONNECTION_CONNECTING:
+                set_state(m, DEVICE_STATE_CONNECTING);
+                break;
+        case CONNECTION_ONLINE:
+                set_state(m, DEVICE_STATE_ONLINE);
+                set_last_error(m, "%s", "");
+                break;
+        default:
+                set_last_error(m, "connection to %s: %s", m->endpoint, strempty(reason));
+                set_state(m, DEVICE_STATE_OFFLINE);
+        }
+}
+
+/* The device connection of the current identity, with every service on it. */
+static int start_connection(Manager *m) {
+        ConnectionOptions o = {
+                .host = m->config.endpoint,
+                .port = m->config.port,
+                .thing_name = m->identity.thing_name,
+                .ca_file = m->config.ca_file,
+                .cert_file = m->identity.cert_path,
+                .key_file = m->identity.key_path,
+                .alpn = m->config.alpn,
+                .keepalive = m->config.keepalive,
+                .publish_rate = m->config.publish_rate,
+        };
+        int r;
+
+        assert(!m->connection);
+        r = connection_new(m->event, m->resolver, &o, connection_state_changed, m,
+                           &m->connection);
+        if (r >= 0)
+                r = delivery_attach(m->delivery, m->connection);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the device connection with %s: %m",
+                                m->identity.cert_path);
+                set_last_error(m, "cannot start the device connection: %s", strerror(-r));
+                if (m->connection)
+                        delivery_detach(m->delivery);
+                m->connection = connection_free(m->connection);
+                return r;
+        }
+        return connection_start(m->connection);
+}
+
+static void stop_connection(Manager *m) {
+        if (!m->connection)
+                return;
+        delivery_detach(m->delivery);
+        m->connection = connection_free(m->connection);
+}
+
+static void delivered(uint64_t seq, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->observer && m->observer->observation_delivered)
+                m->observer->observation_delivered(seq, m->observer_userdata);
+}
+
+static void queued_changed(void *userdata) {
+        property_changed(userdata, "QueuedObservations");
+}
+
+static void observation_rejected(const char *code, const char *message, void *userdata) {
+        set_last_error(userdata, "FHIRIngest rejected an observation: %s: %s", code, message);
+}
+
+static const DeliveryCallbacks delivery_callbacks = {
+        .delivered = delivered,
+        .queued_changed = queued_changed,
+        .rejected = observation_rejected,
+};
+
+static void provision_finished(Manager *m, const char *thing, const char *error) {
+        if (m->observer && m->observer->provision_finished)
+                m->observer->provision_finished(thing, error, m->observer_userdata);
+}
+
+static void provision_step_changed(ProvisionStep step, void *userdata) {
+        Manager *m = userdata;
+
+        if (step == PROVISION_IDLE)
+                notify_status(m);
+        else
+                (void) sd_notifyf(false, "STATUS=provisioning: %s",
+                                  provision_step_to_string(step));
+}
+
+static void provisioned(Identity *id, void *userdata) {
+        Manager *m = userdata;
+
+        /* A forced re-provisioning replaces a live identity: the old connection goes
+         * first, and what it had in flight is sent again on the new one. */
+        stop_connection(m);
+        identity_done(&m->identity);
+        m->identity = *id;
+        *id = (Identity) {};
+        m->identity_timer = sd_event_source_disable_unref(m->identity_timer);
+        log_set_thing(m->identity.thing_name);
+        property_changed(m, "ThingName");
+        set_last_error(m, "%s", "");
+        provision_finished(m, m->identity.thing_name, NULL);
+        (void) start_connection(m);
+}
+
+static void provision_failed(const char *reason, void *userdata) {
+        Manager *m = userdata;
+
+        set_last_error(m, "provisioning: %s", reason);
+        provision_finished(m, NULL, reason);
+}
+
+static const ProvisionerCallbacks provisioner_callbacks = {
+        .step_changed = provision_step_changed,
+        .provisioned = provisioned,
+        .failed = provision_failed,
+};
+
+int manager_provision(Manager *m, bool force, const char **ret_thing) {
+        ProvisionStep step = provisioner_step(m->provisioner);
+
+        if (m->identity.thing_name && !force && step == PROVISION_IDLE) {
+                *ret_thing = m->identity.thing_name;
+                return 0;
+        }
+        if (force && step != PROVISION_IDLE && step != PROVISION_RETRY_WAIT &&
+            !provisioner_forced(m->provisioner))
+                return -EBUSY;
+        if (!m->identity.thing_name)
+                set_state(m, DEVICE_STATE_PROVISIONING);
+        (void) provisioner_start(m->provisioner, force);
+        return 1;
+}
+
+static int on_identity_timer(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Reads the stored identity and goes on from it: connect with it, provision when there is
+ * none or it is provably corrupt, or try again later when it cannot be read now. A new
+ * identity is a new thing name for the gateway: never for an error that may pass. */
+static void load_identity(Manager *m) {
+        const char *dir = m->config.state_dir;
+        uint64_t delay;
+        int r;
+
+        r = identity_load(dir, &m->identity);
+        if (r >= 0) {
+                m->identity_timer = sd_event_source_disable_unref(m->identity_timer);
+                log_set_thing(m->identity.thing_name);
+                property_changed(m, "ThingName");
+                set_last_error(m, "%s", "");
+                (void) start_connection(m);
+                return;
+        }
+        if (r == -ENOENT || r == -EBADMSG) {
+                if (r == -EBADMSG)
+                        log_warning("The identity in %s/identity is corrupt; provisioning "
+                                    "anew (it is kept until the new one has loaded).",
+                                    dir);
+                set_state(m, DEVICE_STATE_PROVISIONING);
+                (void) provisioner_start(m->provisioner, false);
+                return;
+        }
+        delay = backoff_next(&m->identity_backoff, random_u64());
+        log_event(LOG_ERR, LODEV_MESSAGE_IDENTITY_UNREADABLE, NULL, NULL,
+                  "Cannot read the identity in %s/identity: %s; trying again in %.1f s.", dir,
+                  strerror(-r), (double) delay / 1e6);
+        set_last_error(m, "cannot read the identity in %s/identity: %s", dir, strerror(-r));
+        set_state(m, DEVICE_STATE_OFFLINE);
+        r = event_arm_timer(m->event, &m->identity_timer, delay, 0, false, on_identity_timer,
+                            m, "identity-retry");
+        if (r < 0)
+                log_error_errno(r, "Failed to arm the identity timer: %m");
+}
+
+static int on_identity_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        load_identity(userdata);
         return 0;
 }
 
@@ -78,12 +261,12 @@ int manager_reload(Manager *m) {
         if (r < 0) {
                 log_error("Reload failed, keeping the running configuration: %s",
                           err ?: strerror(-r));
-                manager_set_last_error(m, "reload failed: %s", err ?: strerror(-r));
+                set_last_error(m, "reload failed: %s", err ?: strerror(-r));
                 return r;
         }
 
-        /* The connection, identity and spool are bound to these; changing
-         * them under a running daemon would strand queued data. */
+        /* The connection, identity and spool are bound to these; changing them under a
+         * running daemon would strand queued data. */
         if (!streq(c.endpoint, m->config.endpoint) || c.port != m->config.port ||
             !streq(c.state_dir, m->config.state_dir) || !streq(c.ca_file, m->config.ca_file))
                 log_warning("platform.endpoint, platform.port, platform.ca_file and state_dir "
@@ -95,7 +278,8 @@ int manager_reload(Manager *m) {
         m->config.log_level = c.log_level;
         if (m->config.publish_rate != c.publish_rate) {
                 m->config.publish_rate = c.publish_rate;
-                delivery_configure(m);
+                if (m->connection)
+                        connection_set_publish_rate(m->connection, c.publish_rate);
         }
         m->config.allow_http = c.allow_http;
         SWAP_STR(m->config.http_proxy, c.http_proxy);
@@ -115,7 +299,7 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
         (void) sd_notify(false, "RELOADING=1");
         (void) manager_reload(m);
         (void) sd_notify(false, "READY=1");
-        manager_notify_status(m);
+        notify_status(m);
         return 0;
 }
 
@@ -127,62 +311,22 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
         return sd_event_exit(m->event, 0);
 }
 
-static int on_release_mqtt(sd_event_source *s, void *userdata) {
-        mqtt_free(userdata);
-        sd_event_source_disable_unref(s);
-        return 0;
-}
-
-void manager_release_mqtt(Manager *m, MqttClient **c) {
-        sd_event_source *s = NULL;
-        int r;
-
-        if (!*c)
-                return;
-        r = sd_event_add_defer(m->event, &s, on_release_mqtt, *c);
-        if (r < 0) {
-                /* The loop has finished (-ESTALE at exit) or cannot take a
-                 * source: no callback of the client is running then. */
-                if (r != -ESTALE)
-                        log_debug_errno(r, "Failed to defer freeing an MQTT client: %m");
-                mqtt_free(*c);
-        }
-        *c = NULL;
-}
-
-void manager_connection_online(Manager *m) {
-        delivery_online(m);
-}
-
-void manager_published(Manager *m, int mid) {
-        delivery_published(m, mid);
-}
-
-void manager_dispatch_message(Manager *m, int topic_kind, const char *topic, const void *data,
-                              size_t len) {
-        log_debug("Message on %s (%zu bytes) not handled by this version, ignoring.", topic, len);
-}
-
 int manager_new(const char *config_path, Config *config, Manager **ret) {
         Manager *m;
-        int r;
 
         m = calloc(1, sizeof(*m));
         if (!m)
                 return -ENOMEM;
         m->config = *config;
         *config = (Config) {};
+        m->state = DEVICE_STATE_UNPROVISIONED;
         m->config_path = strdup(config_path);
-        if (!m->config_path) {
+        m->endpoint = strdup_printf("%s:%u", m->config.endpoint, m->config.port);
+        if (!m->config_path || !m->endpoint) {
                 manager_free(m);
                 return -ENOMEM;
         }
-        m->state = DEVICE_STATE_UNPROVISIONED;
-        r = set_endpoint(m);
-        if (r < 0) {
-                manager_free(m);
-                return r;
-        }
+        backoff_init(&m->identity_backoff, IDENTITY_RETRY_MIN_USEC, IDENTITY_RETRY_MAX_USEC);
         *ret = m;
         return 0;
 }
@@ -190,31 +334,28 @@ int manager_new(const char *config_path, Config *config, Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
-        provision_stop(m);
-        connection_stop(m);
-        delivery_close(m);
+        /* Services first: they answer what is pending while the bus is still there. */
+        m->provisioner = provisioner_free(m->provisioner);
+        stop_connection(m);
+        m->delivery = delivery_free(m->delivery);
         m->resolver = resolver_free(m->resolver);
-        m->reconnect_timer = sd_event_source_disable_unref(m->reconnect_timer);
-        sd_bus_slot_unref(m->object_slot);
-        if (m->bus) {
-                sd_bus_flush(m->bus);
-                sd_bus_close_unref(m->bus);
-        }
+        sd_event_source_disable_unref(m->identity_timer);
         sd_event_unref(m->event);
         identity_done(&m->identity);
         config_done(&m->config);
         free(m->config_path);
-        free(m->thing_name);
         free(m->endpoint);
         free(m->last_error);
-        free(m->job_id);
-        free(m->job_status);
-        free(m->job_percent);
         free(m);
         return NULL;
 }
 
-int manager_start(Manager *m) {
+void manager_set_observer(Manager *m, const ManagerObserver *observer, void *userdata) {
+        m->observer = observer;
+        m->observer_userdata = userdata;
+}
+
+int manager_open(Manager *m) {
         sigset_t mask;
         int r;
 
@@ -238,50 +379,30 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Failed to install signal handlers: %m");
 
-        /* Pings the watchdog from the loop when WATCHDOG_USEC is set, so a
-         * stuck loop is what the watchdog catches. */
+        /* Pings the watchdog from the loop when WATCHDOG_USEC is set, so a stuck loop is
+         * what the watchdog catches. */
         r = sd_event_set_watchdog(m->event, true);
         if (r < 0)
                 log_warning_errno(r, "Failed to enable the watchdog, ignoring: %m");
 
-        r = identity_load(m->config.state_dir, &m->identity);
-        if (r < 0 && r != -ENOENT)
-                log_warning_errno(r, "The identity in %s/identity is unusable (%m); "
-                                     "provisioning anew.",
-                                  m->config.state_dir);
-        if (r >= 0) {
-                m->thing_name = strdup(m->identity.thing_name);
-                if (!m->thing_name)
-                        return log_oom();
-                log_set_thing(m->thing_name);
-        }
-
         r = resolver_new(m->event, &m->resolver);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the resolver: %m");
-
-        /* The spool before the bus: a call that is accepted has a place to go. */
-        r = delivery_open(m);
+        r = provisioner_new(m->event, m->resolver, &m->config, &provisioner_callbacks, m,
+                            &m->provisioner);
         if (r < 0)
-                return r;
+                return log_error_errno(r, "Failed to set up provisioning: %m");
+        return delivery_new(m->event, m->config.state_dir, m->config.spool_max_bytes,
+                            &delivery_callbacks, m, &m->delivery);
+}
 
-        r = bus_setup(m);
-        if (r < 0)
-                return r;
-
+int manager_start(Manager *m) {
         (void) sd_notify(false, "READY=1");
-        manager_notify_status(m);
+        notify_status(m);
         log_event(LOG_INFO, LODEV_MESSAGE_STARTED, NULL, NULL,
-                  "lodevd " LODEV_VERSION " started as %s, endpoint %s.",
-                  m->thing_name ?: "an unprovisioned device", m->endpoint);
-
+                  "lodevd " LODEV_VERSION " started, endpoint %s.", m->endpoint);
         /* An offline gateway is still ready: the network comes later. */
-        if (m->identity.thing_name)
-                r = connection_start(m);
-        else
-                r = provision_start(m, false);
-        if (r < 0)
-                manager_set_last_error(m, "%s", strerror(-r));
+        load_identity(m);
         return 0;
 }
 

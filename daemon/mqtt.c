@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/close_range.h>
 #include <mosquitto.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -20,6 +23,7 @@ struct MqttClient {
         char *host;
         unsigned port;
         unsigned keepalive;
+        Resolver *resolver; /* set while a lookup for this client runs */
         bool connecting;
         bool connected;
         bool closing;
@@ -72,6 +76,30 @@ static int mosq_to_errno(int rc) {
 }
 
 static void update_io(MqttClient *c);
+
+/* Marks every descriptor above stderr close-on-exec: lodevd hands a descriptor to a child
+ * only on purpose. */
+static int fd_cloexec_all(void) {
+        struct dirent *de;
+        DIR *d;
+
+        if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) >= 0)
+                return 0;
+        if (errno != ENOSYS && errno != EINVAL)
+                return -errno;
+        /* Kernels before 5.11. */
+        d = opendir("/proc/self/fd");
+        if (!d)
+                return -errno;
+        while ((de = readdir(d))) {
+                int fd = atoi(de->d_name);
+
+                if (fd > 2 && fd != dirfd(d))
+                        (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        }
+        closedir(d);
+        return 0;
+}
 
 static void drop_io(MqttClient *c) {
         c->io = sd_event_source_disable_unref(c->io);
@@ -197,6 +225,10 @@ static void update_io(MqttClient *c) {
         if (mosquitto_want_write(c->mosq))
                 events |= EPOLLOUT;
         if (!c->io) {
+                /* libmosquitto makes its socket without SOCK_CLOEXEC: no child
+                 * process (an installer hook) may inherit the connection. */
+                if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+                        log_debug_errno(errno, "Failed to make the MQTT socket close-on-exec: %m");
                 r = sd_event_add_io(c->event, &c->io, fd, events, on_io, c);
                 if (r < 0) {
                         log_error_errno(r, "Failed to watch the MQTT socket: %m");
@@ -266,6 +298,11 @@ int mqtt_new(sd_event *event, const MqttOptions *o, const MqttCallbacks *cb, voi
         c->mosq = mosquitto_new(o->client_id, o->clean_session, c);
         if (!c->mosq)
                 return errno == EINVAL ? -EINVAL : -ENOMEM;
+        /* libmosquitto makes an internal socket pair without SOCK_CLOEXEC, out of our
+         * reach: no child process (an installer hook) may inherit it. */
+        r = fd_cloexec_all();
+        if (r < 0)
+                log_debug_errno(r, "Failed to make descriptors close-on-exec: %m");
 
         rc = mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
         if (rc == MOSQ_ERR_SUCCESS)
@@ -311,6 +348,8 @@ MqttClient *mqtt_free(MqttClient *c) {
         if (!c)
                 return NULL;
         c->closing = true;
+        if (c->resolver)
+                resolver_cancel(c->resolver, c);
         /* Flush a DISCONNECT queued from inside a callback. */
         if (c->mosq && !c->in_callback && mosquitto_socket(c->mosq) >= 0 &&
             mosquitto_want_write(c->mosq))
@@ -326,7 +365,7 @@ MqttClient *mqtt_free(MqttClient *c) {
         return NULL;
 }
 
-int mqtt_connect(MqttClient *c) {
+static int mqtt_connect(MqttClient *c) {
         int rc;
 
         if (c->connected || c->connecting)
@@ -348,7 +387,55 @@ int mqtt_connect(MqttClient *c) {
         return 0;
 }
 
+static void on_resolved(Resolver *res, int error, const char *address, const char *reason,
+                        void *userdata) {
+        MqttClient *c = userdata;
+        char text[700];
+        int r;
+
+        c->resolver = NULL;
+        if (error < 0) {
+                snprintf(text, sizeof(text), "cannot resolve %s: %s", c->host, reason);
+                if (c->cb.disconnected)
+                        c->cb.disconnected(c, text, c->userdata);
+                return;
+        }
+        log_debug("%s is %s.", c->host, address);
+        r = mqtt_connect(c);
+        if (r < 0 && r != -EALREADY) {
+                snprintf(text, sizeof(text), "%s%s%s", strerror(-r), c->last_log[0] ? ": " : "",
+                         c->last_log);
+                if (c->cb.disconnected)
+                        c->cb.disconnected(c, text, c->userdata);
+        }
+}
+
+int mqtt_start(MqttClient *c, Resolver *resolver) {
+        int r;
+
+        if (c->resolver || c->connected || c->connecting)
+                return -EALREADY;
+        c->last_log[0] = '\0';
+        if (resolver_is_address(c->host))
+                return mqtt_connect(c);
+        r = resolver_resolve(resolver, c->host, c->port, c, on_resolved, c);
+        if (r < 0)
+                return r;
+        c->resolver = resolver;
+        return 0;
+}
+
+bool mqtt_topic_matches(const char *filter, const char *topic) {
+        bool result = false;
+
+        return mosquitto_topic_matches_sub(filter, topic, &result) == MOSQ_ERR_SUCCESS && result;
+}
+
 void mqtt_disconnect(MqttClient *c) {
+        if (c && c->resolver) {
+                resolver_cancel(c->resolver, c);
+                c->resolver = NULL;
+        }
         if (!c || (!c->connected && !c->connecting))
                 return;
         c->closing = true;

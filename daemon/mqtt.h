@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <systemd/sd-event.h>
 
+#include "resolve.h"
+
 typedef struct MqttClient MqttClient;
 
 typedef struct MqttOptions {
@@ -47,10 +49,14 @@ static inline void mqtt_freep(MqttClient **c) {
         mqtt_free(*c);
 }
 
-/* Starts a connection without blocking on it; the result arrives through
- * connected() or disconnected(). -EALREADY while connected or connecting. */
-int mqtt_connect(MqttClient *c);
-/* Ends the connection; disconnected() is not called for it. */
+/* One connection attempt, the same for the claim and the device connection: the host name
+ * is looked up off the loop first (without a network, libmosquitto's connect would block in
+ * getaddrinfo()), then the connect starts. A failure before the connect started comes back
+ * as a negative errno (with mqtt_last_log() saying why); a failure after, lookup included,
+ * through disconnected(). -EALREADY while resolving, connecting or connected. */
+int mqtt_start(MqttClient *c, Resolver *resolver);
+
+/* Ends the connection (or the lookup before it); disconnected() is not called for it. */
 void mqtt_disconnect(MqttClient *c);
 bool mqtt_is_connected(MqttClient *c);
 
@@ -60,5 +66,8 @@ const char *mqtt_last_log(MqttClient *c);
 
 int mqtt_publish(MqttClient *c, const char *topic, const void *payload, size_t len, int qos,
                  int *ret_mid);
+/* True when topic matches the subscription filter (with + and # wildcards). */
+bool mqtt_topic_matches(const char *filter, const char *topic);
+
 /* Subscribes at QoS 1 in batches of at most 8 filters (the AWS IoT limit). */
 int mqtt_subscribe(MqttClient *c, char *const *topics, size_t n, int *ret_last_mid);

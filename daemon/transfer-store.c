@@ -916,22 +916,6 @@ static int copy_fail(TransferCopy *c, int r, const char *reason) {
         return r;
 }
 
-static int pwrite_full(int fd, const uint8_t *p, size_t len, uint64_t offset) {
-        while (len > 0) {
-                ssize_t n = pwrite(fd, p, len, (off_t) offset);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += n;
-                len -= (size_t) n;
-                offset += (uint64_t) n;
-        }
-        return 0;
-}
-
 /* One pread()/pwrite() round of at most len bytes; returns the bytes copied. */
 static ssize_t copy_through_buffer(TransferCopy *c, size_t len) {
         ssize_t n;

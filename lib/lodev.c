@@ -41,6 +41,7 @@ static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotProvisioned", ENOTCONN),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotFound", ENOENT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Busy", EBUSY),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "LimitsExceeded", EUSERS),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotSupported", EOPNOTSUPP),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Failed", EIO),
         SD_BUS_ERROR_MAP_END,
@@ -148,6 +149,8 @@ const char *lodev_strerror(int error) {
                 return "not supported by this lodevd";
         case ETIMEDOUT:
                 return "timed out";
+        case EUSERS:
+                return "too many calls waiting for lodevd at once";
         default:
                 return strerror(abs(error));
         }

@@ -9,7 +9,7 @@ packages=(
         libconfig-dev scdoc mandoc systemd
         mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
         python3-paho-mqtt python3-pytest python3-cryptography
-        curl openssl util-linux valgrind man-db
+        curl openssl util-linux valgrind man-db media-types
 )
 
 missing=()

@@ -224,3 +224,45 @@ def test_missing_claim_certificate(bus, workdir, platform):
     r = run_lodevd(bus, config)
     assert r.returncode != 0
     assert "provisioning.claim_cert: %s: No such file or directory" % missing in r.stderr
+
+
+def test_pending_calls_bounded_per_client(daemon, bus, workdir):
+    """A client that pipelines more calls than lodevd answers at once gets
+    LimitsExceeded for the excess; every call lodevd accepted still gets its
+    id, and lodevd carries on."""
+    daemon.start()
+    submit = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
+    # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
+    r = subprocess.run([submit, "--count", "1200", "--window", "120"], env=bus.env(),
+                       capture_output=True, text=True, timeout=120)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    ids = [l for l in r.stdout.splitlines() if l and not l.startswith("DELIVERED")]
+    print("\n%d accepted, %d refused" % (len(ids), len(errors)))
+    assert errors, "no call was refused"
+    assert all("too many calls waiting" in l for l in errors), errors[:3]
+    assert len(ids) + len(errors) == 1200
+    assert daemon.status()["queued_observations"] == len(ids)
+
+
+def test_descriptors_close_on_exec(daemon, bus, platform):
+    """No descriptor of lodevd, the MQTT socket included, may leak into a
+    child process (the installer hook)."""
+    daemon.start()
+    daemon.wait_online()
+    pid = daemon.proc.pid
+    leaked = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        if int(fd) <= 2:
+            continue
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
+        except FileNotFoundError:
+            continue
+        if not flags & 0o2000000:
+            leaked.append((fd, target))
+    sockets = [fd for fd in os.listdir("/proc/%d/fd" % pid)
+               if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:")]
+    assert len(sockets) >= 2  # the bus and the MQTT connection at least
+    assert not leaked, leaked

@@ -361,3 +361,138 @@ def test_unresolvable_endpoint_does_not_block(bus, workdir, platform):
         assert slowest < 2.0, "a status call took %.1f s" % slowest
     finally:
         assert d.stop() == 0
+
+
+def lodev_member_cmd(*args):
+    """A command line that runs as user nobody in group lodev, or None."""
+    import subprocess
+    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("group lodev is missing; the test setup creates it")
+        pytest.skip("group lodev is missing")
+    gid = r.stdout.split(":")[2]
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=" + gid] + list(args)
+
+
+def test_provision_force_is_root_only(bus, workdir, platform, basic_config):
+    """The policy lets group lodev call methods; lodevd itself checks that a
+    forced re-provisioning comes from root."""
+    import shutil
+    import subprocess
+    d = lodevtest.Daemon(bus, workdir, basic_config).start()
+    client = lodevtest.public_tempdir("lodevctl-")
+    try:
+        d.wait_online()
+        thing = stored_thing(workdir)
+        certs = len(platform.certificates())
+        lib = os.path.join(lodevtest.BUILD_DIR, "lib")
+        for name in os.listdir(lib):
+            if name.startswith("liblodev.so") and not name.endswith(".p"):
+                shutil.copy(os.path.join(lib, name), client, follow_symlinks=False)
+        shutil.copy(lodevtest.LODEVCTL, client)
+        env = bus.env()
+        env["LD_LIBRARY_PATH"] = client
+        r = subprocess.run(lodev_member_cmd(os.path.join(client, "lodevctl"), "provision",
+                                            "--force"),
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "root only" in r.stderr, r.stderr
+        # Without force a member gets the current thing name, and nothing is asked.
+        r = subprocess.run(lodev_member_cmd(os.path.join(client, "lodevctl"), "provision"),
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == thing
+        assert len(platform.certificates()) == certs
+        assert stored_thing(workdir) == thing
+    finally:
+        shutil.rmtree(client, ignore_errors=True)
+        d.stop()
+
+
+def test_forced_provisioning_keeps_the_backoff(bus, workdir, platform, basic_config):
+    """However often root asks, the claim certificate (shared by the fleet)
+    never reaches the platform sooner than the backoff allows: the first
+    boot, then two forced runs, each at least one backoff window after the
+    one before (1-2 s, then 2-4 s)."""
+    before = {c["certificateId"] for c in platform.certificates()}
+    d = lodevtest.Daemon(bus, workdir, basic_config).start()
+    try:
+        d.wait_online()
+        for _ in range(2):
+            r = lodevtest.lodevctl(bus, "provision", "--force", timeout=120)
+            assert r.returncode == 0, r.stderr
+        certs = platform.certificates()
+        issued = sorted(c["issuedAt"] for c in certs if c["certificateId"] not in before)
+        assert len(issued) == 3, issued
+        gaps = [b - a for a, b in zip(issued, issued[1:])]
+        print("\ngaps between certificate requests: %s" % ["%.2f s" % g for g in gaps])
+        # Attempt starts are 1 and 2 s apart at least; issue times carry some connect jitter.
+        assert gaps[0] >= 0.7 and gaps[1] >= 1.7, gaps
+    finally:
+        d.stop()
+
+
+FAULT_INJECT = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
+
+
+def test_unreadable_identity_is_retried_not_replaced(bus, workdir, platform, basic_config):
+    """An error that may pass (EIO) while reading the stored identity never
+    gives the gateway a new thing name: lodevd says so, keeps the identity,
+    contacts no one with the claim certificate, and reads it again."""
+    d = lodevtest.Daemon(bus, workdir, basic_config).start()
+    d.wait_online()
+    thing = stored_thing(workdir)
+    assert d.stop() == 0
+    certs = len(platform.certificates())
+    flag = os.path.join(workdir, "fault")
+    open(flag, "w").close()
+    env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": "/identity/thing-name",
+           "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": "5",
+           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    try:
+        seen = len(d.output())
+        d.start(extra_env=env)
+        wait_until(lambda: "cannot read the identity" in d.status()["last_error"], 20,
+                   what="LastError to name the unreadable identity")
+        time.sleep(3)  # several retries
+        assert d.status()["state"] != "online"
+        assert len(platform.certificates()) == certs, "provisioned a new identity"
+        assert "Provisioning with claim" not in d.output()[seen:]
+        os.unlink(flag)
+        d.wait_online(timeout=30)
+        assert d.status()["thing_name"] == thing
+        assert stored_thing(workdir) == thing
+        assert len(platform.certificates()) == certs
+    finally:
+        if os.path.exists(flag):
+            os.unlink(flag)
+        d.stop()
+
+
+def test_no_platform_contact_when_identity_cannot_be_stored(bus, workdir, platform):
+    """A state directory without room for an identity: the platform would
+    issue a certificate and a thing for every attempt, so none is made."""
+    import subprocess
+    state = os.path.join(workdir, "state")
+    os.makedirs(state, mode=0o700)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", state],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("cannot mount a tmpfs: " + r.stderr)
+        pytest.skip("cannot mount a tmpfs: " + r.stderr)
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, platform)
+    certs = len(platform.certificates())
+    d = lodevtest.Daemon(bus, workdir, config)
+    try:
+        d.start()
+        wait_until(lambda: "cannot take a new identity" in d.status()["last_error"], 20,
+                   what="LastError to say why")
+        time.sleep(3)  # the first retries
+        assert len(platform.certificates()) == certs
+        assert d.status()["state"] == "provisioning"
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", state])

@@ -156,7 +156,9 @@ class Emulator:
         return {"client_id": client_id, "total": len(attempts),
                 "throttled": len(attempts) - len(accepted),
                 "max_per_second": _max_in_window(attempts),
-                "max_accepted_per_second": _max_in_window(accepted)}
+                "max_accepted_per_second": _max_in_window(accepted),
+                "first_time": attempts[0] if attempts else None,
+                "last_time": attempts[-1] if attempts else None}
 
     # -- jobs ----------------------------------------------------------------
 

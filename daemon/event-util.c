@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+#include "event-util.h"
+
+uint64_t event_now(sd_event *e) {
+        uint64_t now = 0;
+
+        (void) sd_event_now(e, CLOCK_MONOTONIC, &now);
+        return now;
+}
+
+int event_arm_timer(sd_event *e, sd_event_source **s, uint64_t delay, uint64_t accuracy,
+                    bool coalesce, sd_event_time_handler_t handler, void *userdata,
+                    const char *description) {
+        int enabled = SD_EVENT_OFF, r;
+
+        if (!*s) {
+                r = sd_event_add_time_relative(e, s, CLOCK_MONOTONIC, delay, accuracy, handler,
+                                               userdata);
+                if (r < 0)
+                        return r;
+                if (description)
+                        (void) sd_event_source_set_description(*s, description);
+                return 0;
+        }
+        (void) sd_event_source_get_enabled(*s, &enabled);
+        if (coalesce && enabled != SD_EVENT_OFF)
+                return 0;
+        r = sd_event_source_set_time_relative(*s, delay);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
+}
+
+void event_disarm(sd_event_source *s) {
+        if (s)
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+}
