@@ -49,7 +49,9 @@ typedef struct HttpOptions {
         /* 0 for any of these: the defaults 30 s, 60 s and 1 byte/s. */
         unsigned connect_timeout_sec;
         /* Below low_speed_limit bytes/s for low_speed_time_sec seconds: the
-         * transfer is stalled and ends with -ETIMEDOUT. */
+         * transfer is stalled and ends with -ETIMEDOUT. libcurl measures the
+         * speed over the last few seconds, so a stall that follows data is
+         * noticed up to about 5 s later than that. */
         unsigned low_speed_time_sec;
         unsigned low_speed_limit;
 } HttpOptions;
