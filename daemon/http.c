@@ -96,7 +96,7 @@ struct HttpTransfer {
 static void options_done(Options *o) {
         free(o->proxy);
         free(o->ca_file);
-        *o = (Options) {};
+        *o = (Options){};
 }
 
 static int options_copy(Options *dst, const HttpOptions *o) {
@@ -377,8 +377,7 @@ static int on_xferinfo(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
                 if (!t->answered || !t->success)
                         return 0;
                 done = t->position;
-                total = dltotal > 0 ? (t->range_honoured ? t->offset : 0) + (uint64_t) dltotal
-                                    : 0;
+                total = dltotal > 0 ? (t->range_honoured ? t->offset : 0) + (uint64_t) dltotal : 0;
         }
         if (done == t->last_done && total == t->last_total)
                 return 0;
@@ -453,8 +452,7 @@ static CURLM *multi_init_cloexec(void) {
 }
 
 /* Close-on-exec from the start: the installer hook must not inherit a socket. */
-static curl_socket_t on_open_socket(void *userdata, curlsocktype purpose,
-                                    struct curl_sockaddr *a) {
+static curl_socket_t on_open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a) {
         int fd = socket(a->family, a->socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->protocol);
         return fd < 0 ? CURL_SOCKET_BAD : fd;
 }
@@ -603,8 +601,8 @@ static void transfer_finish(HttpTransfer *t, CURLcode code) {
         r.status = t->status;
         r.error = transfer_errno(t, code);
         if (r.error < 0)
-                r.error_text = t->local_text ?: (t->errbuf[0] ? t->errbuf
-                                                              : curl_easy_strerror(code));
+                r.error_text =
+                        t->local_text ?: (t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
         if (t->answered && !t->success && t->body_len > 0)
                 r.body = t->body;
         if (t->method == HTTP_PUT) {
@@ -885,8 +883,7 @@ static bool header_value_is_valid(const char *s) {
 }
 
 int http_put_fd(HttpClient *c, const char *url, int fd, uint64_t size, const char *content_type,
-                HttpProgress progress, HttpFinished finished, void *userdata,
-                HttpTransfer **ret) {
+                HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret) {
         _cleanup_(transfer_freep) HttpTransfer *t = NULL;
         _cleanup_free_ char *ct = NULL;
         struct curl_slist *l;
@@ -939,8 +936,8 @@ int http_put_fd(HttpClient *c, const char *url, int fd, uint64_t size, const cha
         return 0;
 }
 
-int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data,
-             HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret) {
+int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, HttpProgress progress,
+             HttpFinished finished, void *userdata, HttpTransfer **ret) {
         _cleanup_(transfer_freep) HttpTransfer *t = NULL;
         char range[32];
         int r;

@@ -129,16 +129,15 @@ int http_client_set_options(HttpClient *c, const HttpOptions *o);
  * -EBUSY (called from data() or progress()), -ENOMEM. On success *ret (if
  * given) is the transfer, valid until finished() returns or it is canceled. */
 int http_put_fd(HttpClient *c, const char *url, int fd, uint64_t size, const char *content_type,
-                HttpProgress progress, HttpFinished finished, void *userdata,
-                HttpTransfer **ret);
+                HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret);
 
 /* GET url; offset > 0 asks for "Range: bytes=offset-". Body bytes go to
  * data(), whose offset argument says whether the range was honoured (see
  * HttpData); http_transfer_range_honoured() says the same. A 416 (range not
  * satisfiable, e.g. nothing left to fetch) is an ordinary non-2xx answer.
  * Errors returned as for http_put_fd(). */
-int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data,
-             HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret);
+int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, HttpProgress progress,
+             HttpFinished finished, void *userdata, HttpTransfer **ret);
 
 /* Stops the transfer at once; none of its callbacks runs afterwards and the
  * pointer is invalid. NULL-safe; allowed from any callback. */

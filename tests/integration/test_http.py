@@ -215,6 +215,9 @@ def lodev_http(*args, timeout=60, env=None):
         env=env,
     )
     elapsed = time.monotonic() - start
+    # Under ASan/UBSan a finding may share the exit status of a failed transfer.
+    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        assert marker not in p.stderr, p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 1, "stdout: %r, stderr: %r" % (p.stdout, p.stderr)
     return json.loads(lines[0]), elapsed, p.returncode

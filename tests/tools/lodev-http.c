@@ -97,8 +97,7 @@ static void print_result(const HttpResult *r, int start_error) {
                 json_object_object_add(o, "error_text",
                                        error ? json_object_new_string(strerror(-error)) : NULL);
         json_object_object_add(o, "status", json_object_new_int64(r ? r->status : 0));
-        json_object_object_add(o, "body",
-                               r && r->body ? json_object_new_string(r->body) : NULL);
+        json_object_object_add(o, "body", r && r->body ? json_object_new_string(r->body) : NULL);
         json_object_object_add(o, "bytes", json_object_new_int64(r ? (int64_t) r->bytes : 0));
         json_object_object_add(o, "range_honoured",
                                json_object_new_boolean(r && r->range_honoured));
@@ -141,8 +140,7 @@ static void on_progress(HttpTransfer *t, uint64_t done, uint64_t total, void *us
                 cancel(t);
 }
 
-static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
-                   void *userdata) {
+static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len, void *userdata) {
         const char *p = data;
 
         if (first_data_offset < 0) {
@@ -166,7 +164,7 @@ static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t le
 }
 
 static int on_cancel_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        HttpResult r = { .error = -ECANCELED, .error_text = "canceled by lodev-http" };
+        HttpResult r = {.error = -ECANCELED, .error_text = "canceled by lodev-http"};
 
         print_result(&r, 0);
         exit_status = finished_called ? 1 : 0;
@@ -214,16 +212,16 @@ int main(int argc, char **argv) {
                 ARG_VERBOSE,
         };
         static const struct option options[] = {
-                { "allow-http", no_argument, NULL, ARG_ALLOW_HTTP },
-                { "ca", required_argument, NULL, ARG_CA },
-                { "proxy", required_argument, NULL, ARG_PROXY },
-                { "max-rate", required_argument, NULL, ARG_MAX_RATE },
-                { "offset", required_argument, NULL, ARG_OFFSET },
-                { "connect-timeout", required_argument, NULL, ARG_CONNECT_TIMEOUT },
-                { "low-speed-time", required_argument, NULL, ARG_LOW_SPEED_TIME },
-                { "low-speed-limit", required_argument, NULL, ARG_LOW_SPEED_LIMIT },
-                { "cancel-after", required_argument, NULL, ARG_CANCEL_AFTER },
-                { "verbose", no_argument, NULL, ARG_VERBOSE },
+                {"allow-http", no_argument, NULL, ARG_ALLOW_HTTP},
+                {"ca", required_argument, NULL, ARG_CA},
+                {"proxy", required_argument, NULL, ARG_PROXY},
+                {"max-rate", required_argument, NULL, ARG_MAX_RATE},
+                {"offset", required_argument, NULL, ARG_OFFSET},
+                {"connect-timeout", required_argument, NULL, ARG_CONNECT_TIMEOUT},
+                {"low-speed-time", required_argument, NULL, ARG_LOW_SPEED_TIME},
+                {"low-speed-limit", required_argument, NULL, ARG_LOW_SPEED_LIMIT},
+                {"cancel-after", required_argument, NULL, ARG_CANCEL_AFTER},
+                {"verbose", no_argument, NULL, ARG_VERBOSE},
                 {},
         };
         _cleanup_(http_client_freep) HttpClient *client = NULL;
@@ -313,14 +311,13 @@ int main(int argc, char **argv) {
                                 argv[optind + 3], on_progress, on_finished, NULL, NULL);
         } else {
                 out_fd = open(argv[optind + 2],
-                              O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0),
-                              0644);
+                              O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0644);
                 if (out_fd < 0) {
                         fprintf(stderr, "lodev-http: %s: %m\n", argv[optind + 2]);
                         return 1;
                 }
-                r = http_get(client, argv[optind + 1], offset, on_data, on_progress,
-                             on_finished, NULL, NULL);
+                r = http_get(client, argv[optind + 1], offset, on_data, on_progress, on_finished,
+                             NULL, NULL);
         }
         if (r < 0) {
                 print_result(NULL, r);
