@@ -1,0 +1,7 @@
+/* SPDX-License-Identifier: MIT */
+#include "job.h"
+#include "tests.h"
+
+int main(void) {
+        return TESTS_DONE();
+}
