@@ -1502,7 +1502,11 @@ bool job_progress_should_send(const JobProgressThrottle *t, unsigned percent, ui
 }
 
 void job_progress_sent(JobProgressThrottle *t, unsigned percent, uint64_t now_usec) {
-        *t = (JobProgressThrottle) { .sent = true, .percent = MIN(percent, 100U), .usec = now_usec };
+        *t = (JobProgressThrottle) {
+                .sent = true,
+                .percent = MIN(percent, 100U),
+                .usec = now_usec,
+        };
 }
 
 void job_progress_reset(JobProgressThrottle *t) {

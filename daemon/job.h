@@ -186,8 +186,8 @@ int job_detail_sanitize(const char *s, char **ret);
  * expected sha256 and size. A member of the wrong type is flagged, not dropped, so that a
  * job whose integrity check cannot be done is rejected instead of run unchecked. */
 typedef struct JobDocumentExtra {
-        char *sha256;   /* as given; NULL when absent */
-        int64_t size;   /* -1 when absent */
+        char *sha256;        /* as given; NULL when absent */
+        int64_t size;        /* -1 when absent */
         bool sha256_invalid; /* present but not a string */
         bool size_invalid;   /* present but not a non-negative integer */
 } JobDocumentExtra;
@@ -241,7 +241,9 @@ typedef struct JobJournal {
 } JobJournal;
 
 #define JOB_JOURNAL_NULL                                                                           \
-        ((JobJournal) { .execution_number = -1, .version_number = -1, .size = -1,                   \
+        ((JobJournal) { .execution_number = -1,                                                    \
+                        .version_number = -1,                                                      \
+                        .size = -1,                                                                \
                         .report = JOB_REPORT_NULL })
 
 /* Frees the contents and leaves JOB_JOURNAL_NULL. NULL-safe. */
@@ -274,7 +276,8 @@ typedef struct JobDecision {
         bool save;            /* the journal changed: save it before acting */
         bool backoff;         /* repeat after the caller's retry backoff, not at once */
         bool remove_download; /* the download file is no longer needed */
-        const char *job_id;   /* the job the action is for; borrowed from the journal */
+        const char *job_id;   /* the job the action is for; borrowed from the journal, or for
+                               * GET_JOB of a queued job from the list given to reconcile */
         const char *url;      /* DOWNLOAD: borrowed from the execution fed in */
         uint64_t offset;      /* DOWNLOAD: resume here (truncate the file to it first) */
         JobReport report;     /* REPORT: owned */
@@ -346,8 +349,9 @@ bool job_error_code_retryable(const char *code);
  * have passed. Both, not either: "at most one per 5 s" and "per 10 %" are both limits, so a
  * fast download sends at most ten updates and a slow one at most one per 5 s (AWS counts job
  * updates against the connection's publish budget). The first step is measured from 0 (the
- * IN_PROGRESS report said 0); 100 % is left to the terminal report. Reset the throttle at each
- * new phase (download, install). */
+ * IN_PROGRESS report said 0) and needs no wait. Reset the throttle at each new phase
+ * (download, install). Local listeners (D-Bus JobUpdated) get every percent; this is only for
+ * the platform. */
 typedef struct JobProgressThrottle {
         bool sent;
         unsigned percent;

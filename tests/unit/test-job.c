@@ -506,7 +506,8 @@ static void test_journal_roundtrip(void) {
 
         /* A job that was rejected has no firmware fields. */
         {
-                _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL, back = JOB_JOURNAL_NULL;
+                _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL,
+                        back = JOB_JOURNAL_NULL;
 
                 j.phase = JOB_PHASE_REPORTING;
                 j.job_id = strdup("job_rej");
@@ -703,41 +704,48 @@ typedef struct StartCase {
 static const StartCase start_cases[] = {
         { "idle, nothing listed", JOB_PHASE_NONE, .mode = S, .action = JOB_ACTION_NONE,
           .next = JOB_PHASE_NONE, .status = NOREPORT },
-        { "idle, orphan in progress", JOB_PHASE_NONE, .list = { .in_progress = { "job-x" } }, .mode = S,
+        { "idle, orphan in progress", JOB_PHASE_NONE, .list = { .in_progress = { "job-x" } },
+          .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "lodevd has no record of this job: the device lost its state", .save = true,
           .job_id = "job-x" },
-        { "corrupt journal, orphan", JOB_PHASE_NONE, .corrupt = true, .list = { .in_progress = { "job-x" } },
+        { "corrupt journal, orphan", JOB_PHASE_NONE, .corrupt = true,
+          .list = { .in_progress = { "job-x" } },
           .mode = S, .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING,
           .status = JOB_STATUS_FAILED, .reason = "unreadable", .save = true, .job_id = "job-x" },
         { "idle, queued job", JOB_PHASE_NONE, .list = { .queued = { "job-q" } }, .mode = S,
           .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_NONE, .status = NOREPORT,
           .job_id = "job-q" },
         { "idle, orphan before queued", JOB_PHASE_NONE,
-          .list = { .in_progress = { "job-x" }, .queued = { "job-q" } }, .mode = R, .action = JOB_ACTION_REPORT,
+          .list = { .in_progress = { "job-x" }, .queued = { "job-q" } }, .mode = R,
+          .action = JOB_ACTION_REPORT,
           .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .save = true,
           .job_id = "job-x" },
         { "accepted, listed", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-1" } }, .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_ACCEPTED,
           .status = JOB_STATUS_IN_PROGRESS, .job_id = "job-1" },
-        { "accepted, reconnect", JOB_PHASE_ACCEPTED, .list = { .in_progress = { "job-1" } }, .mode = R,
+        { "accepted, reconnect", JOB_PHASE_ACCEPTED, .list = { .in_progress = { "job-1" } },
+          .mode = R,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_ACCEPTED,
           .status = JOB_STATUS_IN_PROGRESS, .job_id = "job-1" },
         { "accepted, gone", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-q" } }, .mode = S,
           .action = JOB_ACTION_ABANDON, .next = JOB_PHASE_DONE, .status = NOREPORT,
           .save = true, .job_id = "job-1" },
-        { "downloading, listed", JOB_PHASE_DOWNLOADING, .list = { .in_progress = { "job-1" } }, .mode = S,
+        { "downloading, listed", JOB_PHASE_DOWNLOADING, .list = { .in_progress = { "job-1" } },
+          .mode = S,
           .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT,
           .save = true, .job_id = "job-1" },
         { "downloading, gone", JOB_PHASE_DOWNLOADING, .mode = S, .action = JOB_ACTION_ABANDON,
           .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "downloading, reconnect", JOB_PHASE_DOWNLOADING, .list = { .in_progress = { "job-1" } }, .mode = R,
+        { "downloading, reconnect", JOB_PHASE_DOWNLOADING,
+          .list = { .in_progress = { "job-1" } }, .mode = R,
           .action = JOB_ACTION_NONE, .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT },
         { "downloading, restarts without progress", JOB_PHASE_DOWNLOADING,
           .tries = JOB_DOWNLOAD_TRIES_MAX - 1, .list = { .in_progress = { "job-1" } }, .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "failed 5 times without progress", .save = true, .job_id = "job-1" },
-        { "installing, listed", JOB_PHASE_INSTALLING, .list = { .in_progress = { "job-1" } }, .mode = S,
+        { "installing, listed", JOB_PHASE_INSTALLING, .list = { .in_progress = { "job-1" } },
+          .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "interrupted during installation", .save = true, .job_id = "job-1" },
         { "installing, gone", JOB_PHASE_INSTALLING, .mode = S, .action = JOB_ACTION_ABANDON,
@@ -751,33 +759,40 @@ static const StartCase start_cases[] = {
           .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REBOOT,
           .next = JOB_PHASE_AWAITING_REBOOT, .status = NOREPORT, .save = true,
           .job_id = "job-1" },
-        { "awaiting reboot, boot unknown", JOB_PHASE_AWAITING_REBOOT, .list = { .in_progress = { "job-1" } },
+        { "awaiting reboot, boot unknown", JOB_PHASE_AWAITING_REBOOT,
+          .list = { .in_progress = { "job-1" } },
           .mode = S, .action = JOB_ACTION_CONFIRM, .next = JOB_PHASE_CONFIRMING,
           .status = NOREPORT, .save = true, .job_id = "job-1" },
         { "awaiting reboot, gone: still confirmed", JOB_PHASE_AWAITING_REBOOT,
           .boot_id = BOOT_B, .mode = S, .action = JOB_ACTION_CONFIRM,
           .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
         { "awaiting reboot, too many restarts", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_B,
-          .attempts = 3, .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REPORT,
+          .attempts = 3, .list = { .in_progress = { "job-1" } }, .mode = S,
+          .action = JOB_ACTION_REPORT,
           .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "the device restarted 4 times without finishing", .save = true,
           .job_id = "job-1" },
-        { "awaiting reboot, reconnect", JOB_PHASE_AWAITING_REBOOT, .list = { .in_progress = { "job-1" } },
+        { "awaiting reboot, reconnect", JOB_PHASE_AWAITING_REBOOT,
+          .list = { .in_progress = { "job-1" } },
           .mode = R, .action = JOB_ACTION_NONE, .next = JOB_PHASE_AWAITING_REBOOT,
           .status = NOREPORT },
-        { "confirming", JOB_PHASE_CONFIRMING, .attempts = 1, .list = { .in_progress = { "job-1" } }, .mode = S,
+        { "confirming", JOB_PHASE_CONFIRMING, .attempts = 1,
+          .list = { .in_progress = { "job-1" } }, .mode = S,
           .action = JOB_ACTION_CONFIRM, .next = JOB_PHASE_CONFIRMING, .status = NOREPORT,
           .save = true, .job_id = "job-1" },
         { "confirming, too many restarts", JOB_PHASE_CONFIRMING, .attempts = 3,
           .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REPORT,
           .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .reason = "4 times",
           .save = true, .job_id = "job-1" },
-        { "confirming, reconnect", JOB_PHASE_CONFIRMING, .list = { .in_progress = { "job-1" } }, .mode = R,
+        { "confirming, reconnect", JOB_PHASE_CONFIRMING, .list = { .in_progress = { "job-1" } },
+          .mode = R,
           .action = JOB_ACTION_NONE, .next = JOB_PHASE_CONFIRMING, .status = NOREPORT },
-        { "reporting, listed", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } }, .mode = S,
+        { "reporting, listed", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } },
+          .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "it broke", .job_id = "job-1" },
-        { "reporting, reconnect", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } }, .mode = R,
+        { "reporting, reconnect", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } },
+          .mode = R,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "it broke", .job_id = "job-1" },
         { "reporting, gone", JOB_PHASE_REPORTING, .mode = S, .action = JOB_ACTION_NONE,
@@ -845,7 +860,8 @@ static void test_startup(void) {
         {
                 _cleanup_(job_journal_done) JobJournal j =
                         journal_make(JOB_PHASE_AWAITING_REBOOT, "job-1");
-                _cleanup_(job_list_done) JobList l = list_make(&(ListSpec) { .in_progress = { "job-1" } });
+                _cleanup_(job_list_done) JobList l =
+                        list_make(&(ListSpec) { .in_progress = { "job-1" } });
                 JobContext c = ctx;
 
                 c.boot_id = BOOT_B;
@@ -863,7 +879,8 @@ static void test_startup(void) {
                 _cleanup_(job_journal_done) JobJournal j =
                         journal_make(JOB_PHASE_AWAITING_REBOOT, "job-1");
                 _cleanup_(job_decision_done) JobDecision d = {};
-                _cleanup_(job_list_done) JobList l = list_make(&(ListSpec) { .in_progress = { "job-1" } });
+                _cleanup_(job_list_done) JobList l =
+                        list_make(&(ListSpec) { .in_progress = { "job-1" } });
                 JobContext c = ctx;
 
                 c.max_attempts = 0;
@@ -1135,7 +1152,8 @@ static const ExecCase exec_cases[] = {
         { "canceled while accepted", JOB_PHASE_ACCEPTED, false, NO_EXEC, JOB_ACTION_ABANDON,
           JOB_PHASE_DONE, NOREPORT, .reason = NULL },
         { "repeat while accepted", JOB_PHASE_ACCEPTED, false,
-          EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
+          EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_ACCEPTED, NOREPORT,
+          .reason = NULL },
         { "fresh URL", JOB_PHASE_DOWNLOADING, true, EXEC("job-1", "IN_PROGRESS", DOC_OK),
           JOB_ACTION_DOWNLOAD, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
         { "notify-next echo while downloading", JOB_PHASE_DOWNLOADING, false,
@@ -1162,15 +1180,18 @@ static const ExecCase exec_cases[] = {
           EXEC("job-2", "QUEUED", DOC_OK), JOB_ACTION_GET_LIST, JOB_PHASE_DOWNLOADING,
           NOREPORT, .reason = NULL },
         { "canceled while downloading", JOB_PHASE_DOWNLOADING, true,
-          EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
+          EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT,
+          .reason = NULL },
         { "nothing pending while downloading", JOB_PHASE_DOWNLOADING, false, NO_EXEC,
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
         { "re-run while downloading", JOB_PHASE_DOWNLOADING, true,
-          EXEC2("job-1", "QUEUED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
+          EXEC2("job-1", "QUEUED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT,
+          .reason = NULL },
         { "canceled while installing", JOB_PHASE_INSTALLING, false, NO_EXEC, JOB_ACTION_NONE,
           JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
         { "canceled while confirming", JOB_PHASE_CONFIRMING, false,
-          EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_CONFIRMING, NOREPORT, .reason = NULL },
+          EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_CONFIRMING, NOREPORT,
+          .reason = NULL },
         { "nothing pending while reporting", JOB_PHASE_REPORTING, false, NO_EXEC,
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
         { "finished job comes back", JOB_PHASE_DONE, false,
@@ -1272,7 +1293,8 @@ static void test_executions(void) {
                                      &EV(.type = JOB_EVENT_EXECUTION, .execution = &e, .extra = &x),
                                      &ctx, &d),
                           0);
-                CHECK_STR(j.sha256, "abcdef6789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+                CHECK_STR(j.sha256,
+                        "abcdef6789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
                 CHECK_INT(j.execution_number, 7);
                 CHECK_INT(job_journal_save(jobdir, &j), 0);
         }
@@ -1649,7 +1671,8 @@ static void test_crashes(void) {
         {
                 _cleanup_(job_journal_done) JobJournal j =
                         journal_make(JOB_PHASE_AWAITING_REBOOT, "job-1");
-                _cleanup_(job_list_done) JobList l = list_make(&(ListSpec) { .in_progress = { "job-1" } });
+                _cleanup_(job_list_done) JobList l =
+                        list_make(&(ListSpec) { .in_progress = { "job-1" } });
                 unsigned confirms = 0, reports = 0;
 
                 CHECK_INT(job_journal_save(jobdir, &j), 0);
