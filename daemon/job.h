@@ -1,0 +1,363 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Firmware jobs (SPEC sections 2 and 6): the durable journal of the current job and the state
+ * machine that decides, for every start-up and every event, what to do next. Pure: no clock,
+ * no network, no child processes. The jobs service does the I/O; here it learns what to do.
+ *
+ * The rules the design keeps:
+ *   - the journal is saved BEFORE every step the platform or the device can see (a report, an
+ *     install, a reboot), so a crash at any point is answered from the journal;
+ *   - a job reaches INSTALLING at most once: after a restart in INSTALLING it is FAILED, never
+ *     installed again;
+ *   - the terminal status is decided once, saved in REPORTING, and re-sent identically until
+ *     the platform acknowledges it or no longer lists the job;
+ *   - restarts in the install phases count as attempts, bounded by firmware.max_attempts;
+ *     download and report retries are bounded too;
+ *   - a job (id, execution number) that was finished or dropped is never started again.
+ *
+ * Using it: load the journal (job_journal_load(); -ENOENT: a zeroed JobJournal, phase
+ * JOB_PHASE_NONE; -EBADMSG: remove it, zero it and set .corrupt), ask the platform for the job
+ * list, call job_reconcile(), then feed every answer and local result to job_handle(). Each
+ * call fills a JobDecision: when .save is set, job_journal_save() BEFORE doing .action; if the
+ * save fails, do not act (retry later or stop). When .action is JOB_ACTION_NONE there is
+ * nothing to do until the next event.
+ *
+ * Transitions ("listed": the job is among the inProgressJobs/queuedJobs with the same
+ * execution number; "moved on": InvalidStateTransition, TerminalStateReached, VersionMismatch
+ * or a status the platform set itself; "report X" moves to REPORTING with X saved):
+ *
+ *  phase            event                                  next phase, action
+ *  ---------------  -------------------------------------  ----------------------------------
+ *  NONE/DONE        list: a job IN_PROGRESS, unknown       REPORTING, report FAILED "lodevd has
+ *                                                          no record of this job: ..."
+ *  NONE/DONE        list: same job as DONE still listed    REPORTING, re-send the saved report
+ *                                                          (FAILED when none was saved)
+ *  NONE/DONE        list: a job QUEUED                     -, GET_JOB
+ *  NONE/DONE        execution QUEUED, document valid       ACCEPTED, report IN_PROGRESS
+ *  NONE/DONE        execution QUEUED, document invalid     report REJECTED "<reason>"
+ *  NONE/DONE        execution IN_PROGRESS, unknown         report FAILED "lodevd has no record"
+ *  ACCEPTED         update accepted                        DOWNLOADING, GET_JOB (fresh URL)
+ *  ACCEPTED         update rejected, retryable             -, REPORT again (bounded, backoff)
+ *  ACCEPTED         update rejected otherwise / too often  DONE, ABANDON
+ *  DOWNLOADING      execution of this job (asked for)      -, DOWNLOAD from the saved offset
+ *  DOWNLOADING      document changed or URL invalid        report FAILED
+ *  DOWNLOADING      download finished and verified         INSTALLING, INSTALL
+ *  DOWNLOADING      network error or 403 (expired URL)     -, GET_JOB (network: with backoff);
+ *                                                          after JOB_DOWNLOAD_TRIES_MAX tries
+ *                                                          without progress, report FAILED
+ *  DOWNLOADING      other 4xx, sha/size mismatch, no space report FAILED
+ *  INSTALLING       installer exit 0                       report SUCCEEDED
+ *  INSTALLING       installer exit 100                     AWAITING_REBOOT, REBOOT
+ *  INSTALLING       other exit, signal, timeout            report FAILED "<why>" + stderr line
+ *  AWAITING_REBOOT  reboot command failed                  report FAILED
+ *  CONFIRMING       confirm exit 0                         report SUCCEEDED
+ *  CONFIRMING       confirm other exit, signal, timeout    report FAILED
+ *  REPORTING        update accepted                        DONE, GET_LIST (the next job)
+ *  REPORTING        update rejected, retryable             -, REPORT again (bounded, backoff);
+ *                                                          too often: DONE, re-sent at the
+ *                                                          next reconcile while listed
+ *  REPORTING        update rejected otherwise              DONE, GET_LIST
+ *  ACCEPTED,        platform moved on: not listed, no      DONE, ABANDON
+ *   DOWNLOADING      pending execution, terminal status,
+ *                    a moved-on rejection
+ *  REPORTING        platform moved on                      DONE, NONE
+ *  INSTALLING,      platform moved on                      unchanged: the install runs to its
+ *   AWAITING_REBOOT,                                       end (cutting it is worse for the
+ *   CONFIRMING                                             device); the final report is then
+ *                                                          rejected and the job dropped
+ *  any active       execution naming another job           -, GET_LIST (check before dropping)
+ *
+ * At start-up (job_reconcile(JOB_RECONCILE_STARTUP)) the journal says where the device was:
+ *
+ *  ACCEPTED         listed: report IN_PROGRESS again        not listed: DONE, ABANDON
+ *  DOWNLOADING      listed: GET_JOB, then resume at the offset (counts as a try)
+ *                                                           not listed: DONE, ABANDON
+ *  INSTALLING       listed: report FAILED "interrupted during installation" (the installer's
+ *                   outcome is unknown; running it again could install twice)
+ *                                                           not listed: DONE, ABANDON
+ *  AWAITING_REBOOT  attempts + 1; same boot id: REBOOT again, else CONFIRMING, CONFIRM
+ *  CONFIRMING       attempts + 1; CONFIRM again (the confirm hook must be idempotent)
+ *                   either of them with attempts > max_attempts: report FAILED "restarted the
+ *                   device N times without finishing". Both run even when the platform moved
+ *                   on: the new firmware is running and must be confirmed or rolled back.
+ *  REPORTING        listed: REPORT the saved report again   not listed: DONE, NONE
+ *
+ * On a reconnect (JOB_RECONCILE_RECONNECT) local work in progress (download, hook, reboot) goes
+ * on and is not counted; reports waiting for an answer are sent again. */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "message.h"
+
+/* The journal file inside the job directory (<state_dir>/job). */
+#define JOB_JOURNAL_FILE "current"
+/* Reading back more than this is corruption. */
+#define JOB_JOURNAL_SIZE_MAX (128U * 1024U)
+
+/* Failed downloads in a row without a byte of progress before the job is FAILED. */
+#define JOB_DOWNLOAD_TRIES_MAX 5U
+/* Retryable rejections of one report before giving up on it for this connection. */
+#define JOB_REPORT_TRIES_MAX 8U
+/* Progress goes to the platform at most once per interval AND per step (see below). */
+#define JOB_PROGRESS_INTERVAL_USEC (5U * 1000U * 1000U)
+#define JOB_PROGRESS_STEP 10U
+/* A firmware URL (presigned) runs to a few kilobytes. */
+#define JOB_URL_MAX (16U * 1024U)
+/* firmwareId and deploymentId end up in the installer's environment. */
+#define JOB_ID_FIELD_MAX 256U
+/* The statusDetails key the reason text goes in, and the installer's last stderr line. */
+#define JOB_DETAIL_REASON "reason"
+#define JOB_DETAIL_STDERR "stderr"
+#define JOB_DETAIL_PROGRESS "percentProgress"
+
+typedef enum JobPhase {
+        JOB_PHASE_NONE,            /* no journal: idle */
+        JOB_PHASE_ACCEPTED,        /* document valid, IN_PROGRESS being reported */
+        JOB_PHASE_DOWNLOADING,     /* offset saved as the download goes */
+        JOB_PHASE_INSTALLING,      /* the installer may have been started */
+        JOB_PHASE_AWAITING_REBOOT, /* installed (exit 100), reboot pending */
+        JOB_PHASE_CONFIRMING,      /* rebooted, confirm hook may have been started */
+        JOB_PHASE_REPORTING,       /* terminal status decided and saved, not yet acknowledged */
+        JOB_PHASE_DONE,            /* finished or dropped; kept so it never runs again */
+        _JOB_PHASE_MAX,
+        _JOB_PHASE_INVALID = -EINVAL,
+} JobPhase;
+
+/* "accepted", "downloading", "installing", "awaiting-reboot", "confirming", "reporting",
+ * "done"; "none" for JOB_PHASE_NONE; NULL when invalid. */
+const char *job_phase_to_string(JobPhase p);
+JobPhase job_phase_from_string(const char *s);
+
+/* What the caller does next. Answers come back through job_handle(). */
+typedef enum JobAction {
+        JOB_ACTION_NONE,     /* nothing until the next event */
+        JOB_ACTION_GET_LIST, /* publish jobs/get, then job_reconcile(RECONNECT) with the list */
+        JOB_ACTION_GET_JOB,  /* publish <job_id>/get, then JOB_EVENT_EXECUTION with the answer */
+        JOB_ACTION_REPORT,   /* publish <job_id>/update with .report (job_report_encode()) */
+        JOB_ACTION_DOWNLOAD, /* fetch .url into the download file, resuming at .offset */
+        JOB_ACTION_INSTALL,  /* run INSTALLER install <download file> */
+        JOB_ACTION_REBOOT,   /* run firmware.reboot_command (inhibitors permitting) */
+        JOB_ACTION_CONFIRM,  /* run INSTALLER confirm */
+        JOB_ACTION_ABANDON,  /* stop what runs for the job, no report; then GET_LIST */
+        _JOB_ACTION_MAX,
+        _JOB_ACTION_INVALID = -EINVAL,
+} JobAction;
+
+const char *job_action_to_string(JobAction a);
+
+/* A job update: a status a device may set and statusDetails as AWS wants them (a map of at
+ * most JOB_STATUS_DETAILS_MAX strings). status _JOB_STATUS_INVALID: no report. */
+typedef struct JobReport {
+        JobStatus status;
+        size_t n_details;
+        char *keys[JOB_STATUS_DETAILS_MAX];
+        char *values[JOB_STATUS_DETAILS_MAX];
+} JobReport;
+
+#define JOB_REPORT_NULL ((JobReport) { .status = _JOB_STATUS_INVALID })
+
+void job_report_done(JobReport *r);
+/* Clears r and sets the status. */
+void job_report_reset(JobReport *r, JobStatus status);
+/* Sets key (AWS rules: [a-zA-Z0-9:_-]{1,128}, else -EINVAL) to a cleaned copy of value (see
+ * job_detail_sanitize()); replaces an existing key; a value that cleans to nothing is left
+ * out. -E2BIG when the map is full, -ENOMEM. */
+int job_report_set(JobReport *r, const char *key, const char *value);
+/* percentProgress as "N", N clamped to 0..100. */
+int job_report_set_progress(JobReport *r, unsigned percent);
+/* A deep copy into *ret (overwritten, not freed). */
+int job_report_copy(const JobReport *r, JobReport *ret);
+/* NULL when absent. */
+const char *job_report_get(const JobReport *r, const char *key);
+/* The <jobId>/update payload, via message_encode_job_update() (no expectedVersion). */
+int job_report_encode(const JobReport *r, char **ret);
+
+/* A statusDetails value from arbitrary text (a hook's stderr, curl's message): invalid UTF-8
+ * bytes become '?', control characters (C0, DEL, C1) a space, white space at both ends goes,
+ * and the result is cut at a character boundary to at most JOB_STATUS_DETAIL_VALUE_MAX bytes,
+ * ending in "..." when cut. *ret is NULL when nothing is left. -ENOMEM. */
+int job_detail_sanitize(const char *s, char **ret);
+
+/* The members of a job document that message.h's JobDocument does not carry (yet): the
+ * expected sha256 and size. A member of the wrong type is flagged, not dropped, so that a
+ * job whose integrity check cannot be done is rejected instead of run unchecked. */
+typedef struct JobDocumentExtra {
+        char *sha256;        /* as given; NULL when absent */
+        int64_t size;        /* -1 when absent */
+        bool sha256_invalid; /* present but not a string */
+        bool size_invalid;   /* present but not a non-negative integer */
+} JobDocumentExtra;
+
+#define JOB_DOCUMENT_EXTRA_NULL ((JobDocumentExtra) { .size = -1 })
+
+void job_document_extra_done(JobDocumentExtra *x);
+/* From the same payload message_decode_job_execution() took ({"execution":{"jobDocument":
+ * {...}}}): -EBADMSG when it is not JSON, -E2BIG over MESSAGE_SIZE_MAX; a missing execution or
+ * document gives JOB_DOCUMENT_EXTRA_NULL. */
+int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *ret);
+
+/* Whether lodevd will run this job. 0 when it will; -EBADMSG with *ret_reason (a sentence
+ * for the REJECTED report) when it will not: an operation other than "firmware_update", a
+ * missing or malformed firmwareId, deploymentId or firmwareUrl (https:// only, http:// only
+ * with allow_http; no other scheme, no white space or control characters, at most JOB_URL_MAX
+ * bytes), a sha256 that is not 64 hex digits, a size that is not a non-negative integer.
+ * -EINVAL when job_id itself is not a valid job id (no report can be addressed). x may be NULL.
+ * -ENOMEM. */
+int job_document_check(const char *job_id, const JobDocument *doc, const JobDocumentExtra *x,
+                       bool allow_http, char **ret_reason);
+
+/* The download file's name for a job: "firmware-" and 32 hex digits of the SHA-256 of the id,
+ * so a hostile id never reaches a path. -EINVAL for an invalid job id, -ENOMEM. */
+int job_download_file_name(const char *job_id, char **ret);
+
+/* The journal: what is durable about the current (or last) job, plus a few run-time fields. */
+typedef struct JobJournal {
+        JobPhase phase;
+        char *job_id;
+        int64_t execution_number; /* -1 unknown */
+        int64_t version_number;   /* -1 unknown */
+        char *firmware_id;        /* NULL for a job that was never accepted */
+        char *deployment_id;
+        char *sha256;             /* lower-case hex, NULL when the document had none */
+        int64_t size;             /* -1 when the document had none */
+        char *file;               /* job_download_file_name() */
+        uint64_t offset;          /* bytes of the download known to be durable */
+        uint64_t failed_offset;   /* offset at the last failed try */
+        unsigned download_tries;  /* failed tries in a row without progress */
+        unsigned attempts;        /* restarts in INSTALLING..CONFIRMING */
+        char *boot_id;            /* the boot the reboot was asked in; NULL unknown */
+        JobReport report;         /* REPORTING, DONE: the terminal report, if one was decided */
+        uint64_t accepted_usec;   /* CLOCK_REALTIME */
+        uint64_t updated_usec;
+
+        /* Not saved. */
+        bool corrupt;             /* set by the caller: the journal could not be read */
+        bool want_url;            /* a GET_JOB for a fresh URL is outstanding */
+        unsigned report_tries;    /* retryable rejections of the current report */
+} JobJournal;
+
+#define JOB_JOURNAL_NULL                                                                           \
+        ((JobJournal) { .execution_number = -1,                                                    \
+                        .version_number = -1,                                                      \
+                        .size = -1,                                                                \
+                        .report = JOB_REPORT_NULL })
+
+/* Frees the contents and leaves JOB_JOURNAL_NULL. NULL-safe. */
+void job_journal_done(JobJournal *j);
+
+/* <dir>/current: -ENOENT when there is none, -EBADMSG when it is not a journal this code
+ * wrote (bad JSON, wrong types, out-of-range values, an invalid job id, a file name that is not
+ * the job's, a report the platform would refuse), -EFBIG over JOB_JOURNAL_SIZE_MAX, other
+ * -errno from reading. *ret untouched on failure. */
+int job_journal_load(const char *dir, JobJournal *ret);
+/* Durably (write_file_atomic, mode 0600), creating dir (mkdir_private) when missing. -EINVAL
+ * for a journal that would not load back (phase NONE, invalid job id, ...). */
+int job_journal_save(const char *dir, const JobJournal *j);
+/* Removes <dir>/current and syncs dir; 0 when there was none. */
+int job_journal_remove(const char *dir);
+/* Records the durable download offset (DOWNLOADING only, at most the expected size) and saves;
+ * the caller calls it every few MiB, after fsync()ing the file. On failure j is unchanged. */
+int job_journal_save_offset(const char *dir, JobJournal *j, uint64_t offset, uint64_t now_usec);
+
+/* What the state machine needs to know about the device. */
+typedef struct JobContext {
+        unsigned max_attempts; /* firmware.max_attempts; 0 is taken as 1 */
+        bool allow_http;       /* http.allow_http */
+        uint64_t now_usec;     /* CLOCK_REALTIME, for the journal's time stamps */
+        const char *boot_id;   /* /proc/sys/kernel/random/boot_id; NULL when unknown */
+} JobContext;
+
+typedef struct JobDecision {
+        JobAction action;
+        bool save;            /* the journal changed: save it before acting */
+        bool backoff;         /* repeat after the caller's retry backoff, not at once */
+        bool remove_download; /* the download file is no longer needed */
+        const char *job_id;   /* the job the action is for; borrowed from the journal, or for
+                               * GET_JOB of a queued job from the list given to reconcile */
+        const char *url;      /* DOWNLOAD: borrowed from the execution fed in */
+        uint64_t offset;      /* DOWNLOAD: resume here (truncate the file to it first) */
+        JobReport report;     /* REPORT: owned */
+} JobDecision;
+
+void job_decision_done(JobDecision *d);
+
+typedef enum JobReconcileMode {
+        JOB_RECONCILE_STARTUP,   /* first list after lodevd started: the journal is all there is */
+        JOB_RECONCILE_RECONNECT, /* later lists: local work may be running */
+        _JOB_RECONCILE_MODE_MAX,
+        _JOB_RECONCILE_MODE_INVALID = -EINVAL,
+} JobReconcileMode;
+
+/* Given the journal and the platform's list (jobs/get/accepted), decides the next action (see
+ * the tables above). Orphans (IN_PROGRESS jobs lodevd has no record of) are failed before any
+ * queued job is started; one job at a time. -EINVAL, -ENOMEM (j unchanged). */
+int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, const JobContext *c,
+                  JobDecision *ret);
+
+typedef enum JobDownloadError {
+        JOB_DOWNLOAD_NETWORK,  /* connection lost, timeout, 5xx: resume with a fresh URL */
+        JOB_DOWNLOAD_EXPIRED,  /* 403: the presigned URL expired; resume with a fresh URL */
+        JOB_DOWNLOAD_REFUSED,  /* another 4xx: the firmware is not there for us */
+        JOB_DOWNLOAD_CORRUPT,  /* sha256 or size differ from the document */
+        JOB_DOWNLOAD_NO_SPACE, /* ENOSPC, EDQUOT, or larger than lodevd allows */
+        JOB_DOWNLOAD_LOCAL,    /* another local error */
+        _JOB_DOWNLOAD_ERROR_MAX,
+        _JOB_DOWNLOAD_ERROR_INVALID = -EINVAL,
+} JobDownloadError;
+
+typedef enum JobEventType {
+        JOB_EVENT_EXECUTION,       /* .execution (NULL or no job_id: none pending), .extra */
+        JOB_EVENT_UPDATE_ACCEPTED, /* <job_id>/update/accepted for the current job */
+        JOB_EVENT_UPDATE_REJECTED, /* .error_code */
+        JOB_EVENT_DOWNLOAD_DONE,   /* complete, sha256 and size verified, fsynced */
+        JOB_EVENT_DOWNLOAD_FAILED, /* .download_error, .offset (durable bytes), .message */
+        JOB_EVENT_HOOK_EXITED,     /* install or confirm (by phase): .code = exit status */
+        JOB_EVENT_HOOK_KILLED,     /* .code = signal */
+        JOB_EVENT_HOOK_TIMEOUT,
+        JOB_EVENT_REBOOT_FAILED,   /* .message */
+        _JOB_EVENT_TYPE_MAX,
+        _JOB_EVENT_TYPE_INVALID = -EINVAL,
+} JobEventType;
+
+typedef struct JobEvent {
+        JobEventType type;
+        const JobExecution *execution;
+        const JobDocumentExtra *extra;
+        const char *error_code;
+        JobDownloadError download_error;
+        uint64_t offset;
+        int code;
+        const char *message; /* hooks: the last stderr line; downloads: what failed; or NULL */
+} JobEvent;
+
+/* Applies one event (see the table above). Events that do not fit the phase (a late answer,
+ * a hook result after a restart) change nothing and give JOB_ACTION_NONE. -EINVAL for a
+ * malformed event or an execution with an invalid job id (decision NONE), -ENOMEM (j
+ * unchanged). */
+int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecision *ret);
+
+/* Which update rejections are worth repeating (RequestThrottled, InternalError,
+ * ResourceNotFound). */
+bool job_error_code_retryable(const char *code);
+
+/* Progress to the platform: an update is sent when the percentage has grown by at least
+ * JOB_PROGRESS_STEP points since the last one sent AND at least JOB_PROGRESS_INTERVAL_USEC
+ * have passed. Both, not either: "at most one per 5 s" and "per 10 %" are both limits, so a
+ * fast download sends at most ten updates and a slow one at most one per 5 s (AWS counts job
+ * updates against the connection's publish budget). The first step is measured from 0 (the
+ * IN_PROGRESS report said 0) and needs no wait. Reset the throttle at each new phase
+ * (download, install). Local listeners (D-Bus JobUpdated) get every percent; this is only for
+ * the platform. */
+typedef struct JobProgressThrottle {
+        bool sent;
+        unsigned percent;
+        uint64_t usec; /* CLOCK_MONOTONIC of the last update sent */
+} JobProgressThrottle;
+
+bool job_progress_should_send(const JobProgressThrottle *t, unsigned percent, uint64_t now_usec);
+void job_progress_sent(JobProgressThrottle *t, unsigned percent, uint64_t now_usec);
+void job_progress_reset(JobProgressThrottle *t);
