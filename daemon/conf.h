@@ -41,6 +41,9 @@ typedef struct Config {
         char *state_dir;
         uint64_t spool_max_bytes;
 
+        uint64_t transfers_max_bytes; /* files waiting to go out */
+        uint64_t transfers_max_rate;  /* bytes per second per transfer, 0 = no cap */
+
         char *http_proxy;
         bool allow_http;
 
@@ -48,6 +51,7 @@ typedef struct Config {
         unsigned install_timeout;
         char *reboot_command;
         unsigned max_reboot_delay;
+        unsigned max_attempts; /* restarts a job may cause before it is failed */
 
         int log_level; /* syslog priority, LOG_ERR..LOG_DEBUG */
 

@@ -287,6 +287,16 @@ int manager_reload(Manager *m) {
         SWAP_STR(m->config.reboot_command, c.reboot_command);
         m->config.install_timeout = c.install_timeout;
         m->config.max_reboot_delay = c.max_reboot_delay;
+        m->config.max_attempts = c.max_attempts;
+        m->config.transfers_max_rate = c.transfers_max_rate;
+        r = http_client_set_options(m->http, &(HttpOptions) {
+                                                     .proxy = m->config.http_proxy,
+                                                     .allow_http = m->config.allow_http,
+                                                     .max_rate = m->config.transfers_max_rate,
+                                                     .ca_file = NULL,
+                                             });
+        if (r < 0)
+                log_warning_errno(r, "Failed to apply the new http settings, ignoring: %m");
         config_done(&c);
 
         log_info("Configuration reloaded from %s.", m->config_path);
@@ -339,6 +349,7 @@ Manager *manager_free(Manager *m) {
         stop_connection(m);
         m->delivery = delivery_free(m->delivery);
         m->resolver = resolver_free(m->resolver);
+        m->http = http_client_free(m->http);
         sd_event_source_disable_unref(m->identity_timer);
         sd_event_unref(m->event);
         identity_done(&m->identity);
@@ -388,6 +399,16 @@ int manager_open(Manager *m) {
         r = resolver_new(m->event, &m->resolver);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the resolver: %m");
+        /* One HTTP client for uploads and firmware downloads. */
+        r = http_client_new(m->event,
+                            &(HttpOptions) {
+                                    .proxy = m->config.http_proxy,
+                                    .allow_http = m->config.allow_http,
+                                    .max_rate = m->config.transfers_max_rate,
+                            },
+                            &m->http);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the HTTP client: %m");
         r = provisioner_new(m->event, m->resolver, &m->config, &provisioner_callbacks, m,
                             &m->provisioner);
         if (r < 0)

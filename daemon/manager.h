@@ -14,6 +14,7 @@
 #include "conf.h"
 #include "connection.h"
 #include "delivery.h"
+#include "http.h"
 #include "identity.h"
 #include "provision.h"
 #include "resolve.h"
@@ -51,6 +52,7 @@ typedef struct Manager {
         sd_event_source *identity_timer; /* loads an identity that could not be read */
 
         Resolver *resolver; /* the endpoint's name, looked up off the loop */
+        HttpClient *http;   /* uploads and firmware downloads */
         Connection *connection; /* the device connection, once there is an identity */
         Provisioner *provisioner;
         Delivery *delivery;
