@@ -116,7 +116,8 @@ static int table_parse(MimeTable *t) {
                 p = next;
         }
 
-        qsort(t->entries, t->n_entries, sizeof(MimeEntry), entry_compare);
+        if (t->n_entries > 1)
+                qsort(t->entries, t->n_entries, sizeof(MimeEntry), entry_compare);
         /* Keep the first line's entry of each extension. */
         for (size_t i = 0; i < t->n_entries; i++)
                 if (n == 0 || !streq(t->entries[n - 1].extension, t->entries[i].extension))

@@ -562,7 +562,8 @@ static int store_recover(TransferStore *s) {
                         return r;
         }
 
-        qsort(s->transfers, s->n_transfers, sizeof(Transfer *), transfer_compare);
+        if (s->n_transfers > 1)
+                qsort(s->transfers, s->n_transfers, sizeof(Transfer *), transfer_compare);
 
         /* Make the deletions durable before anything new is written next to them. */
         if (fsync(s->dir_fd) < 0)

@@ -110,7 +110,7 @@ static bool data_equals(TransferStore *s, const char *id, const uint8_t *data, s
                 if (got > len)
                         return false;
         }
-        return got == len && memcmp(buf, data, len) == 0;
+        return got == len && (len == 0 || memcmp(buf, data, len) == 0);
 }
 
 /* Runs a copy to the end in steps of chunk bytes; returns the number of steps or -errno. */
