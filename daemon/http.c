@@ -649,16 +649,14 @@ static int on_defer(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-int http_client_new(sd_event *event, const HttpOptions *o, HttpClient **ret) {
+/* libcurl and the multi handle are set up for the first transfer: a gateway that never
+ * uploads nor downloads does not pay for them (some 4 MiB of resident memory). */
+static int multi_ensure(HttpClient *c) {
         static bool curl_initialized;
-        _cleanup_(http_client_freep) HttpClient *c = NULL;
         CURLMcode m = CURLM_OK;
-        int r;
 
-        assert(event);
-        assert(o);
-        assert(ret);
-
+        if (c->multi)
+                return 0;
         if (!curl_initialized) {
                 CURLcode k = curl_global_init(CURL_GLOBAL_DEFAULT);
                 if (k != CURLE_OK) {
@@ -667,6 +665,33 @@ int http_client_new(sd_event *event, const HttpOptions *o, HttpClient **ret) {
                 }
                 curl_initialized = true;
         }
+        c->multi = multi_init_cloexec();
+        if (!c->multi)
+                return -ENOMEM;
+        if (m == CURLM_OK)
+                m = curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+        if (m == CURLM_OK)
+                m = curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+        if (m == CURLM_OK)
+                m = curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+        if (m == CURLM_OK)
+                m = curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+        if (m != CURLM_OK) {
+                log_debug("curl_multi_setopt: %s", curl_multi_strerror(m));
+                curl_multi_cleanup(c->multi);
+                c->multi = NULL;
+                return -EIO;
+        }
+        return 0;
+}
+
+int http_client_new(sd_event *event, const HttpOptions *o, HttpClient **ret) {
+        _cleanup_(http_client_freep) HttpClient *c = NULL;
+        int r;
+
+        assert(event);
+        assert(o);
+        assert(ret);
 
         c = calloc(1, sizeof(*c));
         if (!c)
@@ -686,22 +711,6 @@ int http_client_new(sd_event *event, const HttpOptions *o, HttpClient **ret) {
                 return r;
         (void) sd_event_source_set_enabled(c->defer, SD_EVENT_OFF);
         (void) sd_event_source_set_description(c->defer, "curl-finished");
-
-        c->multi = multi_init_cloexec();
-        if (!c->multi)
-                return -ENOMEM;
-        if (m == CURLM_OK)
-                m = curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-        if (m == CURLM_OK)
-                m = curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-        if (m == CURLM_OK)
-                m = curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-        if (m == CURLM_OK)
-                m = curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-        if (m != CURLM_OK) {
-                log_debug("curl_multi_setopt: %s", curl_multi_strerror(m));
-                return -EIO;
-        }
 
         *ret = TAKE_PTR(c);
         return 0;
@@ -790,6 +799,9 @@ static int transfer_new(HttpClient *c, HttpMethod method, const char *url, HttpT
 
         if (c->in_curl > 0)
                 return -EBUSY;
+        r = multi_ensure(c);
+        if (r < 0)
+                return r;
 
         t = calloc(1, sizeof(*t));
         if (!t)

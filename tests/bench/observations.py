@@ -64,8 +64,16 @@ def vm_hwm_kb(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_lodevd(bus, platform, d, thing, count, clients, start_value):
     pub_before, rec_before = counts(platform, thing)
+    cpu_before = cpu_seconds(d.proc.pid)
     per = count // clients
     t0 = time.monotonic()
     # One client follows ObservationDelivered for the latency figures; the
@@ -76,6 +84,7 @@ def run_lodevd(bus, platform, d, thing, count, clients, start_value):
                               text=True) for i in range(clients)]
     outs = [p.communicate(timeout=900) for p in procs]
     tb, te = wait_total(platform, thing, pub_before + per * clients, rec_before + per * clients)
+    cpu_us = (cpu_seconds(d.proc.pid) - cpu_before) * 1e6 / (per * clients)
     for p, (_, err) in zip(procs, outs):
         if p.returncode != 0:
             raise RuntimeError("lodev-submit failed: %s" % err[-500:])
@@ -90,7 +99,7 @@ def run_lodevd(bus, platform, d, thing, count, clients, start_value):
                     latencies.append((int(f[2]) - start[f[1]]) / 1000.0)
             elif len(f) == 4:
                 start[f[0]] = int(f[3])
-    return per * clients / (tb - t0), per * clients / (te - t0), latencies
+    return per * clients / (tb - t0), per * clients / (te - t0), latencies, cpu_us
 
 
 def run_baseline(platform, workdir, thing, count, start_value):
@@ -129,7 +138,7 @@ def main():
         d.start()
         d.wait_online()
         thing = d.status()["thing_name"]
-        ours, base, ours_e2e, base_e2e, lat = [], [], [], [], []
+        ours, base, ours_e2e, base_e2e, lat, cpu = [], [], [], [], [], []
         value = 0
         for run in range(args.runs):
             # Baseline with lodevd stopped: the platform allows one
@@ -141,8 +150,9 @@ def main():
             value += args.count
             d.start()
             d.wait_online()
-            o_broker, o_e2e, latencies = run_lodevd(bus, platform, d, thing, args.count,
-                                                    args.clients, value)
+            o_broker, o_e2e, latencies, cpu_us = run_lodevd(bus, platform, d, thing,
+                                                            args.count, args.clients, value)
+            cpu.append(cpu_us)
             value += args.count
             ours.append(o_broker)
             ours_e2e.append(o_e2e)
@@ -167,6 +177,7 @@ def main():
         if lat:
             print("submit-to-PUBACK latency: p50 %.1f ms, p99 %.1f ms (%d samples)"
                   % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(lat)))
+        print("lodevd CPU per observation: %.1f µs (median of runs)" % med(cpu))
         print("lodevd peak RSS: %d KiB" % peak)
     finally:
         d.stop()
