@@ -289,7 +289,7 @@ class Platform:
         return self._call("expire_next_url", count=count)
 
     def fail_next_puts(self, n, status):
-        """The next `n` upload PUTs are answered `status` (403, 500 or 503)."""
+        """The next `n` upload PUTs are answered `status` (400, 403, 500 or 503)."""
         return self._call("fail_next_puts", n=n, status=status)
 
     def cut_next_download(self, k_bytes, count=1):

@@ -43,8 +43,8 @@ class Faults:
             return False
 
     def fail_next_puts(self, n, status):
-        if status not in (403, 500, 503):
-            raise ValueError("status must be 403, 500 or 503")
+        if status not in (400, 403, 500, 503):
+            raise ValueError("status must be 400, 403, 500 or 503")
         with self._lock:
             self._put_failures.extend([status] * n)
 

@@ -26,7 +26,8 @@ log = logging.getLogger("lodev.storage")
 
 UPLOAD_TTL = 900.0
 FIRMWARE_TTL = 900.0
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+# One S3 PUT carries at most 5 GiB.
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024 * 1024
 _CHUNK = 64 * 1024
 _FIRMWARE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -247,6 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _put_verdict_compute(self):
         url = urllib.parse.urlsplit(self.path)
         status = self.storage.faults.take_put_failure()
+        if status == 400:
+            return HttpError(400, "InvalidRequest",
+                             "The request was refused (fail_next_puts 400).")
         if status == 403:
             return HttpError(403, "AccessDenied", "Access Denied")
         if status == 500:
