@@ -383,7 +383,8 @@ static int cmd_upload(lodev *l, int argc, char *argv[]) {
         char *id = NULL;
         int c, fd, r;
 
-        optind = 1;
+        /* 0, not 1: getopt starts afresh and permutes, so options may follow FILE. */
+        optind = 0;
         while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
                 switch (c) {
                 case 'n':

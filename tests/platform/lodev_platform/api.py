@@ -292,6 +292,11 @@ class Platform:
         """The next `n` upload PUTs are answered `status` (400, 403, 500 or 503)."""
         return self._call("fail_next_puts", n=n, status=status)
 
+    def cut_next_put(self, k_bytes, count=1):
+        """The next upload PUT that passes its checks has its connection closed
+        after `k_bytes` bytes of body, as a network loss would."""
+        return self._call("cut_next_put", k_bytes=k_bytes, count=count)
+
     def cut_next_download(self, k_bytes, count=1):
         """The next firmware download closes the connection after `k_bytes`
         bytes of body (the headers still announce the full length)."""

@@ -292,6 +292,9 @@ class Emulator:
         self.faults.fail_next_puts(n, status)
         return True
 
+    def rpc_cut_next_put(self, k_bytes, count=1):
+        self.faults.cut_next_put(k_bytes, count)
+
     def rpc_cut_next_download(self, k_bytes, count=1):
         self.faults.cut_next_download(k_bytes, count)
         return True

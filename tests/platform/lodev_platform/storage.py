@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -313,11 +314,21 @@ class _Handler(BaseHTTPRequestHandler):
         size = remaining
         digest = hashlib.sha256()
         md5 = hashlib.md5()
+        cut = self.storage.faults.take_put_cut()
         fd, tmp = tempfile.mkstemp(dir=self.storage.upload_dir, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as f:
                 while remaining > 0:
-                    chunk = self.rfile.read(min(_CHUNK, remaining))
+                    if cut is not None and size - remaining >= cut:
+                        log.info("upload of %s cut after %d of %d bytes (fault)",
+                                 link["file_name"], size - remaining, size)
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    n = min(_CHUNK, remaining)
+                    if cut is not None:
+                        n = max(1, min(n, cut - (size - remaining)))
+                    chunk = self.rfile.read(n)
                     if not chunk:
                         log.warning("upload of %s cut after %d of %d bytes", link["file_name"],
                                     size - remaining, size)
