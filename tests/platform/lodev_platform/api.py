@@ -238,6 +238,12 @@ class Platform:
         return self._call("add_firmware", firmware_id=firmware_id,
                           data_b64=base64.b64encode(bytes(data)).decode())["path"]
 
+    def upload_link(self, thing, file_name, content_type):
+        """A freshly signed upload URL for thing, as CreateFileUploadLink
+        answers (for baselines such as curl -T)."""
+        return self._call("upload_link", thing=thing, file_name=file_name,
+                          content_type=content_type)
+
     def firmware_url(self, firmware_id):
         """A freshly signed download URL for the firmware."""
         return self._call("firmware_url", firmware_id=firmware_id)

@@ -224,6 +224,9 @@ class Emulator:
     def rpc_add_firmware(self, firmware_id, data_b64):
         return {"path": self.storage.add_firmware(firmware_id, base64.b64decode(data_b64))}
 
+    def rpc_upload_link(self, thing, file_name, content_type):
+        return self.storage.create_upload_link(thing, "control", file_name, content_type)
+
     def rpc_firmware_url(self, firmware_id):
         return self.storage.firmware_url(firmware_id)
 
