@@ -1,12 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "lodev.h"
@@ -29,6 +34,11 @@ static void help(void) {
                "  provision [--force]        provision now and print the thing name\n"
                "  observe --code C --code-system S [--code-display D] --value V --unit U\n"
                "          [--patient-id P]   queue an observation and print its id\n"
+               "  upload FILE [--name N] [--content-type T] [--wait]\n"
+               "                             queue a file for upload and print its id\n"
+               "  transfers                  list the file transfers not finished yet\n"
+               "  cancel ID                  stop a transfer and free its space\n"
+               "  monitor                    print lodevd's signals as they come\n"
                "  wait-online [--timeout S]  wait until lodevd is online\n\n"
                "Options:\n"
                "  -j --json      print one JSON document\n"
@@ -273,6 +283,319 @@ static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
         return EXIT_OK;
 }
 
+/* --- File transfers --- */
+
+static volatile sig_atomic_t arg_stop;
+
+static void on_stop_signal(int sig) {
+        arg_stop = 1;
+}
+
+/* SIGINT and SIGTERM end the waiting loops; without SA_RESTART the wait returns EINTR. */
+static void catch_stop_signals(void) {
+        struct sigaction sa = { .sa_handler = on_stop_signal };
+
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGINT, &sa, NULL);
+        (void) sigaction(SIGTERM, &sa, NULL);
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void format_bytes(uint64_t n, char *buf, size_t size) {
+        static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+        double v = (double) n;
+        size_t u = 0;
+
+        while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+                v /= 1024;
+                u++;
+        }
+        if (u == 0)
+                snprintf(buf, size, "%" PRIu64 " B", n);
+        else
+                snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+typedef struct UploadWait {
+        const char *id; /* NULL until UploadFile answered */
+        bool finished, ok, tty;
+        char *message;
+        uint64_t start, last_done;
+} UploadWait;
+
+static void upload_progress(lodev *l, const char *id, uint64_t done, uint64_t total,
+                            void *userdata) {
+        UploadWait *w = userdata;
+        char d[32], t[32], rate[32];
+        double elapsed, bps;
+
+        if (!w->id || strcmp(id, w->id) != 0)
+                return;
+        elapsed = (double) (now_usec() - w->start) / 1e6;
+        bps = elapsed > 0 ? (double) done / elapsed : 0;
+        format_bytes(done, d, sizeof(d));
+        format_bytes(total, t, sizeof(t));
+        format_bytes((uint64_t) bps, rate, sizeof(rate));
+        w->last_done = done;
+        if (w->tty) {
+                unsigned width = 30, fill = total ? (unsigned) (done * width / total) : width;
+                char bar[31];
+                double eta = bps > 0 ? (double) (total - done) / bps : 0;
+
+                memset(bar, '#', fill);
+                memset(bar + fill, '.', width - fill);
+                bar[width] = '\0';
+                fprintf(stderr, "\r[%s] %3u%% %s of %s, %s/s, ETA %.0f s  ", bar,
+                        total ? (unsigned) (done * 100 / total) : 100, d, t, rate, eta);
+        } else
+                fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " bytes (%s/s)\n", id, done, total,
+                        rate);
+}
+
+static void upload_finished(lodev *l, const char *id, int ok, const char *message,
+                            void *userdata) {
+        UploadWait *w = userdata;
+
+        if (!w->id || strcmp(id, w->id) != 0)
+                return;
+        w->finished = true;
+        w->ok = ok;
+        free(w->message);
+        w->message = strdup(message ? message : "");
+}
+
+static int cmd_upload(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "name", required_argument, NULL, 'n' },
+                { "content-type", required_argument, NULL, 't' },
+                { "wait", no_argument, NULL, 'w' },
+                {},
+        };
+        const char *name = NULL, *type = "", *path;
+        UploadWait w = {};
+        bool wait = false;
+        char *id = NULL;
+        int c, fd, r;
+
+        /* 0, not 1: getopt starts afresh and permutes, so options may follow FILE. */
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                switch (c) {
+                case 'n':
+                        name = optarg;
+                        break;
+                case 't':
+                        type = optarg;
+                        break;
+                case 'w':
+                        wait = true;
+                        break;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (argc - optind != 1) {
+                fprintf(stderr, "lodevctl: upload: exactly one FILE is required\n");
+                return EXIT_USAGE;
+        }
+        path = argv[optind];
+        if (!name) {
+                name = strrchr(path, '/');
+                name = name ? name + 1 : path;
+        }
+        /* Opened with the caller's rights: lodevd reads only what it is handed. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) {
+                fprintf(stderr, "lodevctl: upload: %s: %s\n", path, strerror(errno));
+                return EXIT_FAIL;
+        }
+        if (wait) {
+                w.tty = isatty(STDERR_FILENO) && !arg_json;
+                r = lodev_set_transfer_callbacks(l, upload_progress, upload_finished, &w);
+                if (r < 0) {
+                        close(fd);
+                        return call_failed(l, "upload", r);
+                }
+        }
+        r = lodev_upload_file(l, fd, name, type, &id);
+        close(fd);
+        if (r < 0)
+                return call_failed(l, "upload", r);
+        if (!wait) {
+                if (arg_json) {
+                        json_object *j = json_object_new_object();
+                        json_object_object_add(j, "id", json_object_new_string(id));
+                        print_json(j);
+                } else
+                        printf("%s\n", id);
+                free(id);
+                return EXIT_OK;
+        }
+        if (!arg_json) {
+                printf("%s\n", id);
+                fflush(stdout);
+        }
+        w.id = id;
+        w.start = now_usec();
+        catch_stop_signals();
+        while (!w.finished && !arg_stop) {
+                r = lodev_dispatch(l);
+                if (r >= 0 && !w.finished)
+                        r = lodev_wait(l, 1000000);
+                if (r < 0 && r != -EINTR) {
+                        free(id);
+                        return call_failed(l, "upload", r);
+                }
+        }
+        if (w.tty)
+                fputc('\n', stderr);
+        if (arg_json) {
+                json_object *j = json_object_new_object();
+                json_object_object_add(j, "id", json_object_new_string(id));
+                json_object_object_add(j, "finished", json_object_new_boolean(w.finished));
+                json_object_object_add(j, "ok", json_object_new_boolean(w.ok));
+                json_object_object_add(j, "message",
+                                       json_object_new_string(w.message ? w.message : ""));
+                print_json(j);
+        }
+        if (!w.finished)
+                fprintf(stderr, "lodevctl: upload: stopped waiting; transfer %s goes on\n", id);
+        else if (!w.ok)
+                fprintf(stderr, "lodevctl: upload: transfer %s failed: %s\n", id, w.message);
+        else if (!arg_json)
+                fprintf(stderr, "%s: %s\n", id, w.message);
+        r = w.finished && w.ok ? EXIT_OK : EXIT_FAIL;
+        free(w.message);
+        free(id);
+        return r;
+}
+
+static int cmd_transfers(lodev *l, int argc, char *argv[]) {
+        lodev_transfer *t = NULL;
+        size_t n = 0;
+        int r;
+
+        if (argc > 1) {
+                fprintf(stderr, "lodevctl: transfers takes no arguments\n");
+                return EXIT_USAGE;
+        }
+        r = lodev_list_transfers(l, &t, &n);
+        if (r < 0)
+                return call_failed(l, "transfers", r);
+        if (arg_json) {
+                json_object *a = json_object_new_array();
+
+                for (size_t i = 0; i < n; i++) {
+                        json_object *o = json_object_new_object();
+                        json_object_object_add(o, "id", json_object_new_string(t[i].id));
+                        json_object_object_add(o, "file_name",
+                                               json_object_new_string(t[i].file_name));
+                        json_object_object_add(o, "state", json_object_new_string(t[i].state));
+                        json_object_object_add(o, "done", json_object_new_int64((int64_t) t[i].done));
+                        json_object_object_add(o, "total",
+                                               json_object_new_int64((int64_t) t[i].total));
+                        json_object_array_add(a, o);
+                }
+                print_json(a);
+        } else if (n == 0)
+                printf("No transfers.\n");
+        else {
+                printf("%-36s  %-9s  %10s  %10s  %s\n", "ID", "STATE", "DONE", "SIZE", "NAME");
+                for (size_t i = 0; i < n; i++) {
+                        char d[32], s[32];
+
+                        format_bytes(t[i].done, d, sizeof(d));
+                        format_bytes(t[i].total, s, sizeof(s));
+                        printf("%-36s  %-9s  %10s  %10s  %s\n", t[i].id, t[i].state, d, s,
+                               t[i].file_name);
+                }
+        }
+        lodev_transfers_free(t, n);
+        return EXIT_OK;
+}
+
+static int cmd_cancel(lodev *l, int argc, char *argv[]) {
+        int r;
+
+        if (argc != 2) {
+                fprintf(stderr, "lodevctl: cancel: exactly one transfer ID is required\n");
+                return EXIT_USAGE;
+        }
+        r = lodev_cancel_transfer(l, argv[1]);
+        if (r < 0)
+                return call_failed(l, "cancel", r);
+        return EXIT_OK;
+}
+
+static void monitor_event(lodev *l, const lodev_event *ev, void *userdata) {
+        if (arg_json) {
+                json_object *o = json_object_new_object();
+
+                json_object_object_add(o, "signal", json_object_new_string(ev->name));
+                if (ev->id)
+                        json_object_object_add(o, "id", json_object_new_string(ev->id));
+                if (strcmp(ev->name, "TransferProgress") == 0) {
+                        json_object_object_add(o, "done", json_object_new_int64((int64_t) ev->done));
+                        json_object_object_add(o, "total",
+                                               json_object_new_int64((int64_t) ev->total));
+                } else if (strcmp(ev->name, "TransferFinished") == 0)
+                        json_object_object_add(o, "ok", json_object_new_boolean(ev->ok));
+                else if (strcmp(ev->name, "JobUpdated") == 0) {
+                        json_object_object_add(o, "status", json_object_new_string(ev->status));
+                        json_object_object_add(o, "percent", json_object_new_int64(ev->percent));
+                }
+                if (ev->message)
+                        json_object_object_add(o, "message", json_object_new_string(ev->message));
+                if (ev->property) {
+                        json_object_object_add(o, "property", json_object_new_string(ev->property));
+                        json_object_object_add(o, "value", ev->value ? json_object_new_string(ev->value)
+                                                                     : NULL);
+                }
+                printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
+                json_object_put(o);
+        } else if (strcmp(ev->name, "TransferProgress") == 0)
+                printf("%s %s %" PRIu64 "/%" PRIu64 "\n", ev->name, ev->id, ev->done, ev->total);
+        else if (strcmp(ev->name, "TransferFinished") == 0)
+                printf("%s %s %s %s\n", ev->name, ev->id, ev->ok ? "ok" : "failed",
+                       ev->message ? ev->message : "");
+        else if (strcmp(ev->name, "JobUpdated") == 0)
+                printf("%s %s %s %u%% %s\n", ev->name, ev->id, ev->status, ev->percent,
+                       ev->message ? ev->message : "");
+        else if (ev->property)
+                printf("%s %s=%s\n", ev->name, ev->property, ev->value ? ev->value : "(invalidated)");
+        else
+                printf("%s %s\n", ev->name, ev->id ? ev->id : "");
+        fflush(stdout);
+}
+
+static int cmd_monitor(lodev *l, int argc, char *argv[]) {
+        int r;
+
+        if (argc > 1) {
+                fprintf(stderr, "lodevctl: monitor takes no arguments\n");
+                return EXIT_USAGE;
+        }
+        catch_stop_signals();
+        r = lodev_set_event_callback(l, monitor_event, NULL);
+        if (r < 0)
+                return call_failed(l, "monitor", r);
+        while (!arg_stop) {
+                r = lodev_dispatch(l);
+                if (r >= 0)
+                        r = lodev_wait(l, 1000000);
+                if (r < 0 && r != -EINTR)
+                        return call_failed(l, "monitor", r);
+        }
+        return EXIT_OK;
+}
+
 static const struct {
         const char *name;
         int (*run)(lodev *l, int argc, char *argv[]);
@@ -281,6 +604,10 @@ static const struct {
         { "provision", cmd_provision },
         { "observe", cmd_observe },
         { "wait-online", cmd_wait_online },
+        { "upload", cmd_upload },
+        { "transfers", cmd_transfers },
+        { "cancel", cmd_cancel },
+        { "monitor", cmd_monitor },
 };
 
 int main(int argc, char *argv[]) {

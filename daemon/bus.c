@@ -136,6 +136,8 @@ static int property_get_queued(sd_bus *bus, const char *path, const char *interf
 
         if (streq(property, "QueuedObservations"))
                 n = delivery_queued(b->manager->delivery);
+        else if (streq(property, "QueuedTransfers"))
+                n = uploads_queued(b->manager->uploads);
         return sd_bus_message_append(reply, "u", n);
 }
 
@@ -387,6 +389,119 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
                                  strerror(-r));
 }
 
+/* --- File transfers: UploadFile, CancelTransfer, ListTransfers --- */
+
+static int upload_option(const char *key, sd_bus_message *msg, void *userdata,
+                         sd_bus_error *error) {
+        return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "options: unknown key '%s'",
+                                 key);
+}
+
+static void upload_added(const char *id, int error, const char *reason, void *userdata) {
+        PendingCall *p = userdata;
+        int r;
+
+        if (error >= 0)
+                r = sd_bus_reply_method_return(p->msg, "s", id);
+        else
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
+                                               "cannot spool the file: %s", reason ?: strerror(-error));
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer UploadFile(), ignoring: %m");
+        pending_call_free(p);
+}
+
+static int method_upload_file(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Bus *b = userdata;
+        Uploads *u = b->manager->uploads;
+        const char *name, *type, *reason = NULL;
+        PendingCall *p = NULL;
+        int fd, r;
+
+        r = sd_bus_message_read(msg, "hss", &fd, &name, &type);
+        if (r < 0)
+                return r;
+        r = read_options(msg, upload_option, NULL, error);
+        if (r < 0)
+                return r;
+        r = pending_call_new(b, msg, error, &p);
+        if (r < 0)
+                return r;
+        /* fd belongs to msg; the service takes a duplicate. */
+        r = uploads_add(u, fd, name, type, upload_added, p, &reason);
+        if (r >= 0)
+                return 1; /* answered once the copy is durable */
+        pending_call_free(p);
+        if (r == -EINVAL || r == -EBADF)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s",
+                                         reason ?: strerror(-r));
+        if (r == -EFBIG && reason && strstr(reason, "5 GiB"))
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s", reason);
+        if (r == -EFBIG || r == -ENOSPC)
+                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
+                                         "%s (%" PRIu64 " of transfers.max_bytes %" PRIu64
+                                         " bytes in use)",
+                                         reason ?: strerror(-r), uploads_used_bytes(u),
+                                         uploads_max_bytes(u));
+        return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot spool the file: %s",
+                                 reason ?: strerror(-r));
+}
+
+static int method_cancel_transfer(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Bus *b = userdata;
+        const char *id;
+        int r;
+
+        r = sd_bus_message_read(msg, "s", &id);
+        if (r < 0)
+                return r;
+        r = uploads_cancel(b->manager->uploads, id);
+        if (r == -ENOENT)
+                return sd_bus_error_setf(error, LODEV_ERROR_NOT_FOUND, "no transfer '%s'", id);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(msg, "");
+}
+
+static int method_list_transfers(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Bus *b = userdata;
+        UploadInfo t;
+        int r;
+
+        r = sd_bus_message_new_method_return(msg, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(ssstt)");
+        for (size_t i = 0; r >= 0 && uploads_nth(b->manager->uploads, i, &t); i++)
+                r = sd_bus_message_append(reply, "(ssstt)", t.id, t.file_name, t.state, t.done,
+                                          t.total);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static void on_transfer_progress(const char *id, uint64_t done, uint64_t total, void *userdata) {
+        Bus *b = userdata;
+        int r;
+
+        r = sd_bus_emit_signal(b->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE, "TransferProgress",
+                               "stt", id, done, total);
+        if (r < 0)
+                log_debug_errno(r, "Failed to emit TransferProgress, ignoring: %m");
+}
+
+static void on_transfer_finished(const char *id, bool ok, const char *message, void *userdata) {
+        Bus *b = userdata;
+        int r;
+
+        r = sd_bus_emit_signal(b->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE, "TransferFinished",
+                               "sbs", id, (int) ok, strempty(message));
+        if (r < 0)
+                log_debug_errno(r, "Failed to emit TransferFinished, ignoring: %m");
+}
+
 static const sd_bus_vtable device_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("State", "s", property_get_string, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
@@ -410,12 +525,12 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("UploadFile", "hssa{sv}",
                                  SD_BUS_PARAM(fd) SD_BUS_PARAM(file_name)
                                          SD_BUS_PARAM(content_type) SD_BUS_PARAM(options),
-                                 "s", SD_BUS_PARAM(id), method_not_supported,
+                                 "s", SD_BUS_PARAM(id), method_upload_file,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("CancelTransfer", "s", SD_BUS_PARAM(id), "", ,
-                                 method_not_supported, SD_BUS_VTABLE_UNPRIVILEGED),
+                                 method_cancel_transfer, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("ListTransfers", "", , "a(ssstt)", SD_BUS_PARAM(transfers),
-                                 method_not_supported, SD_BUS_VTABLE_UNPRIVILEGED),
+                                 method_list_transfers, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Provision", "a{sv}", SD_BUS_PARAM(options), "s",
                                  SD_BUS_PARAM(thing_name), method_provision,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
@@ -465,6 +580,8 @@ static const ManagerObserver observer = {
         .property_changed = on_property_changed,
         .observation_delivered = on_observation_delivered,
         .provision_finished = on_provision_finished,
+        .transfer_progress = on_transfer_progress,
+        .transfer_finished = on_transfer_finished,
 };
 
 int bus_new(Manager *m, Bus **ret) {

@@ -106,12 +106,16 @@ static int start_connection(Manager *m) {
                            &m->connection);
         if (r >= 0)
                 r = delivery_attach(m->delivery, m->connection);
+        if (r >= 0)
+                r = uploads_attach(m->uploads, m->connection);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the device connection with %s: %m",
                                 m->identity.cert_path);
                 set_last_error(m, "cannot start the device connection: %s", strerror(-r));
-                if (m->connection)
+                if (m->connection) {
                         delivery_detach(m->delivery);
+                        uploads_detach(m->uploads);
+                }
                 m->connection = connection_free(m->connection);
                 return r;
         }
@@ -122,6 +126,7 @@ static void stop_connection(Manager *m) {
         if (!m->connection)
                 return;
         delivery_detach(m->delivery);
+        uploads_detach(m->uploads);
         m->connection = connection_free(m->connection);
 }
 
@@ -144,6 +149,30 @@ static const DeliveryCallbacks delivery_callbacks = {
         .delivered = delivered,
         .queued_changed = queued_changed,
         .rejected = observation_rejected,
+};
+
+static void transfer_progress(const char *id, uint64_t done, uint64_t total, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->observer && m->observer->transfer_progress)
+                m->observer->transfer_progress(id, done, total, m->observer_userdata);
+}
+
+static void transfer_finished(const char *id, bool ok, const char *message, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->observer && m->observer->transfer_finished)
+                m->observer->transfer_finished(id, ok, message, m->observer_userdata);
+}
+
+static void transfers_queued_changed(void *userdata) {
+        property_changed(userdata, "QueuedTransfers");
+}
+
+static const UploadsCallbacks uploads_callbacks = {
+        .progress = transfer_progress,
+        .finished = transfer_finished,
+        .queued_changed = transfers_queued_changed,
 };
 
 static void provision_finished(Manager *m, const char *thing, const char *error) {
@@ -348,6 +377,7 @@ Manager *manager_free(Manager *m) {
         m->provisioner = provisioner_free(m->provisioner);
         stop_connection(m);
         m->delivery = delivery_free(m->delivery);
+        m->uploads = uploads_free(m->uploads);
         m->resolver = resolver_free(m->resolver);
         m->http = http_client_free(m->http);
         sd_event_source_disable_unref(m->identity_timer);
@@ -413,8 +443,12 @@ int manager_open(Manager *m) {
                             &m->provisioner);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up provisioning: %m");
-        return delivery_new(m->event, m->config.state_dir, m->config.spool_max_bytes,
-                            &delivery_callbacks, m, &m->delivery);
+        r = delivery_new(m->event, m->config.state_dir, m->config.spool_max_bytes,
+                         &delivery_callbacks, m, &m->delivery);
+        if (r < 0)
+                return r;
+        return uploads_new(m->event, m->http, m->config.state_dir, m->config.transfers_max_bytes,
+                           &uploads_callbacks, m, &m->uploads);
 }
 
 int manager_start(Manager *m) {

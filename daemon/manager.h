@@ -18,6 +18,7 @@
 #include "identity.h"
 #include "provision.h"
 #include "resolve.h"
+#include "uploads.h"
 
 typedef enum DeviceState {
         DEVICE_STATE_UNPROVISIONED,
@@ -35,6 +36,9 @@ typedef struct ManagerObserver {
         void (*observation_delivered)(uint64_t seq, void *userdata);
         /* A provisioning run ended: thing on success, error otherwise. */
         void (*provision_finished)(const char *thing, const char *error, void *userdata);
+        /* File transfers: bytes sent (at most once a second each), and their end. */
+        void (*transfer_progress)(const char *id, uint64_t done, uint64_t total, void *userdata);
+        void (*transfer_finished)(const char *id, bool ok, const char *message, void *userdata);
 } ManagerObserver;
 
 typedef struct Manager {
@@ -56,6 +60,7 @@ typedef struct Manager {
         Connection *connection; /* the device connection, once there is an identity */
         Provisioner *provisioner;
         Delivery *delivery;
+        Uploads *uploads;
 
         const ManagerObserver *observer;
         void *observer_userdata;

@@ -942,7 +942,7 @@ static ssize_t copy_through_buffer(TransferCopy *c, size_t len) {
 }
 
 int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
-        uint64_t left;
+        uint64_t left, start;
 
         assert(c);
         assert(max_chunk > 0);
@@ -952,6 +952,7 @@ int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
         if (c->committed || !c->store)
                 return -ESTALE;
 
+        start = c->done;
         left = MIN(max_chunk, c->size - c->done);
         while (left > 0) {
                 /* Well below SSIZE_MAX, and what the kernel does in one call anyway. */
@@ -989,6 +990,11 @@ int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
                 c->done += (uint64_t) n;
                 left -= (uint64_t) n;
         }
+        /* Start writing back what this step copied: the fsync at commit then has little
+         * left to wait for, and the caller's loop does not stall on a large file. */
+        if (c->done > start)
+                (void) sync_file_range(c->dst_fd, (off64_t) start, (off64_t) (c->done - start),
+                                       SYNC_FILE_RANGE_WRITE);
         return c->done < c->size ? 1 : 0;
 }
 

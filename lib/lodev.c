@@ -15,6 +15,8 @@
 #define BUS_INTERFACE "com.lifeomic.Device1"
 #define ERROR_PREFIX "com.lifeomic.Device1.Error."
 #define PROVISION_TIMEOUT_USEC (UINT64_C(300) * 1000000)
+/* UploadFile answers once the copy is on disk: a large file on slow flash takes minutes. */
+#define UPLOAD_TIMEOUT_USEC (UINT64_C(3600) * 1000000)
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
@@ -26,6 +28,13 @@ struct lodev {
         sd_bus_slot *delivered_slot;
         lodev_delivered_callback delivered;
         void *delivered_userdata;
+        sd_bus_slot *transfer_slot;
+        lodev_transfer_progress_callback transfer_progress;
+        lodev_transfer_finished_callback transfer_finished;
+        void *transfer_userdata;
+        sd_bus_slot *event_slot;
+        lodev_event_callback event;
+        void *event_userdata;
 };
 
 typedef struct SubmitCall {
@@ -83,6 +92,8 @@ lodev *lodev_close(lodev *l) {
         if (!l)
                 return NULL;
         sd_bus_slot_unref(l->delivered_slot);
+        sd_bus_slot_unref(l->transfer_slot);
+        sd_bus_slot_unref(l->event_slot);
         sd_bus_flush_close_unref(l->bus);
         free(l->last_error);
         free(l);
@@ -142,7 +153,7 @@ const char *lodev_strerror(int error) {
         case EPERM:
                 return "permission denied (root or group lodev required)";
         case ENOSPC:
-                return "the observation queue is full";
+                return "the queue is full";
         case ENOTCONN:
                 return "the device is not provisioned";
         case EOPNOTSUPP:
@@ -479,4 +490,244 @@ int lodev_wait_online(lodev *l, uint64_t timeout_usec) {
                 if (r < 0)
                         return r;
         }
+}
+
+/* --- File uploads --- */
+
+int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
+                      char **ret_id) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        const char *id;
+        int r;
+
+        if (!l || fd < 0 || !file_name)
+                return -EINVAL;
+        r = sd_bus_message_new_method_call(l->bus, &m, BUS_NAME, BUS_PATH, BUS_INTERFACE,
+                                           "UploadFile");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "hss", fd, file_name, content_type ? content_type : "");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 0);
+        if (r < 0)
+                return r;
+        r = sd_bus_call(l->bus, m,
+                        l->call_timeout > UPLOAD_TIMEOUT_USEC ? l->call_timeout
+                                                              : UPLOAD_TIMEOUT_USEC,
+                        &e, &reply);
+        if (r < 0)
+                return call_failed(l, &e, r);
+        r = sd_bus_message_read(reply, "s", &id);
+        if (r < 0)
+                return r;
+        if (ret_id) {
+                *ret_id = strdup(id);
+                if (!*ret_id)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int lodev_cancel_transfer(lodev *l, const char *id) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        int r;
+
+        if (!l || !id)
+                return -EINVAL;
+        r = sd_bus_call_method(l->bus, BUS_NAME, BUS_PATH, BUS_INTERFACE, "CancelTransfer", &e,
+                               NULL, "s", id);
+        return r < 0 ? call_failed(l, &e, r) : 0;
+}
+
+void lodev_transfers_free(lodev_transfer *t, size_t n) {
+        for (size_t i = 0; t && i < n; i++) {
+                free(t[i].id);
+                free(t[i].file_name);
+                free(t[i].state);
+        }
+        free(t);
+}
+
+int lodev_list_transfers(lodev *l, lodev_transfer **ret, size_t *ret_n) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        lodev_transfer *t = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!l || !ret || !ret_n)
+                return -EINVAL;
+        r = sd_bus_call_method(l->bus, BUS_NAME, BUS_PATH, BUS_INTERFACE, "ListTransfers", &e,
+                               &reply, "");
+        if (r < 0)
+                return call_failed(l, &e, r);
+        r = sd_bus_message_enter_container(reply, 'a', "(ssstt)");
+        while (r >= 0) {
+                const char *id, *name, *state;
+                uint64_t done, total;
+                lodev_transfer *a;
+
+                r = sd_bus_message_read(reply, "(ssstt)", &id, &name, &state, &done, &total);
+                if (r <= 0)
+                        break;
+                a = realloc(t, (n + 1) * sizeof(*t));
+                if (!a) {
+                        r = -ENOMEM;
+                        break;
+                }
+                t = a;
+                t[n] = (lodev_transfer) { .done = done, .total = total };
+                n++;
+                if ((r = dupstr(&t[n - 1].id, id)) < 0 ||
+                    (r = dupstr(&t[n - 1].file_name, name)) < 0 ||
+                    (r = dupstr(&t[n - 1].state, state)) < 0)
+                        break;
+        }
+        if (r >= 0)
+                r = sd_bus_message_exit_container(reply);
+        if (r < 0) {
+                lodev_transfers_free(t, n);
+                return r;
+        }
+        *ret = t;
+        *ret_n = n;
+        return 0;
+}
+
+static int on_transfer_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lodev *l = userdata;
+        const char *id, *message;
+        uint64_t done, total;
+        int ok;
+
+        if (sd_bus_message_is_signal(m, BUS_INTERFACE, "TransferProgress")) {
+                if (l->transfer_progress &&
+                    sd_bus_message_read(m, "stt", &id, &done, &total) >= 0)
+                        l->transfer_progress(l, id, done, total, l->transfer_userdata);
+        } else if (sd_bus_message_is_signal(m, BUS_INTERFACE, "TransferFinished")) {
+                if (l->transfer_finished && sd_bus_message_read(m, "sbs", &id, &ok, &message) >= 0)
+                        l->transfer_finished(l, id, ok, message, l->transfer_userdata);
+        }
+        return 0;
+}
+
+int lodev_set_transfer_callbacks(lodev *l, lodev_transfer_progress_callback progress,
+                                 lodev_transfer_finished_callback finished, void *userdata) {
+        int r;
+
+        if (!l)
+                return -EINVAL;
+        l->transfer_progress = progress;
+        l->transfer_finished = finished;
+        l->transfer_userdata = userdata;
+        if (!progress && !finished) {
+                l->transfer_slot = sd_bus_slot_unref(l->transfer_slot);
+                return 0;
+        }
+        if (l->transfer_slot)
+                return 0;
+        /* One match for both signals of the interface; synchronous, so none slips past. */
+        r = sd_bus_match_signal(l->bus, &l->transfer_slot, BUS_NAME, BUS_PATH, BUS_INTERFACE,
+                                NULL, on_transfer_signal, l);
+        return r < 0 ? r : 0;
+}
+
+/* The value of a PropertiesChanged entry as text into buf; NULL for a type not known. */
+static const char *variant_text(sd_bus_message *m, char *buf, size_t size) {
+        const char *contents = NULL, *a, *b, *c;
+        uint32_t u;
+        int r;
+
+        r = sd_bus_message_peek_type(m, NULL, &contents);
+        if (r <= 0 || !contents)
+                return NULL;
+        if (strcmp(contents, "s") == 0 && sd_bus_message_read(m, "v", "s", &a) >= 0)
+                snprintf(buf, size, "%s", a);
+        else if (strcmp(contents, "u") == 0 && sd_bus_message_read(m, "v", "u", &u) >= 0)
+                snprintf(buf, size, "%u", u);
+        else if (strcmp(contents, "(sss)") == 0 &&
+                 sd_bus_message_read(m, "v", "(sss)", &a, &b, &c) >= 0)
+                snprintf(buf, size, "%s %s %s", a, b, c);
+        else {
+                (void) sd_bus_message_skip(m, "v");
+                return NULL;
+        }
+        return buf;
+}
+
+static void properties_changed_events(lodev *l, sd_bus_message *m) {
+        const char *iface, *name;
+        char buf[1024];
+        int r;
+
+        if (sd_bus_message_read(m, "s", &iface) < 0 ||
+            sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                return;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                lodev_event ev = { .name = "PropertiesChanged" };
+
+                if (sd_bus_message_read(m, "s", &name) < 0)
+                        return;
+                ev.property = name;
+                ev.value = variant_text(m, buf, sizeof(buf));
+                l->event(l, &ev, l->event_userdata);
+                if (sd_bus_message_exit_container(m) < 0)
+                        return;
+        }
+        if (r < 0 || sd_bus_message_exit_container(m) < 0)
+                return;
+        /* Invalidated properties: their name, no value. */
+        if (sd_bus_message_enter_container(m, 'a', "s") < 0)
+                return;
+        while (sd_bus_message_read(m, "s", &name) > 0) {
+                lodev_event ev = { .name = "PropertiesChanged", .property = name };
+
+                l->event(l, &ev, l->event_userdata);
+        }
+}
+
+static int on_event_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lodev *l = userdata;
+        lodev_event ev = { .name = sd_bus_message_get_member(m) };
+        const char *iface = sd_bus_message_get_interface(m);
+
+        if (!l->event || !ev.name || !iface)
+                return 0;
+        if (strcmp(iface, "org.freedesktop.DBus.Properties") == 0) {
+                if (strcmp(ev.name, "PropertiesChanged") == 0)
+                        properties_changed_events(l, m);
+                return 0;
+        }
+        if (strcmp(iface, BUS_INTERFACE) != 0)
+                return 0;
+        if (strcmp(ev.name, "ObservationDelivered") == 0)
+                (void) sd_bus_message_read(m, "s", &ev.id);
+        else if (strcmp(ev.name, "TransferProgress") == 0)
+                (void) sd_bus_message_read(m, "stt", &ev.id, &ev.done, &ev.total);
+        else if (strcmp(ev.name, "TransferFinished") == 0)
+                (void) sd_bus_message_read(m, "sbs", &ev.id, &ev.ok, &ev.message);
+        else if (strcmp(ev.name, "JobUpdated") == 0)
+                (void) sd_bus_message_read(m, "ssus", &ev.id, &ev.status, &ev.percent,
+                                           &ev.message);
+        l->event(l, &ev, l->event_userdata);
+        return 0;
+}
+
+int lodev_set_event_callback(lodev *l, lodev_event_callback callback, void *userdata) {
+        int r;
+
+        if (!l)
+                return -EINVAL;
+        l->event = callback;
+        l->event_userdata = userdata;
+        if (!callback) {
+                l->event_slot = sd_bus_slot_unref(l->event_slot);
+                return 0;
+        }
+        if (l->event_slot)
+                return 0;
+        /* Every signal of the object: the interface's own and PropertiesChanged. */
+        r = sd_bus_match_signal(l->bus, &l->event_slot, BUS_NAME, BUS_PATH, NULL, NULL,
+                                on_event_signal, l);
+        return r < 0 ? r : 0;
 }

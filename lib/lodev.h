@@ -7,6 +7,7 @@
  * >= 0 on success and a negative errno on failure; lodev_strerror() and
  * lodev_last_error() turn that into text. */
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -90,6 +91,66 @@ int lodev_provision(lodev *l, int force, char **ret_thing_name);
 
 /* Waits until State is "online"; -ETIMEDOUT after timeout_usec (UINT64_MAX: forever). */
 int lodev_wait_online(lodev *l, uint64_t timeout_usec);
+
+/* --- File uploads --- */
+
+/* Queues the content of fd (open for reading; a regular file) for upload as
+ * file_name and returns the transfer id (free() it) once lodevd holds a
+ * durable copy: the caller may close and delete its file right after. An
+ * empty or NULL content_type is derived from file_name by lodevd. Waits as
+ * long as the copy takes (a call timeout of at least an hour). -EINVAL for a
+ * bad name, fd or type, -ENOSPC when the transfer queue is full;
+ * lodev_last_error() says which. */
+int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
+                      char **ret_id);
+
+/* Stops a transfer and frees its space; -ENOENT for an unknown id. */
+int lodev_cancel_transfer(lodev *l, const char *id);
+
+typedef struct lodev_transfer {
+        char *id;
+        char *file_name;
+        char *state; /* queued, uploading, waiting (to retry) */
+        uint64_t done, total;
+} lodev_transfer;
+
+/* The transfers not finished yet, in queue order. */
+int lodev_list_transfers(lodev *l, lodev_transfer **ret, size_t *ret_n);
+void lodev_transfers_free(lodev_transfer *t, size_t n);
+
+/* Called from lodev_dispatch() for the TransferProgress (at most once a
+ * second per transfer) and TransferFinished signals of every transfer; ok is
+ * 0 with a reason in message when it failed or was canceled. Either may be
+ * NULL; both NULL removes them. Set them before lodev_upload_file() to see
+ * every signal of the new transfer. */
+typedef void (*lodev_transfer_progress_callback)(lodev *l, const char *id, uint64_t done,
+                                                 uint64_t total, void *userdata);
+typedef void (*lodev_transfer_finished_callback)(lodev *l, const char *id, int ok,
+                                                 const char *message, void *userdata);
+int lodev_set_transfer_callbacks(lodev *l, lodev_transfer_progress_callback progress,
+                                 lodev_transfer_finished_callback finished, void *userdata);
+
+/* --- Every signal, for monitors --- */
+
+typedef struct lodev_event {
+        /* ObservationDelivered, TransferProgress, TransferFinished, JobUpdated,
+         * PropertiesChanged (one event per property), or another signal's name. */
+        const char *name;
+        const char *id;       /* observation, transfer or job id; NULL otherwise */
+        uint64_t done, total; /* TransferProgress */
+        int ok;               /* TransferFinished */
+        const char *status;   /* JobUpdated */
+        uint32_t percent;     /* JobUpdated */
+        const char *message;  /* TransferFinished, JobUpdated */
+        const char *property; /* PropertiesChanged: its name */
+        const char *value;    /* PropertiesChanged: the new value as text (fields joined by
+                               * spaces for a structure), NULL when not sent */
+} lodev_event;
+
+/* Calls callback for every signal lodevd emits, from lodev_dispatch(). NULL
+ * removes it. Strings are valid while the callback runs. */
+typedef void (*lodev_event_callback)(lodev *l, const lodev_event *event, void *userdata);
+int lodev_set_event_callback(lodev *l, lodev_event_callback callback, void *userdata);
 
 #ifdef __cplusplus
 }

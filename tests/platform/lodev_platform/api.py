@@ -238,6 +238,12 @@ class Platform:
         return self._call("add_firmware", firmware_id=firmware_id,
                           data_b64=base64.b64encode(bytes(data)).decode())["path"]
 
+    def upload_link(self, thing, file_name, content_type):
+        """A freshly signed upload URL for thing, as CreateFileUploadLink
+        answers (for baselines such as curl -T)."""
+        return self._call("upload_link", thing=thing, file_name=file_name,
+                          content_type=content_type)
+
     def firmware_url(self, firmware_id):
         """A freshly signed download URL for the firmware."""
         return self._call("firmware_url", firmware_id=firmware_id)
@@ -289,8 +295,13 @@ class Platform:
         return self._call("expire_next_url", count=count)
 
     def fail_next_puts(self, n, status):
-        """The next `n` upload PUTs are answered `status` (403, 500 or 503)."""
+        """The next `n` upload PUTs are answered `status` (400, 403, 500 or 503)."""
         return self._call("fail_next_puts", n=n, status=status)
+
+    def cut_next_put(self, k_bytes, count=1):
+        """The next upload PUT that passes its checks has its connection closed
+        after `k_bytes` bytes of body, as a network loss would."""
+        return self._call("cut_next_put", k_bytes=k_bytes, count=count)
 
     def cut_next_download(self, k_bytes, count=1):
         """The next firmware download closes the connection after `k_bytes`

@@ -85,6 +85,8 @@ def cmd_fault(args):
         result = p.expire_next_url(args.count)
     elif f == "fail-next-puts":
         result = p.fail_next_puts(args.n, args.status)
+    elif f == "cut-next-put":
+        result = p.cut_next_put(args.k_bytes)
     elif f == "cut-next-download":
         result = p.cut_next_download(args.k_bytes)
     elif f == "reject-next":
@@ -168,7 +170,9 @@ def build_parser():
         "--count", type=int, default=1)
     s = fs.add_parser("fail-next-puts", help="answer the next N PUTs with STATUS")
     s.add_argument("n", type=int)
-    s.add_argument("status", type=int, choices=(403, 500, 503))
+    s.add_argument("status", type=int, choices=(400, 403, 500, 503))
+    fs.add_parser("cut-next-put", help="cut the next upload after K bytes").add_argument(
+        "k_bytes", type=int)
     fs.add_parser("cut-next-download", help="cut the next download after K bytes").add_argument(
         "k_bytes", type=int)
     s = fs.add_parser("reject-next", help="reject the next request of KIND")

@@ -224,6 +224,9 @@ class Emulator:
     def rpc_add_firmware(self, firmware_id, data_b64):
         return {"path": self.storage.add_firmware(firmware_id, base64.b64decode(data_b64))}
 
+    def rpc_upload_link(self, thing, file_name, content_type):
+        return self.storage.create_upload_link(thing, "control", file_name, content_type)
+
     def rpc_firmware_url(self, firmware_id):
         return self.storage.firmware_url(firmware_id)
 
@@ -291,6 +294,9 @@ class Emulator:
     def rpc_fail_next_puts(self, n, status):
         self.faults.fail_next_puts(n, status)
         return True
+
+    def rpc_cut_next_put(self, k_bytes, count=1):
+        self.faults.cut_next_put(k_bytes, count)
 
     def rpc_cut_next_download(self, k_bytes, count=1):
         self.faults.cut_next_download(k_bytes, count)

@@ -23,6 +23,7 @@ class Faults:
         self._expire_urls = 0
         self._put_failures = []
         self._download_cuts = []
+        self._put_cuts = []
         self._rejections = {k: [] for k in REQUEST_KINDS}
         self._ignores = {k: 0 for k in REQUEST_KINDS}
 
@@ -43,8 +44,8 @@ class Faults:
             return False
 
     def fail_next_puts(self, n, status):
-        if status not in (403, 500, 503):
-            raise ValueError("status must be 403, 500 or 503")
+        if status not in (400, 403, 500, 503):
+            raise ValueError("status must be 400, 403, 500 or 503")
         with self._lock:
             self._put_failures.extend([status] * n)
 
@@ -57,6 +58,16 @@ class Faults:
             raise ValueError("k_bytes must be >= 0")
         with self._lock:
             self._download_cuts.extend([k_bytes] * count)
+
+    def cut_next_put(self, k_bytes, count=1):
+        if k_bytes < 0:
+            raise ValueError("k_bytes must be >= 0")
+        with self._lock:
+            self._put_cuts.extend([k_bytes] * count)
+
+    def take_put_cut(self):
+        with self._lock:
+            return self._put_cuts.pop(0) if self._put_cuts else None
 
     def take_download_cut(self):
         with self._lock:
@@ -91,6 +102,7 @@ class Faults:
                 "expire_next_url": self._expire_urls,
                 "fail_next_puts": list(self._put_failures),
                 "cut_next_download": list(self._download_cuts),
+                "cut_next_put": list(self._put_cuts),
                 "reject_next": {k: len(v) for k, v in self._rejections.items() if v},
                 "ignore_next": {k: v for k, v in self._ignores.items() if v},
             }

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -26,7 +27,8 @@ log = logging.getLogger("lodev.storage")
 
 UPLOAD_TTL = 900.0
 FIRMWARE_TTL = 900.0
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+# One S3 PUT carries at most 5 GiB.
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024 * 1024
 _CHUNK = 64 * 1024
 _FIRMWARE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -247,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _put_verdict_compute(self):
         url = urllib.parse.urlsplit(self.path)
         status = self.storage.faults.take_put_failure()
+        if status == 400:
+            return HttpError(400, "InvalidRequest",
+                             "The request was refused (fail_next_puts 400).")
         if status == 403:
             return HttpError(403, "AccessDenied", "Access Denied")
         if status == 500:
@@ -309,11 +314,21 @@ class _Handler(BaseHTTPRequestHandler):
         size = remaining
         digest = hashlib.sha256()
         md5 = hashlib.md5()
+        cut = self.storage.faults.take_put_cut()
         fd, tmp = tempfile.mkstemp(dir=self.storage.upload_dir, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as f:
                 while remaining > 0:
-                    chunk = self.rfile.read(min(_CHUNK, remaining))
+                    if cut is not None and size - remaining >= cut:
+                        log.info("upload of %s cut after %d of %d bytes (fault)",
+                                 link["file_name"], size - remaining, size)
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    n = min(_CHUNK, remaining)
+                    if cut is not None:
+                        n = max(1, min(n, cut - (size - remaining)))
+                    chunk = self.rfile.read(n)
                     if not chunk:
                         log.warning("upload of %s cut after %d of %d bytes", link["file_name"],
                                     size - remaining, size)

@@ -1,0 +1,363 @@
+# SPDX-License-Identifier: MIT
+"""File uploads: fd passing, the durable file spool, signed-URL PUTs with the
+emulator's real HTTP faults, restarts, cancel, and the observations beside."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+import lodevtest
+from lodevtest import wait_until
+
+SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
+MiB = 1024 * 1024
+
+
+def start_online(bus, workdir, emulator, **overrides):
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, emulator, **overrides)
+    d = lodevtest.Daemon(bus, workdir, config).start()
+    d.wait_online()
+    return d, d.status()["thing_name"]
+
+
+def random_file(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, MiB)
+            f.write(os.urandom(n))
+            left -= n
+    return sha256_of(path)
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def uploads_of(platform, thing, name=None):
+    return [u for u in platform.uploads()
+            if u["thing"] == thing and (name is None or u["file_name"] == name)]
+
+
+def upload(bus, path, *args, timeout=120):
+    return lodevtest.lodevctl(bus, "upload", path, *args, timeout=timeout)
+
+
+def spool_files(workdir):
+    d = os.path.join(workdir, "state", "transfers")
+    return sorted(f for f in os.listdir(d) if not f.startswith("."))
+
+
+def dbus_upload(bus, fd, name, content_type=""):
+    """UploadFile with an fd of any kind, which lodevctl (it opens a path for
+    reading) cannot produce; busctl cannot pass fds. Returns (error name,
+    message), or (None, id)."""
+    try:
+        import dbus
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("python3-dbus is required under CI")
+        pytest.skip("python3-dbus not installed")
+    conn = dbus.bus.BusConnection(bus.address)
+    try:
+        iface = dbus.Interface(conn.get_object("com.lifeomic.Device1", "/com/lifeomic/Device1"),
+                               "com.lifeomic.Device1")
+        try:
+            return None, str(iface.UploadFile(dbus.types.UnixFd(fd), name, content_type,
+                                              dbus.Dictionary({}, signature="sv"),
+                                              signature="hssa{sv}"))
+        except dbus.exceptions.DBusException as e:
+            return e.get_dbus_name(), e.get_dbus_message()
+    finally:
+        conn.close()
+
+
+def test_5mib_lands_exact_after_the_caller_deletes_its_file(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "report.pdf")
+        digest = random_file(path, 5 * MiB)
+        r = upload(bus, path)
+        assert r.returncode == 0, r.stderr
+        tid = r.stdout.strip()
+        # The reply means lodevd holds its own copy: the caller's file may go.
+        os.unlink(path)
+        wait_until(lambda: uploads_of(platform, thing, "report.pdf"), 60, interval=0.2,
+                   what="the upload")
+        (u,) = uploads_of(platform, thing, "report.pdf")
+        assert u["sha256"] == digest
+        assert u["size"] == 5 * MiB
+        # From /etc/mime.types (Debian's media-types), never a table of our own.
+        assert u["content_type"] == "application/pdf"
+        wait_until(lambda: d.status()["queued_transfers"] == 0, 20, what="the queue to empty")
+        assert lodevtest.lodevctl_json(bus, "transfers") == []
+        assert spool_files(workdir) == []
+        out = d.output()
+        assert "LODEV_TRANSFER_ID" not in out or tid in out
+        assert "Transfer %s finished" % tid in out
+        # The presigned query string is a credential: only the host is logged.
+        assert "X-Amz-Signature" not in out and "Signature=" not in out
+        # An explicit content type and name are used as given.
+        path2 = os.path.join(workdir, "data.bin")
+        digest2 = random_file(path2, 1000)
+        r = upload(bus, path2, "--name", "reading.csv", "--content-type", "text/csv", "--wait")
+        assert r.returncode == 0, r.stderr
+        (u,) = uploads_of(platform, thing, "reading.csv")
+        assert (u["sha256"], u["content_type"], u["size"]) == (digest2, "text/csv", 1000)
+        # Unknown extension: application/octet-stream.
+        r = upload(bus, path2, "--name", "blob.zzqx", "--wait")
+        assert r.returncode == 0, r.stderr
+        (u,) = uploads_of(platform, thing, "blob.zzqx")
+        assert u["content_type"] == "application/octet-stream"
+    finally:
+        d.stop()
+
+
+def test_1gib_sparse_file_lands_exact(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform, transfers={"max_bytes": 2048 * MiB})
+    try:
+        path = os.path.join(workdir, "big.img")
+        size = 1024 * MiB
+        with open(path, "wb") as f:
+            f.truncate(size)
+            f.seek(size // 2)
+            f.write(b"middle")
+            f.seek(size - 3)
+            f.write(b"end")
+        digest = sha256_of(path)
+        start = time.monotonic()
+        r = upload(bus, path, "--wait", timeout=400)
+        assert r.returncode == 0, r.stderr + d.output()[-3000:]
+        (u,) = uploads_of(platform, thing, "big.img")
+        assert (u["sha256"], u["size"]) == (digest, size)
+        print("1 GiB: spooled and uploaded in %.1f s" % (time.monotonic() - start))
+        assert spool_files(workdir) == []
+    finally:
+        d.stop()
+
+
+def test_expired_url_500_twice_and_a_cut_connection_still_deliver(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "faults.bin")
+        digest = random_file(path, 3 * MiB)
+        # An injected status comes before the link's own checks: with three expired
+        # links, the two 500s come first, then "Request has expired", then a fresh
+        # link whose PUT loses its connection after 1 MiB, then success.
+        platform.expire_next_url(3)
+        platform.fail_next_puts(2, 500)
+        platform.cut_next_put(MiB)
+        r = upload(bus, path, "--wait", timeout=180)
+        assert r.returncode == 0, r.stderr + d.output()[-3000:]
+        (u,) = uploads_of(platform, thing, "faults.bin")
+        assert u["sha256"] == digest
+        out = d.output()
+        assert "Request has expired; asking for a new link" in out
+        assert "HTTP 500 InternalError" in out
+        assert "trying again" in out
+        assert platform.status()["faults"]["cut_next_put"] == []
+    finally:
+        d.stop()
+
+
+def test_400_fails_with_the_servers_message_and_wait_exits_1(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "refused.bin")
+        random_file(path, 4096)
+        platform.fail_next_puts(1, 400)
+        r = upload(bus, path, "--wait", timeout=60)
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "InvalidRequest" in r.stderr
+        assert "The request was refused" in r.stderr
+        assert uploads_of(platform, thing, "refused.bin") == []
+        assert lodevtest.lodevctl_json(bus, "transfers") == []
+        assert spool_files(workdir) == []
+        assert "Transfer %s failed" % r.stdout.strip() in d.output()
+    finally:
+        d.stop()
+
+
+def test_sigkill_mid_upload_then_restart_delivers(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform,
+                            transfers={"max_rate": 512 * 1024})
+    try:
+        path = os.path.join(workdir, "killed.bin")
+        digest = random_file(path, 4 * MiB)
+        r = upload(bus, path)
+        assert r.returncode == 0, r.stderr
+        tid = r.stdout.strip()
+
+        def sending():
+            t = lodevtest.lodevctl_json(bus, "transfers")
+            return t and t[0]["state"] == "uploading" and t[0]["done"] > 0
+        wait_until(sending, 30, interval=0.1, what="the PUT to be under way")
+        d.stop(sig=signal.SIGKILL)
+        assert uploads_of(platform, thing, "killed.bin") == []
+        d.start()
+        d.wait_online()
+        assert [t["id"] for t in lodevtest.lodevctl_json(bus, "transfers")] == [tid]
+        wait_until(lambda: uploads_of(platform, thing, "killed.bin"), 60, interval=0.2,
+                   what="the upload after the restart")
+        (u,) = uploads_of(platform, thing, "killed.bin")
+        assert u["sha256"] == digest
+        wait_until(lambda: spool_files(workdir) == [], 10, what="the spool to empty")
+    finally:
+        d.stop()
+
+
+def test_cancel_mid_upload_frees_the_spool(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform,
+                            transfers={"max_rate": 256 * 1024})
+    monitor = subprocess.Popen([lodevtest.LODEVCTL, "--json", "monitor"], env=bus.env(),
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # the monitor's match is in place
+        path = os.path.join(workdir, "cancel.bin")
+        random_file(path, 4 * MiB)
+        r = upload(bus, path)
+        assert r.returncode == 0, r.stderr
+        tid = r.stdout.strip()
+        wait_until(lambda: lodevtest.lodevctl_json(bus, "transfers")[0]["done"] > 0, 30,
+                   interval=0.1, what="the PUT to be under way")
+        assert len(spool_files(workdir)) == 2
+        r = lodevtest.lodevctl(bus, "cancel", tid)
+        assert r.returncode == 0, r.stderr
+        assert lodevtest.lodevctl_json(bus, "transfers") == []
+        assert spool_files(workdir) == []
+        assert d.status()["queued_transfers"] == 0
+        r = lodevtest.lodevctl(bus, "cancel", tid)
+        assert r.returncode == 1 and "no transfer" in r.stderr
+        time.sleep(1)
+        assert uploads_of(platform, thing, "cancel.bin") == []
+        monitor.send_signal(signal.SIGINT)
+        out, _ = monitor.communicate(timeout=10)
+        assert monitor.returncode == 0
+        events = [json.loads(line) for line in out.splitlines()]
+        assert {"signal": "TransferFinished", "id": tid, "ok": False,
+                "message": "canceled"} in events
+        assert any(e["signal"] == "TransferProgress" and e["id"] == tid for e in events)
+        assert any(e["signal"] == "PropertiesChanged" and e["property"] == "QueuedTransfers"
+                   for e in events)
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait()
+        d.stop()
+
+
+def test_bad_fds_names_and_sizes_are_refused_with_their_reasons(bus, workdir, platform):
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, platform)
+    d = lodevtest.Daemon(bus, workdir, config).start()  # offline is fine: nothing is sent
+    try:
+        def refused(fd, name, expect):
+            error, message = dbus_upload(bus, fd, name)
+            assert error == "com.lifeomic.Device1.Error.InvalidArgument", (error, message)
+            assert expect in message, (expect, message)
+
+        dfd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+        refused(dfd, "dir", "directory")
+        os.close(dfd)
+        fifo = os.path.join(workdir, "fifo")
+        os.mkfifo(fifo)
+        ffd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        refused(ffd, "fifo", "FIFO")
+        os.close(ffd)
+        a, b = socket.socketpair()
+        refused(a.fileno(), "sock", "socket")
+        a.close()
+        b.close()
+        path = os.path.join(workdir, "plain.txt")
+        random_file(path, 100)
+        wfd = os.open(path, os.O_WRONLY)
+        refused(wfd, "wo", "not open for reading")
+        os.close(wfd)
+        rfd = os.open(path, os.O_RDONLY)
+        refused(rfd, "a/b", "'/'")
+        refused(rfd, "a\nb", "control")
+        refused(rfd, "x" * 256, "255")
+        os.close(rfd)
+        big = os.path.join(workdir, "huge.img")
+        with open(big, "wb") as f:
+            f.truncate(5 * 1024 * MiB + 1)
+        r = upload(bus, big)
+        assert r.returncode == 1
+        assert "larger than 5 GiB" in r.stderr, r.stderr
+        # lodevctl's own view of bad names, the same text.
+        r = upload(bus, path, "--name", "bad/name")
+        assert r.returncode == 1 and "'/'" in r.stderr, r.stderr
+        assert spool_files(workdir) == []
+    finally:
+        d.stop()
+
+
+def test_budget_answers_queue_full_while_observations_are_accepted(bus, workdir, platform):
+    config = os.path.join(workdir, "lodevd.conf")
+    # Nothing listens on port 1: lodevd stays unprovisioned and the files wait in the
+    # spool, as uploads made before provisioning do.
+    lodevtest.write_device_config(config, workdir, platform, platform={"port": 1},
+                                  transfers={"max_bytes": 2 * MiB})
+    d = lodevtest.Daemon(bus, workdir, config).start()
+    try:
+        path = os.path.join(workdir, "one.bin")
+        random_file(path, MiB)
+        r = upload(bus, path)
+        assert r.returncode == 0, r.stderr
+        r = upload(bus, path)
+        assert r.returncode == 1
+        assert "queue is full" in r.stderr and "transfers.max_bytes" in r.stderr, r.stderr
+        assert d.status()["queued_transfers"] == 1
+        r = lodevtest.lodevctl(bus, "observe", "--code", "8867-4", "--code-system",
+                               "http://loinc.org", "--value", "60", "--unit", "/min")
+        assert r.returncode == 0, r.stderr
+        assert d.status()["queued_observations"] == 1
+        # A file that can never fit says so.
+        with open(path, "ab") as f:
+            f.truncate(3 * MiB)
+        r = upload(bus, path)
+        assert r.returncode == 1 and "larger than the transfer queue" in r.stderr, r.stderr
+    finally:
+        d.stop()
+
+
+def test_an_upload_does_not_slow_observations(bus, workdir, platform):
+    """5,000 observations drain at the platform's 100/s; a 512 MiB upload in
+    the middle must not lower the rate by more than 10 %."""
+    d, thing = start_online(bus, workdir, platform, transfers={"max_bytes": 1024 * MiB})
+    try:
+        path = os.path.join(workdir, "side.img")
+        with open(path, "wb") as f:
+            f.truncate(512 * MiB)
+        sub = subprocess.Popen([SUBMIT, "--count", "5000", "--start", "0"], env=bus.env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(12)
+        t0 = time.time()
+        r = upload(bus, path, "--wait", timeout=300)
+        t1 = time.time()
+        assert r.returncode == 0, r.stderr
+        sub.wait(timeout=120)
+        wait_until(lambda: d.status()["queued_observations"] == 0, 120, interval=0.5,
+                   what="the observations to drain")
+        times = sorted(o["time"] for o in platform.observations() if o["thing"] == thing)
+        assert len(times) >= 5000
+        span = max(t1 - t0, 1.0)
+        during = sum(1 for t in times if t0 <= t < t1) / span
+        before = sum(1 for t in times if t0 - 8 <= t < t0) / 8
+        print("observations/s before the upload %.1f, during %.1f (%.2f) over %.1f s"
+              % (before, during, during / before, span))
+        assert before > 50
+        assert during >= 0.9 * before, (before, during)
+    finally:
+        d.stop()
