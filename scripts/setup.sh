@@ -10,6 +10,9 @@ packages=(
         mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
         python3-paho-mqtt python3-pytest python3-cryptography python3-dbus
         curl openssl util-linux valgrind man-db media-types
+        # The installer hook tests (tests/installers): RAUC and SWUpdate as the
+        # shared recipes run them, without a bootloader.
+        rauc squashfs-tools swupdate cpio grub-common
 )
 
 missing=()
@@ -28,3 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 getent group lodev >/dev/null || groupadd --system lodev
+# The user lodevd.service runs as (systemd/lodevd.sysusers.conf).
+getent passwd lodevd >/dev/null ||
+        useradd --system --user-group --home-dir /var/lib/lodevd --no-create-home \
+                --shell /usr/sbin/nologin --comment "LifeOmic device agent" lodevd

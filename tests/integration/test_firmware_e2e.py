@@ -1,0 +1,194 @@
+# SPDX-License-Identifier: MIT
+"""A firmware job end to end through lodevd with the example RAUC hook (SPEC §2 jobs,
+§4, §6): the platform emulator queues a firmware_update job, lodevd downloads the
+bundle, runs conf/hooks/rauc as firmware.installer, which installs into slot B through
+a real `rauc service` and exits 100; lodevd runs reboot_command (here a script that
+records the request); the test "reboots": lodevd stops, the RAUC service restarts
+booted from the slot the bootloader picks, the boot id changes, lodevd starts again
+and runs `hook confirm`, and the platform sees SUCCEEDED (or FAILED after a fallback,
+or FAILED with RAUC's reason for an untrusted bundle).
+
+Not registered in meson yet: it needs the firmware jobs service. What it expects
+from lodevd:
+  - firmware.installer / firmware.reboot_command run as SPEC §6 says; the hook's
+    environment is built by a wrapper here, so lodevd need not pass its own through;
+  - a reboot is told from a restart by the boot id (/proc/sys/kernel/random/boot_id,
+    or sd_id128_get_boot(), which reads it): lodevd runs in a private mount
+    namespace where a file of the test is bind-mounted over it;
+  - progress lines reach the platform as statusDetails.percentProgress while
+    IN_PROGRESS; the last stderr line of a failed hook is one of the statusDetails
+    values of the FAILED update.
+Needs root (RAUC's service, the mount namespace)."""
+
+import os
+import shutil
+import sys
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "installers"))
+
+import lodevtest  # noqa: E402
+from envutil import HOOKS_DIR, require_root, require_tools  # noqa: E402
+
+REAL_LODEVD = lodevtest.LODEVD
+
+
+@pytest.fixture
+def rauc(workdir):
+    require_root()
+    require_tools("rauc", "dbus-daemon", "busctl", "openssl", "mksquashfs", "unshare")
+    from rauc_env import RaucEnv
+
+    env = RaucEnv(os.path.join(workdir, "rauc"))
+    env.start()
+    yield env
+    env.stop()
+
+
+class Device:
+    """lodevd with the RAUC hook, a recording reboot_command and a boot id of its own."""
+
+    def __init__(self, bus, workdir, platform, rauc, monkeypatch):
+        self.workdir = workdir
+        self.rauc = rauc
+        self.boot_id_file = os.path.join(workdir, "boot_id")
+        self.reboot_marker = os.path.join(workdir, "reboot-requested")
+        self.new_boot()
+        hook = os.path.join(workdir, "install-firmware")
+        with open(hook, "w") as f:
+            f.write("#!/bin/sh\n"
+                    "export DBUS_STARTER_BUS_TYPE=session\n"
+                    "export DBUS_SESSION_BUS_ADDRESS='%s'\n"
+                    "export LODEV_HOOK_STATE_DIR='%s'\n"
+                    "exec '%s' \"$@\"\n"
+                    % (rauc.bus_address, os.path.join(workdir, "hook-state"),
+                       os.path.join(HOOKS_DIR, "rauc")))
+        os.chmod(hook, 0o755)
+        reboot = os.path.join(workdir, "reboot")
+        with open(reboot, "w") as f:
+            f.write("#!/bin/sh\necho \"$(date +%%s.%%N)\" >>'%s'\n" % self.reboot_marker)
+        os.chmod(reboot, 0o755)
+        # lodevd in a mount namespace where boot_id is the test's file.
+        wrapper = os.path.join(workdir, "lodevd-booted")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec unshare -m --propagation private sh -c "
+                    "'mount --bind \"$0\" /proc/sys/kernel/random/boot_id && exec \"$@\"' "
+                    "'%s' '%s' \"$@\"\n" % (self.boot_id_file, REAL_LODEVD))
+        os.chmod(wrapper, 0o755)
+        monkeypatch.setattr(lodevtest, "LODEVD", wrapper)
+        config = os.path.join(workdir, "lodevd.conf")
+        lodevtest.write_device_config(config, workdir, platform, firmware={
+            "installer": hook, "reboot_command": reboot, "install_timeout": 120,
+            "max_reboot_delay": 5, "max_attempts": 3})
+        self.daemon = lodevtest.Daemon(bus, workdir, config)
+
+    def new_boot(self):
+        with open(self.boot_id_file, "w") as f:
+            f.write(str(uuid.uuid4()) + "\n")
+
+    def reboots_requested(self):
+        if not os.path.exists(self.reboot_marker):
+            return 0
+        with open(self.reboot_marker) as f:
+            return len(f.read().split())
+
+    def reboot(self, slot=None):
+        """What a reboot does to this device: lodevd stops, the bootloader picks a
+        slot (the primary, or SLOT for a fallback), a new boot id, lodevd starts."""
+        self.daemon.stop()
+        self.rauc.reboot(slot)
+        self.new_boot()
+        self.daemon.start()
+
+
+@pytest.fixture
+def device(bus, workdir, platform, rauc, monkeypatch):
+    d = Device(bus, workdir, platform, rauc, monkeypatch)
+    d.daemon.start()
+    d.daemon.wait_online()
+    yield d
+    d.daemon.stop()
+
+
+def thing_of(device):
+    return device.daemon.status()["thing_name"]
+
+
+def wait_status(platform, thing, job_id, statuses, timeout=120):
+    def done():
+        e = platform.job_execution(thing, job_id)
+        return e if e and e.get("status") in statuses else None
+
+    return lodevtest.wait_until(done, timeout=timeout, what="job %s in %s" % (job_id, statuses))
+
+
+def details_text(execution):
+    return " ".join(str(v) for v in (execution.get("statusDetails") or {}).values())
+
+
+def queue(platform, device, name, bundle):
+    with open(bundle, "rb") as f:
+        platform.add_firmware(name, f.read())
+    thing = thing_of(device)
+    job = platform.queue_job(thing, firmware_id=name, deployment_id="deploy-" + name)
+    lodevtest.lodevctl(device.daemon.bus, "jobs", "--check")
+    return thing, job
+
+
+def test_update_reboot_confirm(platform, device, rauc):
+    payload = os.urandom(1024 * 1024)
+    thing, job = queue(platform, device, "fw-2", rauc.bundle("v2", payload))
+
+    lodevtest.wait_until(lambda: device.reboots_requested() >= 1, timeout=120,
+                         what="reboot_command")
+    assert rauc.boot_state()["primary"] == "B"
+    assert rauc.slot_starts_with("B", payload)
+    history = platform.job_history(thing, job)
+    percents = [h.get("statusDetails", {}).get("percentProgress") for h in history]
+    assert any(p not in (None, "0") for p in percents), history
+    assert platform.job_execution(thing, job)["status"] == "IN_PROGRESS"
+
+    device.reboot()
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "SUCCEEDED", e
+    assert rauc.boot_state()["state_B"] == "good"
+    assert device.reboots_requested() == 1
+
+
+def test_fallback_fails_the_job(platform, device, rauc):
+    thing, job = queue(platform, device, "fw-3", rauc.bundle("v3", os.urandom(256 * 1024)))
+    lodevtest.wait_until(lambda: device.reboots_requested() >= 1, timeout=120,
+                         what="reboot_command")
+    device.reboot(slot="A")
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "FAILED", e
+    assert "fell back" in details_text(e), e
+    assert rauc.boot_state()["primary"] == "A"
+
+
+def test_untrusted_bundle_fails_without_reboot(platform, device, rauc):
+    bundle = rauc.bundle("evil", os.urandom(64 * 1024), signer=rauc.make_untrusted_signer())
+    thing, job = queue(platform, device, "fw-evil", bundle)
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "FAILED", e
+    assert "signature verification failed" in details_text(e), e
+    assert device.reboots_requested() == 0
+    assert rauc.boot_state()["primary"] == "A"
+
+
+def test_repeated_restarts_confirm_once(platform, device, rauc):
+    """lodevd restarts again after the reboot, before or after confirming: the
+    confirm hook runs again and the job still ends SUCCEEDED once."""
+    thing, job = queue(platform, device, "fw-4", rauc.bundle("v4", os.urandom(128 * 1024)))
+    lodevtest.wait_until(lambda: device.reboots_requested() >= 1, timeout=120,
+                         what="reboot_command")
+    device.reboot()
+    device.daemon.stop()
+    device.daemon.start()
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "SUCCEEDED", e
+    statuses = [h.get("status") for h in platform.job_history(thing, job)]
+    assert statuses.count("SUCCEEDED") == 1, statuses
+    shutil.rmtree(os.path.join(device.workdir, "hook-state"), ignore_errors=True)
