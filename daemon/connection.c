@@ -194,7 +194,10 @@ static void on_published(MqttClient *m, int mid, void *userdata) {
                 c->inflight[i] = c->inflight[--c->n_inflight];
                 f.channel->n_inflight--;
                 f.channel->ops.acked(f.channel, f.cookie, f.channel->userdata);
-                kick_later(c);
+                /* The freed slot goes out at once, in the same iteration: a publish from
+                 * inside a libmosquitto callback is only queued, and the post source
+                 * writes it. */
+                kick(c);
                 return;
         }
 }

@@ -226,22 +226,38 @@ def test_missing_claim_certificate(bus, workdir, platform):
     assert "provisioning.claim_cert: %s: No such file or directory" % missing in r.stderr
 
 
-def test_pending_calls_bounded_per_client(daemon, bus, workdir):
-    """A client that pipelines more calls than lodevd answers at once gets
+def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):
+    """A client with more calls waiting than lodevd answers at once gets
     LimitsExceeded for the excess; every call lodevd accepted still gets its
-    id, and lodevd carries on."""
+    id, and lodevd carries on. lodevd is stopped while the calls arrive, so
+    that they all wait in its socket and it reads them in one go."""
     daemon.start()
-    submit = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
-    # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
-    r = subprocess.run([submit, "--count", "1200", "--window", "120"], env=bus.env(),
-                       capture_output=True, text=True, timeout=120)
-    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-    ids = [l for l in r.stdout.splitlines() if l and not l.startswith("DELIVERED")]
+    # Offline, so that what was accepted stays queued and can be counted.
+    platform.broker_stop()
+    proc = None
+    try:
+        lodevtest.wait_until(lambda: daemon.status()["state"] != "online", 20, what="offline")
+        submit = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
+        daemon.send_signal(signal.SIGSTOP)
+        # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
+        proc = subprocess.Popen([submit, "--count", "240", "--window", "120"], env=bus.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)  # dbus-daemon hands the first 120 calls over to lodevd's socket
+        daemon.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+        queued = daemon.status()["queued_observations"]
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+        daemon.send_signal(signal.SIGCONT)
+        platform.broker_start()
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    ids = [l for l in out.splitlines() if l and not l.startswith("DELIVERED")]
     print("\n%d accepted, %d refused" % (len(ids), len(errors)))
     assert errors, "no call was refused"
     assert all("too many calls waiting" in l for l in errors), errors[:3]
-    assert len(ids) + len(errors) == 1200
-    assert daemon.status()["queued_observations"] == len(ids)
+    assert len(ids) + len(errors) == 240
+    assert queued == len(ids)
 
 
 def test_descriptors_close_on_exec(daemon, bus, platform):
