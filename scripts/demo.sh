@@ -2,8 +2,8 @@
 # Sets up a fresh Debian 12 machine, builds lodevd and runs it end to end on
 # this machine against the local platform emulator: a private system bus with
 # lodevd's policy, the emulator's broker (mutual TLS) and service, lodevd
-# provisioning itself by claim, going online, and delivering observations that
-# the emulator records. Everything runs under a temporary directory and is
+# provisioning itself by claim, going online, delivering observations and a
+# file upload that the emulator records. Everything runs under a temporary directory and is
 # stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +105,17 @@ obs = json.load(sys.stdin)
 print("%d observations recorded; the first:" % len(obs))
 print(json.dumps(obs[0]["payload"], indent=2))
 print("sent by", obs[0]["thing"])'
+
+step "file upload: lodevctl upload --wait (5 MiB, content type from /etc/mime.types)"
+head -c 5242880 /dev/urandom >"$work/ecg-strip.pdf"
+build/client/lodevctl upload "$work/ecg-strip.pdf" --wait
+$platform --workdir "$work/platform" uploads | /usr/bin/python3 -c '
+import json, sys
+ups = json.load(sys.stdin)
+u = ups[-1]
+print("%d upload(s) received; the last: %s" % (len(ups), ", ".join(
+    "%s=%s" % (k, u[k]) for k in sorted(u) if k in ("file_name", "fileName", "content_type", "contentType", "size", "sha256"))))'
+echo "sha256 of the file sent: $(sha256sum "$work/ecg-strip.pdf" | cut -d" " -f1)"
 
 step "restart: the stored identity is reused"
 kill "${pids[-1]}"
