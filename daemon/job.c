@@ -6,12 +6,9 @@
 
 #include "fileio.h"
 #include "job.h"
+#include "json-util.h"
 #include "topic.h"
 #include "util.h"
-
-DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put);
-DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free);
-#define _cleanup_json_ _cleanup_(json_object_putp)
 
 #define JOURNAL_VERSION 1
 /* Counters beyond this are not something this code wrote. */
@@ -260,37 +257,6 @@ int job_report_encode(const JobReport *r, char **ret) {
 
 /* --- Job documents --- */
 
-/* Strict JSON object of at most max bytes: no NUL inside, nothing after it. */
-static int json_parse_object(const void *data, size_t size, size_t max, json_object **ret) {
-        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_json_ json_object *obj = NULL;
-        size_t end;
-
-        if (!data && size > 0)
-                return -EINVAL;
-        if (size > max)
-                return -E2BIG;
-        if (size == 0 || memchr(data, 0, size))
-                return -EBADMSG;
-        tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT
-#ifdef JSON_TOKENER_VALIDATE_UTF8
-                                            | JSON_TOKENER_VALIDATE_UTF8
-#endif
-        );
-        obj = json_tokener_parse_ex(tok, data, (int) size);
-        if (!obj || !json_object_is_type(obj, json_type_object))
-                return -EBADMSG;
-        end = json_tokener_get_parse_end(tok);
-        for (; end < size; end++)
-                if (!strchr(" \t\r\n", ((const char *) data)[end]))
-                        return -EBADMSG;
-        *ret = TAKE_PTR(obj);
-        return 0;
-}
-
 void job_document_extra_done(JobDocumentExtra *x) {
         if (!x)
                 return;
@@ -306,7 +272,7 @@ int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *r
 
         if (!ret)
                 return -EINVAL;
-        r = json_parse_object(data, size, MESSAGE_SIZE_MAX, &root);
+        r = json_object_parse(data, size, MESSAGE_SIZE_MAX, &root);
         if (r < 0)
                 return r;
 
@@ -537,20 +503,9 @@ static int journal_check(const JobJournal *j) {
         return 0;
 }
 
-static int json_add(json_object *obj, const char *key, json_object *v) {
-        if (!v)
-                return -ENOMEM;
-        if (json_object_object_add(obj, key, v) < 0) {
-                json_object_put(v);
-                return -ENOMEM;
-        }
-        return 0;
-}
-
-static int json_add_string(json_object *obj, const char *key, const char *s) {
-        if (!s)
-                return 0;
-        return json_add(obj, key, json_object_new_string(s));
+/* A string member, left out when s is NULL. */
+static int json_add_optional_string(json_object *obj, const char *key, const char *s) {
+        return s ? json_add_string(obj, key, s) : 0;
 }
 
 static int json_add_int(json_object *obj, const char *key, int64_t i) {
@@ -566,17 +521,17 @@ static int journal_to_json(const JobJournal *j, char **ret) {
         if (!root)
                 return -ENOMEM;
         if ((r = json_add_int(root, "version", JOURNAL_VERSION)) < 0 ||
-            (r = json_add_string(root, "jobId", j->job_id)) < 0 ||
-            (r = json_add_string(root, "phase", job_phase_to_string(j->phase))) < 0 ||
-            (r = json_add_string(root, "firmwareId", j->firmware_id)) < 0 ||
-            (r = json_add_string(root, "deploymentId", j->deployment_id)) < 0 ||
-            (r = json_add_string(root, "sha256", j->sha256)) < 0 ||
-            (r = json_add_string(root, "file", j->file)) < 0 ||
+            (r = json_add_optional_string(root, "jobId", j->job_id)) < 0 ||
+            (r = json_add_optional_string(root, "phase", job_phase_to_string(j->phase))) < 0 ||
+            (r = json_add_optional_string(root, "firmwareId", j->firmware_id)) < 0 ||
+            (r = json_add_optional_string(root, "deploymentId", j->deployment_id)) < 0 ||
+            (r = json_add_optional_string(root, "sha256", j->sha256)) < 0 ||
+            (r = json_add_optional_string(root, "file", j->file)) < 0 ||
             (r = json_add_int(root, "offset", (int64_t) j->offset)) < 0 ||
             (r = json_add_int(root, "failedOffset", (int64_t) j->failed_offset)) < 0 ||
             (r = json_add_int(root, "downloadTries", j->download_tries)) < 0 ||
             (r = json_add_int(root, "attempts", j->attempts)) < 0 ||
-            (r = json_add_string(root, "bootId", j->boot_id)) < 0 ||
+            (r = json_add_optional_string(root, "bootId", j->boot_id)) < 0 ||
             (r = json_add_int(root, "acceptedAt", (int64_t) j->accepted_usec)) < 0 ||
             (r = json_add_int(root, "updatedAt", (int64_t) j->updated_usec)) < 0)
                 return r;
@@ -591,14 +546,14 @@ static int journal_to_json(const JobJournal *j, char **ret) {
         if (j->report.status != _JOB_STATUS_INVALID) {
                 json_object *details;
 
-                r = json_add_string(root, "status", job_status_to_string(j->report.status));
+                r = json_add_optional_string(root, "status", job_status_to_string(j->report.status));
                 if (r < 0)
                         return r;
                 r = json_add(root, "statusDetails", details = json_object_new_object());
                 if (r < 0)
                         return r;
                 for (size_t i = 0; i < j->report.n_details; i++) {
-                        r = json_add_string(details, j->report.keys[i], j->report.values[i]);
+                        r = json_add_optional_string(details, j->report.keys[i], j->report.values[i]);
                         if (r < 0)
                                 return r;
                 }
@@ -734,7 +689,7 @@ int job_journal_load(const char *dir, JobJournal *ret) {
         r = read_file(path, JOB_JOURNAL_SIZE_MAX, &data, &len);
         if (r < 0)
                 return r;
-        r = json_parse_object(data, len, JOB_JOURNAL_SIZE_MAX, &root);
+        r = json_object_parse(data, len, JOB_JOURNAL_SIZE_MAX, &root);
         if (r < 0)
                 return r == -ENOMEM ? r : -EBADMSG;
         return journal_from_json(root, ret);

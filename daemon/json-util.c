@@ -24,13 +24,17 @@ bool json_string_printable(const char *s) {
 }
 
 int json_payload_parse(const void *data, size_t size, json_object **ret) {
+        return json_object_parse(data, size, MESSAGE_SIZE_MAX, ret);
+}
+
+int json_object_parse(const void *data, size_t size, size_t max, json_object **ret) {
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
         _cleanup_json_ json_object *obj = NULL;
         size_t end;
 
         if (!data && size > 0)
                 return -EINVAL;
-        if (size > MESSAGE_SIZE_MAX)
+        if (size > max)
                 return -E2BIG;
         /* json-c stops at a NUL; a payload with one inside is not the text it claims to be. */
         if (size == 0 || memchr(data, 0, size))

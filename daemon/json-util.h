@@ -28,6 +28,8 @@ bool json_string_printable(const char *s);
 /* Parses a payload of size bytes (no NUL needed; an embedded NUL is -EBADMSG) that must be
  * one JSON object, with nothing but white space after it. */
 int json_payload_parse(const void *data, size_t size, json_object **ret);
+/* The same with another bound than MESSAGE_SIZE_MAX (a file of lodevd's own, say). */
+int json_object_parse(const void *data, size_t size, size_t max, json_object **ret);
 
 /* A string member of at most max bytes of valid UTF-8 (an escaped \u0000 is invalid). Missing
  * or null gives 0 and NULL: the caller decides whether that is allowed. Another type is

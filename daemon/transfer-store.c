@@ -10,13 +10,12 @@
 #include <time.h>
 
 #include "fileio.h"
+#include "json-util.h"
 #include "transfer-store.h"
 #include "util.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put);
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
-#define _cleanup_json_ _cleanup_(json_object_putp)
 
 /* Metadata holds two short strings and a few numbers; anything larger is not ours. */
 #define METADATA_SIZE_MAX (16U * 1024U)
@@ -184,16 +183,6 @@ static Transfer *transfer_free(Transfer *t) {
         return NULL;
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Transfer *, transfer_free);
-
-static int json_add(json_object *o, const char *key, json_object *v) {
-        if (!v)
-                return -ENOMEM;
-        if (json_object_object_add(o, key, v) < 0) {
-                json_object_put(v);
-                return -ENOMEM;
-        }
-        return 0;
-}
 
 static int metadata_encode(const Transfer *t, char **ret) {
         _cleanup_json_ json_object *o = json_object_new_object();
