@@ -350,6 +350,9 @@ def test_an_upload_does_not_slow_observations(bus, workdir, platform):
         sub.wait(timeout=120)
         wait_until(lambda: d.status()["queued_observations"] == 0, 120, interval=0.5,
                    what="the observations to drain")
+        # The broker acknowledged them all; the emulator's service records them a moment later.
+        wait_until(lambda: platform.observation_count(thing) >= 5000, 30, interval=0.2,
+                   what="the emulator to record all 5000")
         times = sorted(o["time"] for o in platform.observations() if o["thing"] == thing)
         assert len(times) >= 5000
         span = max(t1 - t0, 1.0)
