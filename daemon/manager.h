@@ -16,6 +16,7 @@
 #include "delivery.h"
 #include "http.h"
 #include "identity.h"
+#include "jobs.h"
 #include "provision.h"
 #include "resolve.h"
 
@@ -35,6 +36,9 @@ typedef struct ManagerObserver {
         void (*observation_delivered)(uint64_t seq, void *userdata);
         /* A provisioning run ended: thing on success, error otherwise. */
         void (*provision_finished)(const char *thing, const char *error, void *userdata);
+        /* A firmware job changed phase or progress (the JobUpdated signal). */
+        void (*job_updated)(const char *job_id, const char *status, unsigned percent,
+                            const char *message, void *userdata);
 } ManagerObserver;
 
 typedef struct Manager {
@@ -56,6 +60,7 @@ typedef struct Manager {
         Connection *connection; /* the device connection, once there is an identity */
         Provisioner *provisioner;
         Delivery *delivery;
+        Jobs *jobs;
 
         const ManagerObserver *observer;
         void *observer_userdata;
