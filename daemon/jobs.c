@@ -23,8 +23,8 @@
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
 /* The download is made durable (fsync, journal offset) at least this often. */
-#define SYNC_BYTES (UINT64_C(32) * 1024 * 1024)
-#define SYNC_USEC (UINT64_C(5) * 1000000)
+#define SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
+#define SYNC_USEC (UINT64_C(1) * 1000000)
 /* Room left free beside the firmware. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
 /* The reboot command gets this long to return. */
@@ -299,6 +299,7 @@ static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
 
         if (s->n_out == 0)
                 return 0;
+        log_debug("Jobs: publishing to %s.", s->out[0].topic);
         o = s->out[0];
         memmove(s->out, s->out + 1, (s->n_out - 1) * sizeof(Outgoing));
         s->n_out--;
@@ -405,7 +406,7 @@ static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) 
 
 /* --- Applying decisions --- */
 
-static void apply(Jobs *s, JobDecision *d);
+static void apply(Jobs *s, JobPhase before, JobDecision *d);
 static void stop_download(Jobs *s);
 static void start_download(Jobs *s, const char *url, uint64_t offset);
 static void run_hook(Jobs *s, bool install);
@@ -416,6 +417,8 @@ static void run_event(Jobs *s, const JobEvent *ev) {
         JobContext c;
         int r;
 
+        JobPhase before = s->journal.phase;
+
         context(s, &c);
         r = job_handle(&s->journal, ev, &c, &d);
         if (r < 0) {
@@ -424,7 +427,7 @@ static void run_event(Jobs *s, const JobEvent *ev) {
                           strerror(-r));
                 return;
         }
-        apply(s, &d);
+        apply(s, before, &d);
 }
 
 static int on_retry(sd_event_source *t, uint64_t usec, void *userdata) {
@@ -501,8 +504,8 @@ static void journal_save_failed(Jobs *s, int error) {
         current_changed(s);
 }
 
-static void apply(Jobs *s, JobDecision *d) {
-        JobPhase phase = s->journal.phase;
+/* before: the phase the journal had before the decision changed it. */
+static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         int r;
 
         if (d->save) {
@@ -582,6 +585,8 @@ static void reconcile(Jobs *s, const JobList *list) {
         JobContext c;
         int r;
 
+        JobPhase before = s->journal.phase;
+
         context(s, &c);
         r = job_reconcile(&s->journal, list,
                           s->started ? JOB_RECONCILE_RECONNECT : JOB_RECONCILE_STARTUP, &c, &d);
@@ -590,7 +595,7 @@ static void reconcile(Jobs *s, const JobList *list) {
                 return;
         }
         s->started = true;
-        apply(s, &d);
+        apply(s, before, &d);
 }
 
 /* --- Answers from the platform --- */
@@ -632,6 +637,8 @@ static void reject_unreadable(Jobs *s, const char *id, int error) {
                                error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
         log_event(LOG_WARNING, NULL, id, NULL, "Job %s: %s; rejecting it.", id,
                   reason ? reason : "unreadable");
+        JobPhase before = s->journal.phase;
+
         context(s, &c);
         r = job_handle(&s->journal, &ev, &c, &d);
         if (r < 0)
@@ -640,7 +647,7 @@ static void reject_unreadable(Jobs *s, const char *id, int error) {
                 (void) job_report_set(&s->journal.report, JOB_DETAIL_REASON, reason);
                 (void) job_report_set(&d.report, JOB_DETAIL_REASON, reason);
         }
-        apply(s, &d);
+        apply(s, before, &d);
 }
 
 static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
@@ -655,15 +662,19 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 event_disarm(s->request_timer);
         }
         r = message_decode_job_execution(data, len, &e);
-        if (r >= 0 && r > 0)
-                r = job_document_extra_decode(data, len, &x);
+        if (r > 0) {
+                int k = job_document_extra_decode(data, len, &x);
+                if (k < 0)
+                        r = k;
+        }
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
                         reject_unreadable(s, topic_job, r);
                         return;
                 }
-                log_warning("A job notification from the platform cannot be decoded (%s); "
-                            "asking for the job list.",
+                log_warning("A job notification from the platform cannot be decoded (%s: "
+                            "malformed, or a job id that is not [a-zA-Z0-9_-]{1,64}); asking "
+                            "for the job list.",
                             strerror(-r));
                 request_list(s);
                 return;
@@ -730,8 +741,11 @@ static void on_message(const char *topic, const void *data, size_t len, void *us
         int r;
 
         r = topic_classify(topic, s->thing, NULL, &kind, &id);
-        if (r < 0)
+        if (r < 0) {
+                log_debug("Message on %s that is no jobs answer, ignoring.", topic);
                 return;
+        }
+        log_debug("Jobs: %s (%zu bytes).", topic_kind_to_string(kind), len);
         switch (kind) {
         case TOPIC_JOBS_GET_ACCEPTED:
                 on_list(s, data, len);
@@ -840,6 +854,8 @@ static void download_failed(Jobs *s, JobDownloadError error, const char *message
                 s->synced = s->pos;
         offset = s->synced;
         download_close(s);
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the download stopped after %" PRIu64
+                  " bytes: %s.", job_id(s), offset, strempty(message));
         ev.offset = offset;
         run_event(s, &ev);
 }
