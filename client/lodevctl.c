@@ -7,6 +7,9 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
@@ -39,7 +42,11 @@ static void help(void) {
                "  transfers                  list the file transfers not finished yet\n"
                "  cancel ID                  stop a transfer and free its space\n"
                "  monitor                    print lodevd's signals as they come\n"
-               "  wait-online [--timeout S]  wait until lodevd is online\n\n"
+               "  wait-online [--timeout S]  wait until lodevd is online\n"
+               "  jobs [--check]             show the current firmware job (--check: ask the\n"
+               "                             platform for pending jobs first)\n"
+               "  inhibit-reboot [--who W] [--why Y] COMMAND [ARG...]\n"
+               "                             hold off a firmware reboot while COMMAND runs\n\n"
                "Options:\n"
                "  -j --json      print one JSON document\n"
                "  -h --help      show this help\n"
@@ -90,8 +97,38 @@ static void print_json(json_object *o) {
         json_object_put(o);
 }
 
+static json_object *inhibitors_json(const lodev_inhibitor *inh, size_t n) {
+        json_object *a = json_object_new_array();
+
+        for (size_t i = 0; i < n; i++) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "who", json_object_new_string(inh[i].who));
+                json_object_object_add(o, "why", json_object_new_string(inh[i].why));
+                json_object_object_add(o, "owner", json_object_new_string(inh[i].owner));
+                json_object_object_add(o, "since_usec", json_object_new_int64(
+                                                                (int64_t) inh[i].since_usec));
+                json_object_array_add(a, o);
+        }
+        return a;
+}
+
+static void print_inhibitors(const lodev_inhibitor *inh, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                time_t t = (time_t) (inh[i].since_usec / 1000000);
+                char when[32] = "";
+                struct tm tm;
+
+                if (localtime_r(&t, &tm))
+                        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+                printf("%s%s: %s (%s, since %s)\n", i == 0 ? "Reboot held by: " : "                ",
+                       inh[i].who, inh[i].why, inh[i].owner, when);
+        }
+}
+
 static int cmd_status(lodev *l, int argc, char *argv[]) {
+        lodev_inhibitor *inh = NULL;
         lodev_status *s = NULL;
+        size_t n_inh = 0;
         int r;
 
         if (argc > 1) {
@@ -101,6 +138,11 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
         r = lodev_get_status(l, &s);
         if (r < 0)
                 return call_failed(l, "status", r);
+        /* An older lodevd has no inhibitors: none then. */
+        if (lodev_get_reboot_inhibitors(l, &inh, &n_inh) < 0) {
+                inh = NULL;
+                n_inh = 0;
+        }
 
         if (arg_json) {
                 json_object *o = json_object_new_object(), *job = json_object_new_object();
@@ -116,6 +158,7 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
                 json_object_object_add(job, "percent", json_object_new_string(s->job_percent));
                 json_object_object_add(o, "current_job", job);
                 json_object_object_add(o, "last_error", json_object_new_string(s->last_error));
+                json_object_object_add(o, "reboot_inhibitors", inhibitors_json(inh, n_inh));
                 print_json(o);
         } else {
                 printf("       State: %s\n", s->state);
@@ -129,7 +172,9 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
                 else
                         printf("         Job: -\n");
                 printf("  Last error: %s\n", *s->last_error ? s->last_error : "-");
+                print_inhibitors(inh, n_inh);
         }
+        lodev_inhibitors_free(inh, n_inh);
         lodev_status_free(s);
         return EXIT_OK;
 }
@@ -596,6 +641,111 @@ static int cmd_monitor(lodev *l, int argc, char *argv[]) {
         return EXIT_OK;
 }
 
+static int cmd_jobs(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "check", no_argument, NULL, 'c' },
+                {},
+        };
+        lodev_inhibitor *inh = NULL;
+        lodev_status *s = NULL;
+        size_t n_inh = 0;
+        bool check = false;
+        int c, r;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "c", options, NULL)) >= 0) {
+                if (c != 'c')
+                        return EXIT_USAGE;
+                check = true;
+        }
+        if (optind < argc) {
+                fprintf(stderr, "lodevctl: jobs: unexpected argument '%s'\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+        if (check) {
+                r = lodev_check_jobs(l);
+                if (r < 0)
+                        return call_failed(l, "jobs --check", r);
+        }
+        r = lodev_get_status(l, &s);
+        if (r < 0)
+                return call_failed(l, "jobs", r);
+        if (lodev_get_reboot_inhibitors(l, &inh, &n_inh) < 0) {
+                inh = NULL;
+                n_inh = 0;
+        }
+        if (arg_json) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "id", json_object_new_string(s->job_id));
+                json_object_object_add(o, "status", json_object_new_string(s->job_status));
+                json_object_object_add(o, "percent", json_object_new_string(s->job_percent));
+                json_object_object_add(o, "reboot_inhibitors", inhibitors_json(inh, n_inh));
+                print_json(o);
+        } else if (!*s->job_id) {
+                printf("No firmware job.\n");
+                print_inhibitors(inh, n_inh);
+        } else {
+                printf("     Job: %s\n", s->job_id);
+                printf("   Phase: %s\n", s->job_status);
+                if (*s->job_percent)
+                        printf("Progress: %s%%\n", s->job_percent);
+                print_inhibitors(inh, n_inh);
+        }
+        lodev_inhibitors_free(inh, n_inh);
+        lodev_status_free(s);
+        return EXIT_OK;
+}
+
+/* As systemd-inhibit: the hold lasts while COMMAND runs; the command does not inherit the
+ * descriptor, so it cannot outlive lodevctl's hold by accident. */
+static int cmd_inhibit_reboot(lodev *l, int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "who", required_argument, NULL, 'w' },
+                { "why", required_argument, NULL, 'y' },
+                {},
+        };
+        const char *who = "lodevctl", *why = "a command is running";
+        int c, r, fd = -1, status;
+        pid_t pid;
+
+        optind = 1;
+        /* "+": the options of COMMAND are its own. */
+        while ((c = getopt_long(argc, argv, "+", options, NULL)) >= 0) {
+                if (c == 'w')
+                        who = optarg;
+                else if (c == 'y')
+                        why = optarg;
+                else
+                        return EXIT_USAGE;
+        }
+        if (optind >= argc) {
+                fprintf(stderr, "lodevctl: inhibit-reboot: COMMAND is required\n");
+                return EXIT_USAGE;
+        }
+        r = lodev_inhibit_reboot(l, who, why, &fd);
+        if (r < 0)
+                return call_failed(l, "inhibit-reboot", r);
+        pid = fork();
+        if (pid < 0) {
+                fprintf(stderr, "lodevctl: inhibit-reboot: fork: %s\n", strerror(errno));
+                close(fd);
+                return EXIT_FAIL;
+        }
+        if (pid == 0) {
+                execvp(argv[optind], argv + optind);
+                fprintf(stderr, "lodevctl: inhibit-reboot: %s: %s\n", argv[optind],
+                        strerror(errno));
+                _exit(127);
+        }
+        while (waitpid(pid, &status, 0) < 0)
+                if (errno != EINTR) {
+                        status = 1 << 8;
+                        break;
+                }
+        close(fd);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_FAIL;
+}
+
 static const struct {
         const char *name;
         int (*run)(lodev *l, int argc, char *argv[]);
@@ -604,6 +754,8 @@ static const struct {
         { "provision", cmd_provision },
         { "observe", cmd_observe },
         { "wait-online", cmd_wait_online },
+        { "jobs", cmd_jobs },
+        { "inhibit-reboot", cmd_inhibit_reboot },
         { "upload", cmd_upload },
         { "transfers", cmd_transfers },
         { "cancel", cmd_cancel },

@@ -144,14 +144,96 @@ static int property_get_queued(sd_bus *bus, const char *path, const char *interf
 static int property_get_current_job(sd_bus *bus, const char *path, const char *interface,
                                     const char *property, sd_bus_message *reply, void *userdata,
                                     sd_bus_error *error) {
-        return sd_bus_message_append(reply, "(sss)", "", "", "");
+        Bus *b = userdata;
+        const char *id, *status, *percent;
+
+        jobs_current(b->manager->jobs, &id, &status, &percent);
+        return sd_bus_message_append(reply, "(sss)", id, status, percent);
 }
 
-/* Methods whose capability is not built yet answer with a named error rather than the
- * generic UnknownMethod, so callers can tell the two apart. */
-static int method_not_supported(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return sd_bus_error_setf(error, LODEV_ERROR_NOT_SUPPORTED, "%s is not supported yet",
-                                 sd_bus_message_get_member(msg));
+static int property_get_reboot_inhibitors(sd_bus *bus, const char *path, const char *interface,
+                                          const char *property, sd_bus_message *reply,
+                                          void *userdata, sd_bus_error *error) {
+        Bus *b = userdata;
+        const Inhibitors *in = jobs_inhibitors(b->manager->jobs);
+        const Inhibitor *i;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(ssst)");
+        for (size_t k = 0; r >= 0 && (i = inhibitors_get(in, k)); k++)
+                r = sd_bus_message_append(reply, "(ssst)", i->who, i->why, i->owner,
+                                          i->since_usec);
+        if (r < 0)
+                return r;
+        return sd_bus_message_close_container(reply);
+}
+
+static void jobs_checked(int error, void *userdata) {
+        PendingCall *p = userdata;
+        int r;
+
+        if (error >= 0)
+                r = sd_bus_reply_method_return(p->msg, "");
+        else if (error == -ENOTCONN)
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
+                                               "the device went offline before the platform "
+                                               "answered");
+        else
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
+                                               "the platform did not answer with the job list: "
+                                               "%s",
+                                               strerror(-error));
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer CheckJobs(), ignoring: %m");
+        pending_call_free(p);
+}
+
+/* Answered once the platform's list arrived and lodevd acted on it. */
+static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Bus *b = userdata;
+        PendingCall *p = NULL;
+        int r;
+
+        r = pending_call_new(b, msg, error, &p);
+        if (r < 0)
+                return r;
+        r = jobs_check(b->manager->jobs, jobs_checked, p);
+        if (r >= 0)
+                return 1;
+        pending_call_free(p);
+        if (r == -ENOTCONN)
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                         "the device is not online (%s)",
+                                         device_state_to_string(b->manager->state));
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
+                                         "too many CheckJobs() calls waiting");
+        return r;
+}
+
+static int method_inhibit_reboot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Bus *b = userdata;
+        const char *who, *why;
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        r = sd_bus_message_read(msg, "ss", &who, &why);
+        if (r < 0)
+                return r;
+        r = jobs_inhibit_reboot(b->manager->jobs, who, why, sd_bus_message_get_sender(msg), &fd);
+        if (r == -EINVAL)
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "who and why must be 1 to %u bytes of text without "
+                                         "control characters",
+                                         INHIBITOR_TEXT_MAX);
+        if (r == -EUSERS)
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many reboot inhibitors (at most %u per client, "
+                                         "%u in all)",
+                                         INHIBITORS_PER_OWNER_MAX, INHIBITORS_MAX);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(msg, "h", fd);
 }
 
 /* Reads an a{sv} of options, calling handle() for each; unknown keys and wrong types are
@@ -517,6 +599,8 @@ static const sd_bus_vtable device_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("LastError", "s", property_get_string, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("RebootInhibitors", "a(ssst)", property_get_reboot_inhibitors, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_NAMES("SubmitObservation", "a(sss)dsa{sv}",
                                  SD_BUS_PARAM(coding) SD_BUS_PARAM(value) SD_BUS_PARAM(unit)
                                          SD_BUS_PARAM(options),
@@ -534,9 +618,9 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("Provision", "a{sv}", SD_BUS_PARAM(options), "s",
                                  SD_BUS_PARAM(thing_name), method_provision,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD("CheckJobs", "", "", method_not_supported, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("CheckJobs", "", "", method_check_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("InhibitReboot", "ss", SD_BUS_PARAM(who) SD_BUS_PARAM(why), "h",
-                                 SD_BUS_PARAM(fd), method_not_supported,
+                                 SD_BUS_PARAM(fd), method_inhibit_reboot,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_NAMES("ObservationDelivered", "s", SD_BUS_PARAM(id), 0),
         SD_BUS_SIGNAL_WITH_NAMES("TransferProgress", "stt",
@@ -576,12 +660,25 @@ static void on_provision_finished(const char *thing, const char *error, void *us
         provision_waiters_reply(userdata, thing, error);
 }
 
+static void on_job_updated(const char *job_id, const char *status, unsigned percent,
+                           const char *message, void *userdata) {
+        Bus *b = userdata;
+        _cleanup_free_ char *m = escape_control(message);
+        int r;
+
+        r = sd_bus_emit_signal(b->bus, LODEV_BUS_PATH, LODEV_BUS_INTERFACE, "JobUpdated", "ssus",
+                               job_id, status, percent, strempty(m));
+        if (r < 0)
+                log_debug_errno(r, "Failed to emit JobUpdated, ignoring: %m");
+}
+
 static const ManagerObserver observer = {
         .property_changed = on_property_changed,
         .observation_delivered = on_observation_delivered,
         .provision_finished = on_provision_finished,
         .transfer_progress = on_transfer_progress,
         .transfer_finished = on_transfer_finished,
+        .job_updated = on_job_updated,
 };
 
 int bus_new(Manager *m, Bus **ret) {

@@ -108,6 +108,8 @@ static int start_connection(Manager *m) {
                 r = delivery_attach(m->delivery, m->connection);
         if (r >= 0)
                 r = uploads_attach(m->uploads, m->connection);
+        if (r >= 0)
+                r = jobs_attach(m->jobs, m->connection);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the device connection with %s: %m",
                                 m->identity.cert_path);
@@ -115,6 +117,7 @@ static int start_connection(Manager *m) {
                 if (m->connection) {
                         delivery_detach(m->delivery);
                         uploads_detach(m->uploads);
+                        jobs_detach(m->jobs);
                 }
                 m->connection = connection_free(m->connection);
                 return r;
@@ -127,6 +130,7 @@ static void stop_connection(Manager *m) {
                 return;
         delivery_detach(m->delivery);
         uploads_detach(m->uploads);
+        jobs_detach(m->jobs);
         m->connection = connection_free(m->connection);
 }
 
@@ -173,6 +177,28 @@ static const UploadsCallbacks uploads_callbacks = {
         .progress = transfer_progress,
         .finished = transfer_finished,
         .queued_changed = transfers_queued_changed,
+};
+
+static void job_current_changed(void *userdata) {
+        property_changed(userdata, "CurrentJob");
+}
+
+static void job_inhibitors_changed(void *userdata) {
+        property_changed(userdata, "RebootInhibitors");
+}
+
+static void job_updated(const char *job_id, const char *status, unsigned percent,
+                        const char *message, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->observer && m->observer->job_updated)
+                m->observer->job_updated(job_id, status, percent, message, m->observer_userdata);
+}
+
+static const JobsCallbacks jobs_callbacks = {
+        .current_changed = job_current_changed,
+        .inhibitors_changed = job_inhibitors_changed,
+        .updated = job_updated,
 };
 
 static void provision_finished(Manager *m, const char *thing, const char *error) {
@@ -378,6 +404,7 @@ Manager *manager_free(Manager *m) {
         stop_connection(m);
         m->delivery = delivery_free(m->delivery);
         m->uploads = uploads_free(m->uploads);
+        m->jobs = jobs_free(m->jobs);
         m->resolver = resolver_free(m->resolver);
         m->http = http_client_free(m->http);
         sd_event_source_disable_unref(m->identity_timer);
@@ -443,6 +470,9 @@ int manager_open(Manager *m) {
                             &m->provisioner);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up provisioning: %m");
+        r = jobs_new(m->event, m->http, &m->config, &jobs_callbacks, m, &m->jobs);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up firmware jobs: %m");
         r = delivery_new(m->event, m->config.state_dir, m->config.spool_max_bytes,
                          &delivery_callbacks, m, &m->delivery);
         if (r < 0)

@@ -16,6 +16,7 @@
 #include "delivery.h"
 #include "http.h"
 #include "identity.h"
+#include "jobs.h"
 #include "provision.h"
 #include "resolve.h"
 #include "uploads.h"
@@ -39,6 +40,9 @@ typedef struct ManagerObserver {
         /* File transfers: bytes sent (at most once a second each), and their end. */
         void (*transfer_progress)(const char *id, uint64_t done, uint64_t total, void *userdata);
         void (*transfer_finished)(const char *id, bool ok, const char *message, void *userdata);
+        /* A firmware job changed phase or progress (the JobUpdated signal). */
+        void (*job_updated)(const char *job_id, const char *status, unsigned percent,
+                            const char *message, void *userdata);
 } ManagerObserver;
 
 typedef struct Manager {
@@ -61,6 +65,7 @@ typedef struct Manager {
         Provisioner *provisioner;
         Delivery *delivery;
         Uploads *uploads;
+        Jobs *jobs;
 
         const ManagerObserver *observer;
         void *observer_userdata;

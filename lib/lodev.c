@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -730,4 +731,104 @@ int lodev_set_event_callback(lodev *l, lodev_event_callback callback, void *user
         r = sd_bus_match_signal(l->bus, &l->event_slot, BUS_NAME, BUS_PATH, NULL, NULL,
                                 on_event_signal, l);
         return r < 0 ? r : 0;
+}
+
+/* --- Firmware jobs --- */
+
+#define CHECK_JOBS_TIMEOUT_USEC (UINT64_C(60) * 1000000)
+
+int lodev_check_jobs(lodev *l) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        int r;
+
+        if (!l)
+                return -EINVAL;
+        r = sd_bus_message_new_method_call(l->bus, &m, BUS_NAME, BUS_PATH, BUS_INTERFACE,
+                                           "CheckJobs");
+        if (r < 0)
+                return r;
+        /* lodevd answers once the platform did, within its own 30 s. */
+        r = sd_bus_call(l->bus, m,
+                        l->call_timeout > CHECK_JOBS_TIMEOUT_USEC ? l->call_timeout
+                                                                  : CHECK_JOBS_TIMEOUT_USEC,
+                        &e, &reply);
+        return r < 0 ? call_failed(l, &e, r) : 0;
+}
+
+int lodev_inhibit_reboot(lodev *l, const char *who, const char *why, int *ret_fd) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int fd, r;
+
+        if (!l || !who || !why || !ret_fd)
+                return -EINVAL;
+        r = sd_bus_call_method(l->bus, BUS_NAME, BUS_PATH, BUS_INTERFACE, "InhibitReboot", &e,
+                               &reply, "ss", who, why);
+        if (r < 0)
+                return call_failed(l, &e, r);
+        r = sd_bus_message_read(reply, "h", &fd);
+        if (r < 0)
+                return r;
+        /* The message owns its copy. */
+        fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return -errno;
+        *ret_fd = fd;
+        return 0;
+}
+
+lodev_inhibitor *lodev_inhibitors_free(lodev_inhibitor *a, size_t n) {
+        for (size_t i = 0; a && i < n; i++) {
+                free(a[i].who);
+                free(a[i].why);
+                free(a[i].owner);
+        }
+        free(a);
+        return NULL;
+}
+
+int lodev_get_reboot_inhibitors(lodev *l, lodev_inhibitor **ret, size_t *ret_n) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        lodev_inhibitor *a = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!l || !ret || !ret_n)
+                return -EINVAL;
+        r = sd_bus_get_property(l->bus, BUS_NAME, BUS_PATH, BUS_INTERFACE, "RebootInhibitors",
+                                &e, &reply, "a(ssst)");
+        if (r < 0)
+                return call_failed(l, &e, r);
+        r = sd_bus_message_enter_container(reply, 'a', "(ssst)");
+        while (r >= 0) {
+                const char *who, *why, *owner;
+                uint64_t since;
+                lodev_inhibitor *b;
+
+                r = sd_bus_message_read(reply, "(ssst)", &who, &why, &owner, &since);
+                if (r <= 0)
+                        break;
+                b = realloc(a, (n + 1) * sizeof(*b));
+                if (!b) {
+                        r = -ENOMEM;
+                        break;
+                }
+                a = b;
+                a[n] = (lodev_inhibitor) { .who = strdup(who), .why = strdup(why),
+                                           .owner = strdup(owner), .since_usec = since };
+                n++;
+                if (!a[n - 1].who || !a[n - 1].why || !a[n - 1].owner)
+                        r = -ENOMEM;
+        }
+        if (r >= 0)
+                r = sd_bus_message_exit_container(reply);
+        if (r < 0) {
+                lodev_inhibitors_free(a, n);
+                return r;
+        }
+        *ret = a;
+        *ret_n = n;
+        return 0;
 }

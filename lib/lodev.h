@@ -151,6 +151,27 @@ typedef struct lodev_event {
  * removes it. Strings are valid while the callback runs. */
 typedef void (*lodev_event_callback)(lodev *l, const lodev_event *event, void *userdata);
 int lodev_set_event_callback(lodev *l, lodev_event_callback callback, void *userdata);
+/* Firmware jobs. Asks the platform for pending jobs now and returns once the
+ * list arrived and lodevd acted on it; -EIO when the device is offline or the
+ * platform did not answer. The current job is in lodev_status. */
+int lodev_check_jobs(lodev *l);
+
+/* Holds off the reboot that follows a firmware install while the returned
+ * descriptor (close-on-exec; the caller owns it) stays open, at most
+ * firmware.max_reboot_delay seconds; closing it, or exiting, releases the
+ * hold. who and why: 1 to 256 bytes of text. -EUSERS past the limits. */
+int lodev_inhibit_reboot(lodev *l, const char *who, const char *why, int *ret_fd);
+
+typedef struct lodev_inhibitor {
+        char *who;
+        char *why;
+        char *owner;         /* the holder's unique bus name */
+        uint64_t since_usec; /* CLOCK_REALTIME */
+} lodev_inhibitor;
+
+/* The current reboot inhibitors; free with lodev_inhibitors_free(). */
+int lodev_get_reboot_inhibitors(lodev *l, lodev_inhibitor **ret, size_t *ret_n);
+lodev_inhibitor *lodev_inhibitors_free(lodev_inhibitor *a, size_t n);
 
 #ifdef __cplusplus
 }

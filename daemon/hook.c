@@ -1,0 +1,317 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hook.h"
+#include "util.h"
+
+extern char **environ;
+
+struct Hook {
+        sd_event *event;
+        HookCallbacks cb;
+        void *userdata;
+        pid_t pid;
+        bool timed_out;
+        sd_event_source *child;
+        sd_event_source *timer; /* timeout, then the SIGKILL grace */
+        sd_event_source *err_source, *progress_source;
+        int err_fd, progress_fd;
+        char err_buf[HOOK_LINE_MAX + 1], progress_buf[64];
+        size_t err_len, progress_len;
+        bool err_skip, progress_skip; /* the rest of an over-long line */
+        char *last_line;
+};
+
+static void hook_line(Hook *h, char *line) {
+        char *copy;
+
+        strstrip(line);
+        if (!*line)
+                return;
+        if (h->cb.line)
+                h->cb.line(h, line, h->userdata);
+        copy = strdup(line);
+        if (copy) {
+                free(h->last_line);
+                h->last_line = copy;
+        }
+}
+
+static void progress_line(Hook *h, char *line) {
+        char *end;
+        long v;
+
+        strstrip(line);
+        errno = 0;
+        v = strtol(line, &end, 10);
+        if (end == line || errno != 0 || (*end && !streq(end, "%")))
+                return; /* not a percentage: ignored, as the hook contract says lines "N" */
+        if (h->cb.progress)
+                h->cb.progress(h, (unsigned) MIN(MAX(v, 0L), 100L), h->userdata);
+}
+
+/* Reads what is there (the fds are non-blocking) and splits lines. Returns false at EOF or
+ * on error, when the source goes. */
+static bool drain(Hook *h, int fd, char *buf, size_t size, size_t *len, bool *skip,
+                  void (*handle)(Hook *h, char *line)) {
+        for (;;) {
+                char chunk[4096];
+                ssize_t n = read(fd, chunk, sizeof(chunk));
+
+                if (n < 0)
+                        return errno == EAGAIN || errno == EINTR;
+                if (n == 0) {
+                        if (*len > 0 && !*skip) {
+                                buf[*len] = 0;
+                                handle(h, buf);
+                        }
+                        *len = 0;
+                        return false;
+                }
+                for (ssize_t i = 0; i < n; i++) {
+                        char c = chunk[i];
+
+                        if (c == '\n') {
+                                if (!*skip) {
+                                        buf[*len] = 0;
+                                        handle(h, buf);
+                                }
+                                *len = 0;
+                                *skip = false;
+                        } else if (*skip)
+                                continue;
+                        else if (*len + 1 < size)
+                                buf[(*len)++] = c;
+                        else {
+                                /* Keep the head of an over-long line, drop the rest. */
+                                buf[*len] = 0;
+                                handle(h, buf);
+                                *len = 0;
+                                *skip = true;
+                        }
+                }
+        }
+}
+
+static int on_err(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Hook *h = userdata;
+
+        if (!drain(h, fd, h->err_buf, sizeof(h->err_buf), &h->err_len, &h->err_skip, hook_line)) {
+                h->err_source = sd_event_source_disable_unref(h->err_source);
+                h->err_fd = safe_close(h->err_fd);
+        }
+        return 0;
+}
+
+static int on_progress(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Hook *h = userdata;
+
+        if (!drain(h, fd, h->progress_buf, sizeof(h->progress_buf), &h->progress_len,
+                   &h->progress_skip, progress_line)) {
+                h->progress_source = sd_event_source_disable_unref(h->progress_source);
+                h->progress_fd = safe_close(h->progress_fd);
+        }
+        return 0;
+}
+
+static int on_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Hook *h = userdata;
+
+        if (h->timed_out) {
+                /* The grace is over. */
+                (void) kill(-h->pid, SIGKILL);
+                return 0;
+        }
+        h->timed_out = true;
+        /* The whole group: a script's children go with it. */
+        (void) kill(-h->pid, SIGTERM);
+        (void) sd_event_source_set_time_relative(s, HOOK_KILL_GRACE_USEC);
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+static void close_pipes(Hook *h) {
+        h->err_source = sd_event_source_disable_unref(h->err_source);
+        h->progress_source = sd_event_source_disable_unref(h->progress_source);
+        h->err_fd = safe_close(h->err_fd);
+        h->progress_fd = safe_close(h->progress_fd);
+}
+
+static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        Hook *h = userdata;
+        HookEnd end;
+        int code;
+
+        /* What the child wrote before it ended is in the pipes now; a grandchild that keeps
+         * them open does not hold up the result. */
+        if (h->err_fd >= 0)
+                (void) drain(h, h->err_fd, h->err_buf, sizeof(h->err_buf), &h->err_len,
+                             &h->err_skip, hook_line);
+        if (h->progress_fd >= 0)
+                (void) drain(h, h->progress_fd, h->progress_buf, sizeof(h->progress_buf),
+                             &h->progress_len, &h->progress_skip, progress_line);
+        if (h->err_len > 0 && !h->err_skip) {
+                h->err_buf[h->err_len] = 0;
+                hook_line(h, h->err_buf);
+                h->err_len = 0;
+        }
+        close_pipes(h);
+        h->timer = sd_event_source_disable_unref(h->timer);
+        h->child = sd_event_source_disable_unref(h->child);
+        h->pid = 0;
+
+        if (h->timed_out) {
+                end = HOOK_TIMEOUT;
+                code = 0;
+        } else if (si->si_code == CLD_EXITED) {
+                end = HOOK_EXITED;
+                code = si->si_status;
+        } else {
+                end = HOOK_KILLED;
+                code = si->si_status;
+        }
+        h->cb.ended(h, end, code, h->last_line, h->userdata);
+        return 0;
+}
+
+/* Only async-signal-safe calls from here on: lodevd has threads (the resolver's). */
+__attribute__((noreturn)) static void child(char *const argv[], char *const envp[], int err_fd,
+                                            int progress_fd) {
+        sigset_t all;
+        int null_fd;
+
+        /* The loop blocked these for signalfd; the hook must get them as any program. */
+        sigemptyset(&all);
+        (void) sigprocmask(SIG_SETMASK, &all, NULL);
+        for (int sig = 1; sig < _NSIG; sig++)
+                if (sig != SIGKILL && sig != SIGSTOP)
+                        (void) signal(sig, SIG_DFL);
+        (void) setpgid(0, 0);
+
+        null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(err_fd, STDERR_FILENO) < 0)
+                _exit(127);
+        if (progress_fd >= 0) {
+                if (progress_fd == HOOK_PROGRESS_FD) {
+                        if (fcntl(progress_fd, F_SETFD, 0) < 0)
+                                _exit(127);
+                } else if (dup2(progress_fd, HOOK_PROGRESS_FD) < 0)
+                        _exit(127);
+                (void) close_range(HOOK_PROGRESS_FD + 1, ~0U, 0);
+        } else
+                (void) close_range(STDERR_FILENO + 1, ~0U, 0);
+
+        execve(argv[0], argv, envp);
+        {
+                static const char msg[] = "cannot execute the program (execve failed)\n";
+                (void) !write(STDERR_FILENO, msg, sizeof(msg) - 1);
+        }
+        _exit(127);
+}
+
+/* environ plus env, pointers only. */
+static char **merge_env(char *const env[]) {
+        size_t n_environ = 0, n_env = 0;
+        char **envp;
+
+        while (environ && environ[n_environ])
+                n_environ++;
+        while (env && env[n_env])
+                n_env++;
+        envp = calloc(n_environ + n_env + 1, sizeof(char *));
+        if (!envp)
+                return NULL;
+        for (size_t i = 0; i < n_environ; i++)
+                envp[i] = environ[i];
+        for (size_t i = 0; i < n_env; i++)
+                envp[n_environ + i] = env[i];
+        return envp;
+}
+
+int hook_spawn(sd_event *event, char *const argv[], char *const env[], uint64_t timeout_usec,
+               bool with_progress, const HookCallbacks *cb, void *userdata, Hook **ret) {
+        _cleanup_close_ int err_r = -EBADF, err_w = -EBADF, prog_r = -EBADF, prog_w = -EBADF;
+        _cleanup_free_ char **envp = NULL;
+        int p[2], r;
+        Hook *h;
+        pid_t pid;
+
+        if (!argv || !argv[0] || argv[0][0] != '/' || !cb || !cb->ended)
+                return -EINVAL;
+        if (pipe2(p, O_CLOEXEC) < 0)
+                return -errno;
+        err_r = p[0];
+        err_w = p[1];
+        if (with_progress) {
+                if (pipe2(p, O_CLOEXEC) < 0)
+                        return -errno;
+                prog_r = p[0];
+                prog_w = p[1];
+        }
+        if (fcntl(err_r, F_SETFL, O_NONBLOCK) < 0 ||
+            (prog_r >= 0 && fcntl(prog_r, F_SETFL, O_NONBLOCK) < 0))
+                return -errno;
+
+        envp = merge_env(env);
+        h = envp ? calloc(1, sizeof(*h)) : NULL;
+        if (!h)
+                return -ENOMEM;
+        *h = (Hook) { .event = sd_event_ref(event), .cb = *cb, .userdata = userdata,
+                      .err_fd = -EBADF, .progress_fd = -EBADF };
+
+        pid = fork();
+        if (pid < 0) {
+                r = -errno;
+                hook_free(h, false);
+                return r;
+        }
+        if (pid == 0)
+                child(argv, envp, err_w, prog_w);
+
+        /* Also here, so that a kill of the group right after fork() finds it. */
+        (void) setpgid(pid, pid);
+        h->pid = pid;
+        h->err_fd = TAKE_FD(err_r);
+        h->progress_fd = TAKE_FD(prog_r);
+        r = sd_event_add_child(event, &h->child, pid, WEXITED, on_child, h);
+        if (r >= 0)
+                r = sd_event_add_io(event, &h->err_source, h->err_fd, EPOLLIN, on_err, h);
+        if (r >= 0 && h->progress_fd >= 0)
+                r = sd_event_add_io(event, &h->progress_source, h->progress_fd, EPOLLIN,
+                                    on_progress, h);
+        if (r >= 0 && timeout_usec > 0)
+                r = sd_event_add_time_relative(event, &h->timer, CLOCK_MONOTONIC, timeout_usec,
+                                               0, on_timeout, h);
+        if (r < 0) {
+                (void) kill(-pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                h->pid = 0;
+                hook_free(h, false);
+                return r;
+        }
+        (void) sd_event_source_set_description(h->child, "hook-child");
+        *ret = h;
+        return 0;
+}
+
+Hook *hook_free(Hook *h, bool kill_group) {
+        if (!h)
+                return NULL;
+        if (h->pid > 0 && kill_group)
+                (void) kill(-h->pid, SIGTERM);
+        sd_event_source_disable_unref(h->child);
+        sd_event_source_disable_unref(h->timer);
+        close_pipes(h);
+        free(h->last_line);
+        sd_event_unref(h->event);
+        free(h);
+        return NULL;
+}
+
+pid_t hook_pid(const Hook *h) {
+        return h ? h->pid : 0;
+}

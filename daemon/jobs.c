@@ -1,0 +1,1480 @@
+/* SPDX-License-Identifier: MIT */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include "backoff.h"
+#include "event-util.h"
+#include "fileio.h"
+#include "hook.h"
+#include "job.h"
+#include "jobs.h"
+#include "log.h"
+#include "topic.h"
+#include "util.h"
+
+/* A request or update without an answer in this time is sent again. */
+#define ANSWER_TIMEOUT_USEC (UINT64_C(30) * 1000000)
+/* Retries of requests the platform refused for a passing reason, and of the journal. */
+#define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
+#define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
+/* The download is made durable (fsync, journal offset) at least this often. */
+#define SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
+#define SYNC_USEC (UINT64_C(1) * 1000000)
+/* Room left free beside the firmware. */
+#define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
+/* The reboot command gets this long to return. */
+#define REBOOT_COMMAND_TIMEOUT_USEC (UINT64_C(120) * 1000000)
+/* Messages waiting for the channel: a list request, a job request, an update. */
+#define OUTGOING_MAX 8U
+
+typedef enum OutKind {
+        OUT_LIST,
+        OUT_JOB,
+        OUT_UPDATE,
+} OutKind;
+
+typedef struct Outgoing {
+        OutKind kind;
+        char *topic;
+        char *payload;
+} Outgoing;
+
+typedef struct CheckWaiter {
+        JobsCheckDone done;
+        void *userdata;
+} CheckWaiter;
+
+struct Jobs {
+        sd_event *event;
+        HttpClient *http;
+        const Config *config;
+        JobsCallbacks cb;
+        void *userdata;
+        char *dir;     /* <state_dir>/job */
+        char *boot_id; /* NULL when unknown */
+
+        JobJournal journal;
+        bool started; /* the start-up reconcile was done */
+
+        Connection *connection;
+        Channel *channel;
+        char *thing;
+        Outgoing out[OUTGOING_MAX];
+        size_t n_out;
+        /* What waits for an answer: one request and one update at most. */
+        Outgoing *request_sent, *update_sent;
+        bool update_is_progress; /* the update waiting is a progress report */
+        Outgoing *update_next;   /* the update to send once the one sent is answered */
+        bool update_next_is_progress;
+        sd_event_source *request_timer, *update_timer;
+
+        /* A GET_JOB or REPORT decided "with backoff". */
+        Backoff backoff;
+        sd_event_source *retry_timer;
+        JobAction retry_action;
+        char *retry_job_id;
+        JobReport retry_report;
+
+        CheckWaiter waiters[JOBS_CHECK_WAITERS_MAX];
+        size_t n_waiters;
+
+        /* The download. */
+        HttpTransfer *transfer;
+        int fd;
+        uint64_t pos, synced, total;
+        uint64_t synced_usec;
+        EVP_MD_CTX *sha;
+
+        /* Hooks and the reboot. */
+        Hook *hook;
+        Hook *reboot_hook;
+        bool reboot_waiting;
+        sd_event_source *reboot_timer;
+        Inhibitors *inhibitors;
+
+        unsigned percent;
+        bool has_percent;
+        JobProgressThrottle throttle;
+        char percent_text[8];
+};
+
+static inline void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
+
+static void outgoing_done(Outgoing *o) {
+        free(o->topic);
+        free(o->payload);
+        *o = (Outgoing) {};
+}
+
+static Outgoing *outgoing_free(Outgoing *o) {
+        if (o) {
+                outgoing_done(o);
+                free(o);
+        }
+        return NULL;
+}
+
+static uint64_t now_realtime(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void context(Jobs *s, JobContext *c) {
+        *c = (JobContext) {
+                .max_attempts = s->config->max_attempts,
+                .allow_http = s->config->allow_http,
+                .now_usec = now_realtime(),
+                .boot_id = s->boot_id,
+        };
+}
+
+static const char *job_id(Jobs *s) {
+        return s->journal.job_id;
+}
+
+static void current_changed(Jobs *s) {
+        if (s->cb.current_changed)
+                s->cb.current_changed(s->userdata);
+}
+
+static const char *status_text(Jobs *s) {
+        JobPhase p = s->journal.phase;
+
+        if (p == JOB_PHASE_NONE || p == JOB_PHASE_DONE)
+                return "";
+        if (p == JOB_PHASE_REPORTING) {
+                switch (s->journal.report.status) {
+                case JOB_STATUS_SUCCEEDED:
+                        return "succeeded";
+                case JOB_STATUS_REJECTED:
+                        return "rejected";
+                default:
+                        return "failed";
+                }
+        }
+        return job_phase_to_string(p);
+}
+
+static void emit_updated(Jobs *s, const char *status, const char *message) {
+        if (s->cb.updated && job_id(s))
+                s->cb.updated(job_id(s), status, s->has_percent ? s->percent : 0,
+                              strempty(message), s->userdata);
+}
+
+void jobs_current(Jobs *s, const char **ret_id, const char **ret_status,
+                  const char **ret_percent) {
+        const char *status = status_text(s);
+
+        *ret_id = *status ? job_id(s) : "";
+        *ret_status = status;
+        if (*status && s->has_percent) {
+                snprintf(s->percent_text, sizeof(s->percent_text), "%u", s->percent);
+                *ret_percent = s->percent_text;
+        } else
+                *ret_percent = "";
+}
+
+/* --- Outgoing messages --- */
+
+static int queue_message(Jobs *s, OutKind kind, char *topic, char *payload) {
+        if (s->n_out >= OUTGOING_MAX) {
+                free(topic);
+                free(payload);
+                return -ENOBUFS;
+        }
+        s->out[s->n_out++] = (Outgoing) { .kind = kind, .topic = topic, .payload = payload };
+        if (s->channel)
+                channel_wake(s->channel);
+        return 0;
+}
+
+static bool queued_kind(Jobs *s, OutKind kind) {
+        for (size_t i = 0; i < s->n_out; i++)
+                if (s->out[i].kind == kind)
+                        return true;
+        return false;
+}
+
+static void request_list(Jobs *s) {
+        _cleanup_free_ char *topic = NULL, *payload = NULL;
+
+        if (!s->connection || queued_kind(s, OUT_LIST) ||
+            (s->request_sent && s->request_sent->kind == OUT_LIST))
+                return;
+        if (topic_build(TOPIC_JOBS_GET, s->thing, NULL, NULL, &topic) < 0 ||
+            !(payload = strdup("{}"))) {
+                log_oom();
+                return;
+        }
+        (void) queue_message(s, OUT_LIST, TAKE_PTR(topic), TAKE_PTR(payload));
+}
+
+static void request_job(Jobs *s, const char *id) {
+        _cleanup_free_ char *topic = NULL, *payload = NULL;
+
+        if (!s->connection)
+                return;
+        if (topic_build(TOPIC_JOB_GET, s->thing, NULL, id, &topic) < 0) {
+                log_error("Cannot build the request for job %s, ignoring.", id);
+                return;
+        }
+        for (size_t i = 0; i < s->n_out; i++)
+                if (s->out[i].kind == OUT_JOB && streq(s->out[i].topic, topic))
+                        return;
+        payload = strdup("{\"includeJobDocument\":true}");
+        if (!payload) {
+                log_oom();
+                return;
+        }
+        (void) queue_message(s, OUT_JOB, TAKE_PTR(topic), TAKE_PTR(payload));
+}
+
+static void send_next_update(Jobs *s);
+
+/* Updates go one at a time: an answer on <job>/update/accepted carries no token, so it can
+ * only be matched to the one update that is waiting. A newer update replaces one not yet
+ * sent: the last word is the one that counts. */
+static void queue_update(Jobs *s, const JobReport *report, bool progress) {
+        _cleanup_free_ char *topic = NULL, *payload = NULL;
+        Outgoing *o;
+        int r;
+
+        if (!job_id(s))
+                return;
+        r = topic_build(TOPIC_JOB_UPDATE, s->thing, NULL, job_id(s), &topic);
+        if (r >= 0)
+                r = job_report_encode(report, &payload);
+        if (r < 0) {
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Cannot encode the status update of the job: %s", strerror(-r));
+                return;
+        }
+        /* A progress report never replaces a status change still to be sent. */
+        if (progress && s->update_next && !s->update_next_is_progress)
+                return;
+        o = calloc(1, sizeof(*o));
+        if (!o) {
+                log_oom();
+                return;
+        }
+        *o = (Outgoing) { .kind = OUT_UPDATE, .topic = TAKE_PTR(topic), .payload = TAKE_PTR(payload) };
+        outgoing_free(s->update_next);
+        s->update_next = o;
+        s->update_next_is_progress = progress;
+        send_next_update(s);
+}
+
+static void send_next_update(Jobs *s) {
+        Outgoing *o;
+
+        if (s->update_sent || !s->update_next || !s->connection)
+                return;
+        o = TAKE_PTR(s->update_next);
+        s->update_is_progress = s->update_next_is_progress;
+        if (queue_message(s, OUT_UPDATE, o->topic, o->payload) < 0) {
+                free(o);
+                return;
+        }
+        free(o);
+        /* Marked as sent when the channel takes it (see channel_next()). */
+}
+
+static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata);
+static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata);
+
+static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
+        Jobs *s = userdata;
+        Outgoing o, *copy;
+        int r;
+
+        if (s->n_out == 0)
+                return 0;
+        log_debug("Jobs: publishing to %s.", s->out[0].topic);
+        o = s->out[0];
+        memmove(s->out, s->out + 1, (s->n_out - 1) * sizeof(Outgoing));
+        s->n_out--;
+
+        /* Kept until answered, to send again when the answer does not come. */
+        copy = calloc(1, sizeof(*copy));
+        if (copy) {
+                copy->kind = o.kind;
+                copy->topic = strdup(o.topic);
+                copy->payload = strdup(o.payload);
+                if (!copy->topic || !copy->payload)
+                        copy = outgoing_free(copy);
+        }
+        if (o.kind == OUT_UPDATE) {
+                outgoing_free(s->update_sent);
+                s->update_sent = copy;
+                r = event_arm_timer(s->event, &s->update_timer, ANSWER_TIMEOUT_USEC, 0, false,
+                                    on_update_timeout, s, "job-update-timeout");
+        } else {
+                outgoing_free(s->request_sent);
+                s->request_sent = copy;
+                r = event_arm_timer(s->event, &s->request_timer, ANSWER_TIMEOUT_USEC, 0, false,
+                                    on_request_timeout, s, "job-request-timeout");
+        }
+        if (r < 0)
+                log_error_errno(r, "Failed to arm the job answer timer: %m");
+        *ret = (ChannelMessage) {
+                .topic = o.topic,
+                .data = o.payload,
+                .len = strlen(o.payload),
+        };
+        return 1;
+}
+
+static void channel_acked(Channel *ch, uint64_t cookie, void *userdata) {
+        /* The answer topics say what came of it. */
+}
+
+static void check_waiters_done(Jobs *s, int error) {
+        size_t n = s->n_waiters;
+        CheckWaiter w[JOBS_CHECK_WAITERS_MAX];
+
+        memcpy(w, s->waiters, n * sizeof(CheckWaiter));
+        s->n_waiters = 0;
+        for (size_t i = 0; i < n; i++)
+                w[i].done(error, w[i].userdata);
+}
+
+static void channel_online(Channel *ch, void *userdata) {
+        Jobs *s = userdata;
+
+        /* Every (re)connect: what happened while away is in the list. */
+        request_list(s);
+        send_next_update(s);
+}
+
+static void channel_offline(Channel *ch, void *userdata) {
+        Jobs *s = userdata;
+
+        check_waiters_done(s, -ENOTCONN);
+}
+
+static const ChannelOps channel_ops = {
+        .next = channel_next,
+        .acked = channel_acked,
+        .online = channel_online,
+        .offline = channel_offline,
+};
+
+static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
+        Jobs *s = userdata;
+        Outgoing *o = TAKE_PTR(s->request_sent);
+
+        if (!o)
+                return 0;
+        log_debug("No answer to %s, asking again.", o->topic);
+        if (o->kind == OUT_LIST)
+                check_waiters_done(s, -ETIMEDOUT);
+        if (queue_message(s, o->kind, o->topic, o->payload) < 0)
+                log_debug("Job request queue full, dropping the request.");
+        free(o);
+        return 0;
+}
+
+static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
+        Jobs *s = userdata;
+        Outgoing *o = TAKE_PTR(s->update_sent);
+
+        if (!o)
+                return 0;
+        if (s->update_is_progress || s->update_next) {
+                /* Superseded or only progress: the next one says more. */
+                outgoing_free(o);
+                send_next_update(s);
+                return 0;
+        }
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "No answer to the job's status update; "
+                  "sending it again.");
+        s->update_next = o;
+        s->update_next_is_progress = false;
+        send_next_update(s);
+        return 0;
+}
+
+/* --- Applying decisions --- */
+
+static void apply(Jobs *s, JobPhase before, JobDecision *d);
+static void stop_download(Jobs *s);
+static void start_download(Jobs *s, const char *url, uint64_t offset);
+static void run_hook(Jobs *s, bool install);
+static void start_reboot(Jobs *s);
+
+static void run_event(Jobs *s, const JobEvent *ev) {
+        _cleanup_(job_decision_done) JobDecision d = {};
+        JobContext c;
+        int r;
+
+        JobPhase before = s->journal.phase;
+
+        context(s, &c);
+        r = job_handle(&s->journal, ev, &c, &d);
+        if (r < 0) {
+                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                          "Cannot act on a job event (%d): %s, ignoring.", ev->type,
+                          strerror(-r));
+                return;
+        }
+        apply(s, before, &d);
+}
+
+static int on_retry(sd_event_source *t, uint64_t usec, void *userdata) {
+        Jobs *s = userdata;
+        JobAction a = s->retry_action;
+
+        s->retry_action = JOB_ACTION_NONE;
+        if (a == JOB_ACTION_GET_JOB && s->retry_job_id)
+                request_job(s, s->retry_job_id);
+        else if (a == JOB_ACTION_REPORT && s->retry_report.status != _JOB_STATUS_INVALID &&
+                 streq_ptr(s->retry_job_id, job_id(s)))
+                queue_update(s, &s->retry_report, false);
+        else if (a == JOB_ACTION_GET_LIST)
+                request_list(s);
+        job_report_done(&s->retry_report);
+        s->retry_job_id = (free(s->retry_job_id), NULL);
+        return 0;
+}
+
+static void later(Jobs *s, JobAction a, const char *id, const JobReport *report) {
+        uint64_t delay = backoff_next(&s->backoff, random_u64());
+        int r;
+
+        job_report_done(&s->retry_report);
+        free(s->retry_job_id);
+        s->retry_job_id = id ? strdup(id) : NULL;
+        if (report && job_report_copy(report, &s->retry_report) < 0)
+                s->retry_report = JOB_REPORT_NULL;
+        s->retry_action = a;
+        r = event_arm_timer(s->event, &s->retry_timer, delay, 0, false, on_retry, s,
+                            "job-retry");
+        if (r < 0)
+                log_error_errno(r, "Failed to arm the job retry timer: %m");
+}
+
+static void remove_download(Jobs *s) {
+        _cleanup_free_ char *path = NULL;
+
+        if (!s->journal.file)
+                return;
+        path = strdup_printf("%s/%s", s->dir, s->journal.file);
+        if (path && unlink(path) < 0 && errno != ENOENT)
+                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                          "Failed to remove the firmware download %s, ignoring: %m", path);
+}
+
+static void log_finished(Jobs *s) {
+        const JobReport *r = &s->journal.report;
+        const char *reason = job_report_get(r, JOB_DETAIL_REASON);
+        const char *err = job_report_get(r, JOB_DETAIL_STDERR);
+        _cleanup_free_ char *e_reason = escape_control(reason), *e_err = escape_control(err);
+
+        log_event(r->status == JOB_STATUS_SUCCEEDED ? LOG_INFO : LOG_WARNING,
+                  LODEV_MESSAGE_JOB_FINISHED, job_id(s), NULL, "Job %s: %s%s%s%s%s.",
+                  job_id(s), job_status_to_string(r->status), reason ? ": " : "",
+                  strempty(e_reason), err ? "; installer said: " : "", strempty(e_err));
+}
+
+/* A save that fails leaves memory ahead of the disk: go back to what the disk says and decide
+ * again as after a restart, which is what the journal is made for. */
+static void journal_save_failed(Jobs *s, int error) {
+        JobJournal j = JOB_JOURNAL_NULL;
+        int r;
+
+        log_event(LOG_ERR, NULL, job_id(s), NULL,
+                  "Failed to save the job journal in %s, going back to the saved state: %s",
+                  s->dir, strerror(-error));
+        stop_download(s);
+        r = job_journal_load(s->dir, &j);
+        job_journal_done(&s->journal);
+        s->journal = r >= 0 ? j : JOB_JOURNAL_NULL;
+        s->started = false;
+        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+        current_changed(s);
+}
+
+/* before: the phase the journal had before the decision changed it. */
+static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
+        int r;
+
+        if (d->save) {
+                r = job_journal_save(s->dir, &s->journal);
+                if (r < 0) {
+                        journal_save_failed(s, r);
+                        return;
+                }
+        }
+        if (d->remove_download)
+                remove_download(s);
+        if (d->action != JOB_ACTION_NONE)
+                log_debug("Job %s: %s in phase %s.", strempty(d->job_id),
+                          job_action_to_string(d->action), job_phase_to_string(phase));
+
+        switch (d->action) {
+        case JOB_ACTION_NONE:
+                break;
+        case JOB_ACTION_GET_LIST:
+                request_list(s);
+                break;
+        case JOB_ACTION_GET_JOB:
+                if (d->backoff)
+                        later(s, JOB_ACTION_GET_JOB, d->job_id, NULL);
+                else
+                        request_job(s, d->job_id);
+                break;
+        case JOB_ACTION_REPORT:
+                if (s->journal.phase == JOB_PHASE_REPORTING && phase != JOB_PHASE_REPORTING)
+                        log_finished(s);
+                if (d->backoff)
+                        later(s, JOB_ACTION_REPORT, d->job_id, &d->report);
+                else
+                        queue_update(s, &d->report, false);
+                break;
+        case JOB_ACTION_DOWNLOAD:
+                start_download(s, d->url, d->offset);
+                break;
+        case JOB_ACTION_INSTALL:
+                run_hook(s, true);
+                break;
+        case JOB_ACTION_CONFIRM:
+                run_hook(s, false);
+                break;
+        case JOB_ACTION_REBOOT:
+                start_reboot(s);
+                break;
+        case JOB_ACTION_ABANDON:
+                log_event(LOG_NOTICE, LODEV_MESSAGE_JOB_FINISHED, d->job_id, NULL,
+                          "Job %s: the platform moved on (canceled or removed); stopped.",
+                          d->job_id);
+                stop_download(s);
+                remove_download(s);
+                s->has_percent = false;
+                emit_updated(s, "canceled", "the platform canceled or removed the job");
+                request_list(s);
+                break;
+        default:
+                break;
+        }
+
+        /* JobUpdated for a change of phase, and the property. */
+        if (s->journal.phase != phase) {
+                if (s->journal.phase == JOB_PHASE_REPORTING || s->journal.phase == JOB_PHASE_DONE)
+                        s->has_percent = false;
+                if (s->journal.phase == JOB_PHASE_REPORTING)
+                        emit_updated(s, status_text(s),
+                                     job_report_get(&s->journal.report, JOB_DETAIL_REASON));
+                else if (s->journal.phase != JOB_PHASE_DONE)
+                        emit_updated(s, status_text(s), NULL);
+        }
+        current_changed(s);
+}
+
+static void reconcile(Jobs *s, const JobList *list) {
+        _cleanup_(job_decision_done) JobDecision d = {};
+        JobContext c;
+        int r;
+
+        JobPhase before = s->journal.phase;
+
+        context(s, &c);
+        r = job_reconcile(&s->journal, list,
+                          s->started ? JOB_RECONCILE_RECONNECT : JOB_RECONCILE_STARTUP, &c, &d);
+        if (r < 0) {
+                log_error_errno(r, "Failed to reconcile the job journal with the job list: %m");
+                return;
+        }
+        s->started = true;
+        apply(s, before, &d);
+}
+
+/* --- Answers from the platform --- */
+
+static void on_list(Jobs *s, const void *data, size_t len) {
+        _cleanup_(job_list_done) JobList list = {};
+        int r;
+
+        if (s->request_sent && s->request_sent->kind == OUT_LIST) {
+                s->request_sent = outgoing_free(s->request_sent);
+                event_disarm(s->request_timer);
+        }
+        r = message_decode_job_list(data, len, &list);
+        if (r < 0) {
+                log_warning("The platform's job list cannot be decoded (%s), ignoring.",
+                            strerror(-r));
+                check_waiters_done(s, -EBADMSG);
+                return;
+        }
+        reconcile(s, &list);
+        check_waiters_done(s, 0);
+}
+
+/* A document the decoder cannot take (over 128 KiB, not JSON) for a job we know the id of:
+ * fed to the state machine as a job without a document, so it is REJECTED with a reason
+ * instead of being asked for again and again. */
+static void reject_unreadable(Jobs *s, const char *id, int error) {
+        _cleanup_(job_decision_done) JobDecision d = {};
+        _cleanup_free_ char *reason = NULL;
+        JobExecution e = { .job_id = (char *) id, .status = JOB_STATUS_QUEUED,
+                           .version_number = -1, .execution_number = -1 };
+        JobEvent ev = { .type = JOB_EVENT_EXECUTION, .execution = &e };
+        JobContext c;
+        int r;
+
+        if (job_id(s) && s->journal.phase != JOB_PHASE_DONE)
+                return; /* busy with a job: this one is looked at later */
+        reason = strdup_printf("the job execution cannot be read: %s",
+                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
+        log_event(LOG_WARNING, NULL, id, NULL, "Job %s: %s; rejecting it.", id,
+                  reason ? reason : "unreadable");
+        JobPhase before = s->journal.phase;
+
+        context(s, &c);
+        r = job_handle(&s->journal, &ev, &c, &d);
+        if (r < 0)
+                return;
+        if (reason && d.action == JOB_ACTION_REPORT) {
+                (void) job_report_set(&s->journal.report, JOB_DETAIL_REASON, reason);
+                (void) job_report_set(&d.report, JOB_DETAIL_REASON, reason);
+        }
+        apply(s, before, &d);
+}
+
+static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
+                         size_t len) {
+        _cleanup_(job_execution_done) JobExecution e = {};
+        _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
+        JobEvent ev = { .type = JOB_EVENT_EXECUTION };
+        int r;
+
+        if (kind == TOPIC_JOB_GET_ACCEPTED && s->request_sent && s->request_sent->kind == OUT_JOB) {
+                s->request_sent = outgoing_free(s->request_sent);
+                event_disarm(s->request_timer);
+        }
+        r = message_decode_job_execution(data, len, &e);
+        if (r > 0) {
+                int k = job_document_extra_decode(data, len, &x);
+                if (k < 0)
+                        r = k;
+        }
+        if (r < 0) {
+                if (topic_job_id_valid(topic_job)) {
+                        reject_unreadable(s, topic_job, r);
+                        return;
+                }
+                log_warning("A job notification from the platform cannot be decoded (%s: "
+                            "malformed, or a job id that is not [a-zA-Z0-9_-]{1,64}); asking "
+                            "for the job list.",
+                            strerror(-r));
+                request_list(s);
+                return;
+        }
+        if (r > 0 && !topic_job_id_valid(e.job_id)) {
+                _cleanup_free_ char *esc = escape_control(e.job_id);
+
+                log_warning("The platform sent a job with an invalid id \"%.80s\" (AWS job ids "
+                            "are [a-zA-Z0-9_-]{1,64}); no status can be sent for it, ignoring.",
+                            strempty(esc));
+                return;
+        }
+        if (r > 0 && kind == TOPIC_JOB_GET_ACCEPTED && topic_job_id_valid(topic_job) &&
+            !streq(topic_job, e.job_id)) {
+                log_warning("The answer for job %s names job %s, ignoring.", topic_job,
+                            e.job_id);
+                return;
+        }
+        ev.execution = r > 0 ? &e : NULL;
+        ev.extra = r > 0 ? &x : NULL;
+        run_event(s, &ev);
+}
+
+static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, const void *data,
+                             size_t len) {
+        _cleanup_(platform_error_done) PlatformError err = {};
+        bool progress = s->update_is_progress;
+        JobEvent ev = {};
+
+        if (!s->update_sent || !streq_ptr(topic_job, job_id(s))) {
+                log_debug("An update answer for job %s that nothing waits for, ignoring.",
+                          strempty(topic_job));
+                return;
+        }
+        s->update_sent = outgoing_free(s->update_sent);
+        event_disarm(s->update_timer);
+
+        if (accepted)
+                ev.type = JOB_EVENT_UPDATE_ACCEPTED;
+        else {
+                if (message_decode_error(data, len, &err) < 0) {
+                        log_warning("The rejection of job %s's update cannot be decoded, "
+                                    "taking it as InternalError.", job_id(s));
+                        err.error_code = strdup("InternalError");
+                }
+                ev.type = JOB_EVENT_UPDATE_REJECTED;
+                ev.error_code = err.error_code;
+                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                          "The platform rejected the status update of job %s: %s: %s",
+                          job_id(s), strempty(err.error_code), strempty(err.error_message));
+        }
+        /* The answer to a progress report says nothing about a status change, unless the
+         * platform moved on. */
+        if (!progress || (!accepted && !job_error_code_retryable(err.error_code) &&
+                          !streq_ptr(err.error_code, "InvalidRequest")))
+                run_event(s, &ev);
+        send_next_update(s);
+}
+
+static void on_message(const char *topic, const void *data, size_t len, void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *id = NULL;
+        TopicKind kind;
+        int r;
+
+        r = topic_classify(topic, s->thing, NULL, &kind, &id);
+        if (r < 0) {
+                log_debug("Message on %s that is no jobs answer, ignoring.", topic);
+                return;
+        }
+        log_debug("Jobs: %s (%zu bytes).", topic_kind_to_string(kind), len);
+        switch (kind) {
+        case TOPIC_JOBS_GET_ACCEPTED:
+                on_list(s, data, len);
+                break;
+        case TOPIC_JOBS_GET_REJECTED:
+        case TOPIC_JOB_GET_REJECTED: {
+                _cleanup_(platform_error_done) PlatformError err = {};
+                bool list = kind == TOPIC_JOBS_GET_REJECTED;
+
+                (void) message_decode_error(data, len, &err);
+                log_warning("The platform rejected the request for %s: %s: %s",
+                            list ? "the job list" : strempty(id), strempty(err.error_code),
+                            strempty(err.error_message));
+                if (s->request_sent) {
+                        s->request_sent = outgoing_free(s->request_sent);
+                        event_disarm(s->request_timer);
+                }
+                if (list) {
+                        check_waiters_done(s, -EIO);
+                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                } else if (streq_ptr(err.error_code, "ResourceNotFound") &&
+                           streq_ptr(id, job_id(s))) {
+                        /* Our job is gone: the same as no execution pending. */
+                        JobEvent ev = { .type = JOB_EVENT_EXECUTION };
+                        run_event(s, &ev);
+                } else if (streq_ptr(id, job_id(s)) && s->journal.want_url)
+                        later(s, JOB_ACTION_GET_JOB, id, NULL);
+                else
+                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                break;
+        }
+        case TOPIC_JOBS_NOTIFY_NEXT:
+        case TOPIC_JOB_GET_ACCEPTED:
+                on_execution(s, kind, id, data, len);
+                break;
+        case TOPIC_JOB_UPDATE_ACCEPTED:
+        case TOPIC_JOB_UPDATE_REJECTED:
+                on_update_answer(s, kind == TOPIC_JOB_UPDATE_ACCEPTED, id, data, len);
+                break;
+        default:
+                break;
+        }
+}
+
+/* --- Progress --- */
+
+static void set_progress(Jobs *s, unsigned percent, const char *step) {
+        _cleanup_(job_report_done) JobReport r = JOB_REPORT_NULL;
+        uint64_t now = event_now(s->event);
+
+        percent = MIN(percent, 100U);
+        if (s->has_percent && s->percent == percent)
+                return;
+        s->percent = percent;
+        s->has_percent = true;
+        emit_updated(s, status_text(s), NULL);
+        current_changed(s);
+        if (!job_progress_should_send(&s->throttle, percent, now))
+                return;
+        job_progress_sent(&s->throttle, percent, now);
+        job_report_reset(&r, JOB_STATUS_IN_PROGRESS);
+        if (job_report_set_progress(&r, percent) < 0 || job_report_set(&r, "step", step) < 0)
+                return;
+        queue_update(s, &r, true);
+}
+
+/* --- Download --- */
+
+static void download_close(Jobs *s) {
+        http_transfer_cancel(s->transfer);
+        s->transfer = NULL;
+        s->fd = safe_close(s->fd);
+        if (s->sha) {
+                EVP_MD_CTX_free(s->sha);
+                s->sha = NULL;
+        }
+}
+
+static void stop_download(Jobs *s) {
+        download_close(s);
+}
+
+/* Makes what is written durable and records it, so that a crash resumes from here. */
+static int download_sync(Jobs *s) {
+        int r;
+
+        if (s->fd < 0 || s->pos == s->synced)
+                return 0;
+        if (fsync(s->fd) < 0)
+                return -errno;
+        r = job_journal_save_offset(s->dir, &s->journal, s->pos, now_realtime());
+        if (r < 0)
+                return r;
+        s->synced = s->pos;
+        s->synced_usec = event_now(s->event);
+        return 0;
+}
+
+static void download_failed(Jobs *s, JobDownloadError error, const char *message) {
+        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = error,
+                        .message = message };
+        uint64_t offset;
+
+        /* The bytes already here count on the next try. */
+        if (s->fd >= 0 && fsync(s->fd) >= 0)
+                s->synced = s->pos;
+        offset = s->synced;
+        download_close(s);
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the download stopped after %" PRIu64
+                  " bytes: %s.", job_id(s), offset, strempty(message));
+        ev.offset = offset;
+        run_event(s, &ev);
+}
+
+static void download_done(Jobs *s) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned md_len = 0;
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
+        _cleanup_free_ char *msg = NULL;
+
+        if (s->journal.size >= 0 && s->pos != (uint64_t) s->journal.size) {
+                msg = strdup_printf("%" PRIu64 " bytes instead of %" PRId64, s->pos,
+                                    s->journal.size);
+                /* Start over: the bytes here are not the document's. */
+                s->pos = 0;
+                (void) ftruncate(s->fd, 0);
+                download_close(s);
+                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                  .download_error = JOB_DOWNLOAD_CORRUPT, .message = msg };
+                run_event(s, &ev);
+                return;
+        }
+        if (s->sha) {
+                if (EVP_DigestFinal_ex(s->sha, md, &md_len) != 1) {
+                        download_failed(s, JOB_DOWNLOAD_LOCAL, "SHA-256 failed");
+                        return;
+                }
+                for (unsigned i = 0; i < md_len; i++)
+                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+                if (!streq(hex, s->journal.sha256)) {
+                        msg = strdup_printf("SHA-256 %s, the job document says %s", hex,
+                                            s->journal.sha256);
+                        (void) ftruncate(s->fd, 0);
+                        download_close(s);
+                        ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                          .download_error = JOB_DOWNLOAD_CORRUPT,
+                                          .message = msg };
+                        run_event(s, &ev);
+                        return;
+                }
+        }
+        if (fsync(s->fd) < 0) {
+                download_failed(s, JOB_DOWNLOAD_LOCAL, strerror(errno));
+                return;
+        }
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: firmware downloaded, %" PRIu64
+                  " bytes%s.", job_id(s), s->pos, s->sha ? ", SHA-256 verified" : "");
+        download_close(s);
+        run_event(s, &ev);
+}
+
+static unsigned download_percent(Jobs *s) {
+        uint64_t total = s->journal.size >= 0 ? (uint64_t) s->journal.size : s->total;
+
+        return total > 0 ? (unsigned) MIN(s->pos * 100 / total, UINT64_C(100)) : 0;
+}
+
+static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
+                   void *userdata) {
+        Jobs *s = userdata;
+        int r;
+
+        if (offset != s->pos) {
+                /* The server sent the whole file instead of the range: start over. */
+                if (offset != 0)
+                        return -EBADMSG;
+                if (ftruncate(s->fd, 0) < 0)
+                        return -errno;
+                s->pos = s->synced = 0;
+                if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
+                        return -EIO;
+        }
+        if (s->journal.size >= 0 && s->pos + len > (uint64_t) s->journal.size)
+                return -EFBIG;
+        r = pwrite_full(s->fd, data, len, s->pos);
+        if (r < 0)
+                return r;
+        if (s->sha && EVP_DigestUpdate(s->sha, data, len) != 1)
+                return -EIO;
+        if (len > 0)
+                /* Progress: failures from here on are counted afresh. */
+                backoff_reset(&s->backoff);
+        s->pos += len;
+        if (s->pos - s->synced >= SYNC_BYTES ||
+            event_now(s->event) - s->synced_usec >= SYNC_USEC) {
+                r = download_sync(s);
+                if (r < 0)
+                        return r;
+        }
+        set_progress(s, download_percent(s), "downloading");
+        return 0;
+}
+
+static void on_download_progress(HttpTransfer *t, uint64_t done, uint64_t total,
+                                 void *userdata) {
+        Jobs *s = userdata;
+
+        s->total = total;
+}
+
+static void on_download_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *msg = NULL;
+
+        s->transfer = NULL;
+        if (res->error < 0) {
+                msg = strdup_printf("%s", res->error_text ?: strerror(-res->error));
+                if (res->error == -EFBIG)
+                        download_failed(s, JOB_DOWNLOAD_CORRUPT,
+                                        "the server sent more bytes than the job document's "
+                                        "size");
+                else if (res->error == -ENOSPC || res->error == -EDQUOT)
+                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
+                else if (res->error == -EIO || res->error == -EBADF)
+                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
+                else
+                        download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+                return;
+        }
+        if (res->status >= 200 && res->status < 300) {
+                download_done(s);
+                return;
+        }
+        msg = strdup_printf("HTTP %ld", res->status);
+        if (res->status == 403)
+                download_failed(s, JOB_DOWNLOAD_EXPIRED, msg);
+        else if (res->status == 416 && s->pos > 0) {
+                /* Nothing past our offset: the file here is not what the server has. */
+                (void) ftruncate(s->fd, 0);
+                s->pos = s->synced = 0;
+                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+        } else if (res->status >= 400 && res->status < 500)
+                download_failed(s, JOB_DOWNLOAD_REFUSED, msg);
+        else
+                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+}
+
+/* The SHA-256 of the bytes already here, when resuming. */
+static int hash_prefix(Jobs *s, uint64_t len) {
+        _cleanup_free_ char *buf = malloc(1024 * 1024);
+        uint64_t at = 0;
+
+        if (!buf)
+                return -ENOMEM;
+        while (at < len) {
+                size_t n = (size_t) MIN(len - at, (uint64_t) 1024 * 1024);
+                int r = pread_full(s->fd, buf, n, at);
+
+                if (r < 0)
+                        return r;
+                if (EVP_DigestUpdate(s->sha, buf, n) != 1)
+                        return -EIO;
+                at += n;
+        }
+        return 0;
+}
+
+static void start_download(Jobs *s, const char *url, uint64_t offset) {
+        _cleanup_free_ char *path = NULL, *msg = NULL;
+        struct statvfs sv;
+        struct stat st;
+        int r;
+
+        download_close(s);
+        path = strdup_printf("%s/%s", s->dir, s->journal.file);
+        if (!path) {
+                download_failed(s, JOB_DOWNLOAD_LOCAL, "out of memory");
+                return;
+        }
+        s->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (s->fd < 0 || fstat(s->fd, &st) < 0) {
+                msg = strdup_printf("cannot open %s: %s", path, strerror(errno));
+                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
+                return;
+        }
+        /* Only what the journal says is durable counts; the rest may be garbage. */
+        if ((uint64_t) st.st_size < offset)
+                offset = 0;
+        if (ftruncate(s->fd, (off_t) offset) < 0) {
+                msg = strdup_printf("cannot truncate %s: %s", path, strerror(errno));
+                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
+                return;
+        }
+        s->pos = s->synced = offset;
+        s->synced_usec = event_now(s->event);
+        s->total = 0;
+
+        if (fstatvfs(s->fd, &sv) >= 0 && s->journal.size >= 0) {
+                uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
+                uint64_t need = (uint64_t) s->journal.size - offset + SPACE_MARGIN;
+
+                if (avail < need) {
+                        msg = strdup_printf("%" PRIu64 " bytes needed in %s, %" PRIu64
+                                            " available", need, s->dir, avail);
+                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
+                        return;
+                }
+        }
+        if (s->journal.sha256) {
+                /* read access for the prefix hash */
+                s->fd = safe_close(s->fd);
+                s->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+                s->sha = EVP_MD_CTX_new();
+                r = s->fd < 0 ? -errno : !s->sha ? -ENOMEM : 0;
+                if (r >= 0 && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
+                        r = -EIO;
+                if (r >= 0)
+                        r = hash_prefix(s, offset);
+                if (r < 0) {
+                        msg = strdup_printf("cannot hash %s: %s", path, strerror(-r));
+                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
+                        return;
+                }
+        }
+        if (s->journal.size >= 0 && offset == (uint64_t) s->journal.size && offset > 0) {
+                download_done(s); /* everything was here before the restart */
+                return;
+        }
+        job_progress_reset(&s->throttle);
+        s->has_percent = false;
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: downloading firmware %s%s.",
+                  job_id(s), s->journal.firmware_id, offset > 0 ? " (resuming)" : "");
+        r = http_get(s->http, url, offset, on_data, on_download_progress, on_download_finished,
+                     s, &s->transfer);
+        if (r < 0) {
+                msg = strdup_printf("cannot start the download: %s", strerror(-r));
+                download_failed(s, r == -EPROTONOSUPPORT || r == -EINVAL
+                                           ? JOB_DOWNLOAD_REFUSED
+                                           : JOB_DOWNLOAD_LOCAL,
+                                msg);
+                return;
+        }
+        set_progress(s, download_percent(s), "downloading");
+}
+
+/* --- Hooks --- */
+
+static void on_hook_progress(Hook *h, unsigned percent, void *userdata) {
+        Jobs *s = userdata;
+
+        set_progress(s, percent, s->journal.phase == JOB_PHASE_INSTALLING ? "installing"
+                                                                           : "confirming");
+}
+
+static void on_hook_line(Hook *h, const char *line, void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *e = escape_control(line);
+
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "installer: %s", strempty(e));
+}
+
+static void on_hook_ended(Hook *h, HookEnd end, int code, const char *last_line,
+                          void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *line = last_line ? strdup(last_line) : NULL;
+        JobEvent ev = { .code = code, .message = line };
+
+        s->hook = hook_free(s->hook, false);
+        ev.type = end == HOOK_EXITED   ? JOB_EVENT_HOOK_EXITED
+                  : end == HOOK_KILLED ? JOB_EVENT_HOOK_KILLED
+                                       : JOB_EVENT_HOOK_TIMEOUT;
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the installer %s %d.", job_id(s),
+                  end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
+                                                                     ? "was killed by signal"
+                                                                     : "timed out,",
+                  code);
+        run_event(s, &ev);
+}
+
+static const HookCallbacks hook_callbacks = {
+        .progress = on_hook_progress,
+        .line = on_hook_line,
+        .ended = on_hook_ended,
+};
+
+static void run_hook(Jobs *s, bool install) {
+        _cleanup_free_ char *file = NULL, *e_job = NULL, *e_fw = NULL, *e_dep = NULL,
+                            *e_thing = NULL;
+        const char *installer = s->config->installer;
+        JobEvent ev = { .type = JOB_EVENT_HOOK_EXITED, .code = 127 };
+        int r;
+
+        file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        e_job = strdup_printf("LODEV_JOB_ID=%s", job_id(s));
+        e_fw = strdup_printf("LODEV_FIRMWARE_ID=%s", strempty(s->journal.firmware_id));
+        e_dep = strdup_printf("LODEV_DEPLOYMENT_ID=%s", strempty(s->journal.deployment_id));
+        e_thing = strdup_printf("LODEV_THING_NAME=%s", strempty(s->thing));
+        if (!file || !e_job || !e_fw || !e_dep || !e_thing) {
+                log_oom();
+                ev.message = "out of memory";
+                run_event(s, &ev);
+                return;
+        }
+        char *argv_install[] = { (char *) installer, (char *) "install", file, NULL };
+        char *argv_confirm[] = { (char *) installer, (char *) "confirm", NULL };
+        char *env[] = { e_job, e_fw, e_dep, e_thing, (char *) "LODEV_PROGRESS_FD=3", NULL };
+
+        job_progress_reset(&s->throttle);
+        s->has_percent = false;
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: running %s %s.", job_id(s),
+                  installer, install ? "install" : "confirm");
+        r = hook_spawn(s->event, install ? argv_install : argv_confirm, env,
+                       (uint64_t) s->config->install_timeout * 1000000, true, &hook_callbacks,
+                       s, &s->hook);
+        if (r < 0) {
+                _cleanup_free_ char *msg = strdup_printf("cannot run %s: %s", installer,
+                                                          strerror(-r));
+
+                ev.message = msg;
+                log_event(LOG_ERR, NULL, job_id(s), NULL, "Job %s: %s", job_id(s),
+                          strempty(msg));
+                run_event(s, &ev);
+        }
+}
+
+/* --- Reboot --- */
+
+static void on_reboot_ended(Hook *h, HookEnd end, int code, const char *last_line,
+                            void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *msg = NULL;
+        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
+
+        if (end == HOOK_EXITED && code == 0) {
+                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
+                          "Job %s: reboot requested; the job is confirmed after the restart.",
+                          job_id(s));
+                s->reboot_hook = hook_free(s->reboot_hook, false);
+                return;
+        }
+        msg = strdup_printf("%s %s %d%s%s", s->config->reboot_command,
+                            end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
+                                                                       ? "was killed by signal"
+                                                                       : "timed out",
+                            code, last_line ? ": " : "", strempty(last_line));
+        s->reboot_hook = hook_free(s->reboot_hook, false);
+        ev.message = msg;
+        run_event(s, &ev);
+}
+
+static const HookCallbacks reboot_callbacks = {
+        .ended = on_reboot_ended,
+};
+
+static void reboot_now(Jobs *s) {
+        char *argv[] = { (char *) "/bin/sh", (char *) "-c", s->config->reboot_command, NULL };
+        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
+        int r;
+
+        s->reboot_waiting = false;
+        s->reboot_timer = sd_event_source_disable_unref(s->reboot_timer);
+        if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT || s->reboot_hook)
+                return;
+        log_event(LOG_NOTICE, NULL, job_id(s), NULL, "Job %s: rebooting with \"%s\".",
+                  job_id(s), s->config->reboot_command);
+        r = hook_spawn(s->event, argv, NULL, REBOOT_COMMAND_TIMEOUT_USEC, false,
+                       &reboot_callbacks, s, &s->reboot_hook);
+        if (r < 0) {
+                _cleanup_free_ char *msg = strdup_printf("cannot run it: %s", strerror(-r));
+
+                ev.message = msg;
+                run_event(s, &ev);
+        }
+}
+
+static int on_reboot_timer(sd_event_source *t, uint64_t usec, void *userdata) {
+        Jobs *s = userdata;
+
+        log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                  "Job %s: reboot inhibitors still held after firmware.max_reboot_delay "
+                  "(%u s); rebooting anyway.",
+                  job_id(s), s->config->max_reboot_delay);
+        reboot_now(s);
+        return 0;
+}
+
+static void start_reboot(Jobs *s) {
+        size_t n = inhibitors_count(s->inhibitors);
+        int r;
+
+        s->has_percent = false;
+        if (n == 0) {
+                reboot_now(s);
+                return;
+        }
+        log_event(LOG_NOTICE, NULL, job_id(s), NULL,
+                  "Job %s: the reboot waits for %zu inhibitor(s), at most %u s.", job_id(s), n,
+                  s->config->max_reboot_delay);
+        s->reboot_waiting = true;
+        r = event_arm_timer(s->event, &s->reboot_timer,
+                            (uint64_t) s->config->max_reboot_delay * 1000000, 0, false,
+                            on_reboot_timer, s, "reboot-delay");
+        if (r < 0) {
+                log_error_errno(r, "Failed to arm the reboot delay timer, rebooting now: %m");
+                reboot_now(s);
+        }
+}
+
+static void on_inhibitors_changed(void *userdata) {
+        Jobs *s = userdata;
+
+        if (s->cb.inhibitors_changed)
+                s->cb.inhibitors_changed(s->userdata);
+        if (s->reboot_waiting && inhibitors_count(s->inhibitors) == 0) {
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: the last reboot inhibitor was released.", job_id(s));
+                reboot_now(s);
+        }
+}
+
+int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *owner,
+                        int *ret_fd) {
+        int r = inhibitors_add(s->inhibitors, who, why, owner, ret_fd);
+        _cleanup_free_ char *e_who = NULL, *e_why = NULL;
+
+        if (r < 0)
+                return r;
+        e_who = escape_control(who);
+        e_why = escape_control(why);
+        log_info("Reboot inhibited by \"%s\" (%s): %s.", strempty(e_who), strempty(owner),
+                 strempty(e_why));
+        return 0;
+}
+
+const Inhibitors *jobs_inhibitors(const Jobs *s) {
+        return s->inhibitors;
+}
+
+/* --- Lifecycle --- */
+
+int jobs_check(Jobs *s, JobsCheckDone done, void *userdata) {
+        if (!s->connection || connection_state(s->connection) != CONNECTION_ONLINE)
+                return -ENOTCONN;
+        if (s->n_waiters >= JOBS_CHECK_WAITERS_MAX)
+                return -EBUSY;
+        s->waiters[s->n_waiters++] = (CheckWaiter) { .done = done, .userdata = userdata };
+        request_list(s);
+        return 0;
+}
+
+static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
+        _cleanup_free_ char *t = NULL;
+        int r;
+
+        r = filter ? topic_build_filter(kind, s->thing, NULL, &t)
+                   : topic_build(kind, s->thing, NULL, NULL, &t);
+        if (r < 0)
+                return r;
+        return connection_subscribe(c, t, on_message, s);
+}
+
+int jobs_attach(Jobs *s, Connection *c) {
+        int r;
+
+        r = free_and_strdup(&s->thing, connection_thing_name(c));
+        if (r < 0)
+                return r;
+        r = subscribe(s, c, TOPIC_JOBS_NOTIFY_NEXT, false);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOBS_GET_ACCEPTED, false);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOBS_GET_REJECTED, false);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOB_GET_ACCEPTED, true);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOB_GET_REJECTED, true);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOB_UPDATE_ACCEPTED, true);
+        if (r >= 0)
+                r = subscribe(s, c, TOPIC_JOB_UPDATE_REJECTED, true);
+        if (r >= 0)
+                r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
+        if (r < 0)
+                return r;
+        s->connection = c;
+
+        /* After a reboot the new firmware must be confirmed (or rolled back) whether the
+         * platform can be reached or not; these decisions do not depend on the list. */
+        if (!s->started && (s->journal.phase == JOB_PHASE_AWAITING_REBOOT ||
+                            s->journal.phase == JOB_PHASE_CONFIRMING)) {
+                JobList empty = {};
+                reconcile(s, &empty);
+        }
+        return 0;
+}
+
+void jobs_detach(Jobs *s) {
+        check_waiters_done(s, -ENOTCONN);
+        for (size_t i = 0; i < s->n_out; i++)
+                outgoing_done(&s->out[i]);
+        s->n_out = 0;
+        /* An update waiting for its answer is sent again on the next connection. */
+        if (s->update_sent && !s->update_is_progress && !s->update_next) {
+                s->update_next = TAKE_PTR(s->update_sent);
+                s->update_next_is_progress = false;
+        }
+        s->update_sent = outgoing_free(s->update_sent);
+        s->request_sent = outgoing_free(s->request_sent);
+        event_disarm(s->request_timer);
+        event_disarm(s->update_timer);
+        s->channel = NULL;
+        s->connection = NULL;
+}
+
+static int read_boot_id(char **ret) {
+        const char *path = getenv(JOBS_BOOT_ID_ENV);
+        _cleanup_free_ char *data = NULL;
+        size_t len;
+        int r;
+
+        r = read_file(path ?: "/proc/sys/kernel/random/boot_id", 128, &data, &len);
+        if (r < 0)
+                return r;
+        strstrip(data);
+        if (isempty(data))
+                return -EBADMSG;
+        *ret = TAKE_PTR(data);
+        return 0;
+}
+
+/* Downloads of jobs that are no longer current are left-overs of a crash. */
+static void remove_stale_downloads(Jobs *s) {
+        _cleanup_(closedirp) DIR *d = opendir(s->dir);
+        struct dirent *de;
+
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                if (!startswith(de->d_name, "firmware-"))
+                        continue;
+                if (s->journal.file && streq(de->d_name, s->journal.file) &&
+                    (s->journal.phase == JOB_PHASE_DOWNLOADING ||
+                     s->journal.phase == JOB_PHASE_INSTALLING))
+                        continue;
+                (void) unlinkat(dirfd(d), de->d_name, 0);
+        }
+}
+
+int jobs_new(sd_event *event, HttpClient *http, const Config *config, const JobsCallbacks *cb,
+             void *userdata, Jobs **ret) {
+        Jobs *s;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return log_oom();
+        *s = (Jobs) {
+                .event = sd_event_ref(event),
+                .http = http,
+                .config = config,
+                .cb = *cb,
+                .userdata = userdata,
+                .journal = JOB_JOURNAL_NULL,
+                .retry_report = JOB_REPORT_NULL,
+                .fd = -EBADF,
+        };
+        backoff_init(&s->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
+        s->dir = strdup_printf("%s/job", config->state_dir);
+        if (!s->dir) {
+                jobs_free(s);
+                return log_oom();
+        }
+        r = inhibitors_new(event, on_inhibitors_changed, s, &s->inhibitors);
+        if (r < 0) {
+                jobs_free(s);
+                return log_oom();
+        }
+        r = read_boot_id(&s->boot_id);
+        if (r < 0)
+                log_warning_errno(r, "Cannot read the boot id, a restart of lodevd cannot be "
+                                     "told from a reboot: %m");
+
+        r = job_journal_load(s->dir, &s->journal);
+        if (r == -EBADMSG || r == -EFBIG) {
+                log_event(LOG_ERR, NULL, NULL, NULL,
+                          "The job journal %s/" JOB_JOURNAL_FILE " is corrupt; removing it. "
+                          "A job the platform lists as IN_PROGRESS will be failed.",
+                          s->dir);
+                (void) job_journal_remove(s->dir);
+                s->journal = JOB_JOURNAL_NULL;
+                s->journal.corrupt = true;
+        } else if (r < 0 && r != -ENOENT) {
+                log_error_errno(r, "Failed to read the job journal in %s: %m", s->dir);
+                jobs_free(s);
+                return r;
+        } else if (r >= 0)
+                log_event(LOG_INFO, NULL, s->journal.job_id, NULL,
+                          "Job %s from before the restart, phase %s.", s->journal.job_id,
+                          job_phase_to_string(s->journal.phase));
+        remove_stale_downloads(s);
+        *ret = s;
+        return 0;
+}
+
+Jobs *jobs_free(Jobs *s) {
+        if (!s)
+                return NULL;
+        check_waiters_done(s, -ECANCELED);
+        download_close(s);
+        s->hook = hook_free(s->hook, true);
+        s->reboot_hook = hook_free(s->reboot_hook, false);
+        for (size_t i = 0; i < s->n_out; i++)
+                outgoing_done(&s->out[i]);
+        outgoing_free(s->request_sent);
+        outgoing_free(s->update_sent);
+        outgoing_free(s->update_next);
+        sd_event_source_disable_unref(s->request_timer);
+        sd_event_source_disable_unref(s->update_timer);
+        sd_event_source_disable_unref(s->retry_timer);
+        sd_event_source_disable_unref(s->reboot_timer);
+        inhibitors_free(s->inhibitors);
+        job_report_done(&s->retry_report);
+        free(s->retry_job_id);
+        job_journal_done(&s->journal);
+        free(s->thing);
+        free(s->boot_id);
+        free(s->dir);
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""Firmware download benchmark: a firmware job through lodevd against `curl -o` from the same
+emulator server in the same run.
+
+For each size, the same file is fetched by curl (baseline, twice, the best kept) and by
+lodevd running a job whose document carries sha256 and size, so lodevd hashes while it
+streams and verifies before the installer runs. lodevd's time runs from queuing the job to the
+installer starting: it includes the MQTT exchanges (IN_PROGRESS, fetching the job), the
+durability syncs and the verification, so it is if anything pessimistic. Peak RSS is VmHWM of a
+lodevd started afresh for each size: it must not grow with the file.
+
+    tests/bench/firmware.py [--sizes-mib 64,512]
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, os.path.join(HERE, "..", "platform"))
+os.environ.setdefault("LODEV_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
+os.environ.setdefault("LODEV_SOURCE_DIR", os.path.join(HERE, "..", ".."))
+
+import lodevtest  # noqa: E402
+from lodev_platform import Platform  # noqa: E402
+
+HOOK = """#!/bin/sh
+date +%s.%N > "{rec}/started"
+exit 0
+"""
+
+
+def make_firmware(platform, size):
+    fw_id = "bench-%d" % size
+    path = os.path.join(platform.workdir, "firmware", fw_id)
+    digest = hashlib.sha256()
+    chunk = os.urandom(4 * 1024 * 1024)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            digest.update(chunk[:n])
+            left -= n
+    return fw_id, digest.hexdigest()
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def curl_seconds(url, out):
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
+    return time.monotonic() - t0
+
+
+NO_SHA = False
+
+
+def run_size(platform, size, scratch):
+    fw_id, sha = make_firmware(platform, size)
+    out = os.path.join(scratch, "curl.out")
+    base = min(curl_seconds(platform.firmware_url(fw_id), out) for _ in range(2))
+    os.unlink(out)
+
+    work = tempfile.mkdtemp(prefix="lodev-bench-fw-", dir=scratch)
+    rec = os.path.join(work, "rec")
+    os.makedirs(rec)
+    hook = os.path.join(work, "hook")
+    with open(hook, "w") as f:
+        f.write(HOOK.format(rec=rec))
+    os.chmod(hook, 0o755)
+    bus = lodevtest.Bus()
+    config = os.path.join(work, "lodevd.conf")
+    lodevtest.write_device_config(config, work, platform,
+                                  firmware={"installer": hook, "reboot_command": "/bin/true"})
+    d = lodevtest.Daemon(bus, work, config, verbose=False)
+    try:
+        d.start()
+        d.wait_online()
+        thing = d.status()["thing_name"]
+        idle = vm_hwm_kib(d.proc.pid)
+        doc = {"operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
+               "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size}
+        if not NO_SHA:
+            doc["sha256"] = sha
+        t0 = time.time()
+        job = platform.queue_job(thing, document=doc)
+        started = os.path.join(rec, "started")
+        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
+                             interval=0.01, what="the installer")
+        with open(started) as f:
+            t1 = float(f.read())
+        lodevtest.wait_until(
+            lambda: platform.job_execution(thing, job)["status"] == "SUCCEEDED", 60,
+            what="SUCCEEDED")
+        peak = vm_hwm_kib(d.proc.pid)
+    finally:
+        d.stop()
+        bus.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
+    mib = size / 1048576
+    took = t1 - t0
+    print("%5d MiB  curl -o %.2f s (%.0f MiB/s)  lodevd %.2f s (%.0f MiB/s%s)  "
+          "ratio %.2f  lodevd RSS idle %.1f MiB, peak %.1f MiB"
+          % (mib, base, mib / base, took, mib / took, "" if NO_SHA else ", sha256 verified",
+             base / took, idle / 1024, peak / 1024),
+          flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes-mib", default="64,512")
+    ap.add_argument("--no-sha", action="store_true", help="a document without sha256")
+    args = ap.parse_args()
+    global NO_SHA
+    NO_SHA = args.no_sha
+    scratch = tempfile.mkdtemp(prefix="lodev-bench-")
+    try:
+        with Platform.start(os.path.join(scratch, "platform")) as p:
+            for s in args.sizes_mib.split(","):
+                run_size(p, int(s) * 1024 * 1024, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+# SPDX-License-Identifier: MIT
+"""Firmware jobs end to end: the real lodevd against the platform emulator's Jobs API and
+firmware server, with a test installer hook and a reboot command that only records that it
+ran (the "simulated reboot": the test restarts lodevd with a new boot id)."""
+
+import hashlib
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+import lodevtest
+from lodevtest import wait_until
+
+TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
+
+HOOK = r"""#!/bin/sh
+# Test installer: records each call, copies the file, writes progress, exits as told.
+rec="{rec}"
+echo "$1|$2|$LODEV_JOB_ID|$LODEV_FIRMWARE_ID|$LODEV_DEPLOYMENT_ID|$LODEV_THING_NAME|$LODEV_PROGRESS_FD" >> "$rec/calls"
+ls /proc/self/fd > "$rec/fds-$1"
+case "$1" in
+install)
+        cp "$2" "$rec/installed-$LODEV_JOB_ID"
+        for p in 10 40 70 100; do echo $p >&3; done
+        if [ -f "$rec/grandchild" ]; then
+                sleep 60 &
+                echo $! > "$rec/grandchild.pid"
+        fi
+        n=0
+        while [ -f "$rec/hold-install" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+        echo "installer: last words" >&2
+        exit $(cat "$rec/install-exit" 2>/dev/null || echo 0)
+        ;;
+confirm)
+        n=0
+        while [ -f "$rec/hold-confirm" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+        exit $(cat "$rec/confirm-exit" 2>/dev/null || echo 0)
+        ;;
+esac
+exit 3
+"""
+
+REBOOT = """#!/bin/sh
+echo reboot >> "{rec}/reboots"
+"""
+
+
+class Device:
+    """lodevd with the test hook, a reboot command and a boot id file of its own."""
+
+    def __init__(self, bus, workdir, platform, **overrides):
+        self.bus, self.workdir, self.platform = bus, workdir, platform
+        self.rec = os.path.join(workdir, "rec")
+        os.makedirs(self.rec, exist_ok=True)
+        self.hook = os.path.join(workdir, "hook")
+        self.reboot = os.path.join(workdir, "reboot")
+        for path, text in ((self.hook, HOOK), (self.reboot, REBOOT)):
+            with open(path, "w") as f:
+                f.write(text.format(rec=self.rec))
+            os.chmod(path, 0o755)
+        self.boot_id_file = os.path.join(workdir, "boot_id")
+        self.new_boot()
+        firmware = {"installer": self.hook, "reboot_command": self.reboot,
+                    "install_timeout": 60, "max_reboot_delay": 60}
+        firmware.update(overrides.pop("firmware", {}))
+        self.config = os.path.join(workdir, "lodevd.conf")
+        lodevtest.write_device_config(self.config, workdir, platform, firmware=firmware,
+                                      **overrides)
+        self.daemon = lodevtest.Daemon(bus, workdir, self.config)
+        self.thing = None
+
+    def new_boot(self):
+        with open(self.boot_id_file, "w") as f:
+            f.write(str(uuid.uuid4()) + "\n")
+
+    def start(self):
+        self.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": self.boot_id_file})
+        self.daemon.wait_online()
+        self.thing = self.daemon.status()["thing_name"]
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        self.daemon.stop(sig)
+
+    def flag(self, name, value=""):
+        with open(os.path.join(self.rec, name), "w") as f:
+            f.write(value)
+
+    def unflag(self, name):
+        try:
+            os.unlink(os.path.join(self.rec, name))
+        except FileNotFoundError:
+            pass
+
+    def calls(self, kind=None):
+        try:
+            with open(os.path.join(self.rec, "calls")) as f:
+                lines = [l.rstrip("\n").split("|") for l in f]
+        except FileNotFoundError:
+            return []
+        return [l for l in lines if kind is None or l[0] == kind]
+
+    def reboots(self):
+        try:
+            with open(os.path.join(self.rec, "reboots")) as f:
+                return len(f.readlines())
+        except FileNotFoundError:
+            return 0
+
+    def downloads_dir(self):
+        d = os.path.join(self.workdir, "state", "job")
+        return [n for n in os.listdir(d) if n.startswith("firmware-")] if os.path.isdir(d) else []
+
+    def journal(self):
+        try:
+            with open(os.path.join(self.workdir, "state", "job", "current")) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def jobs(self):
+        return lodevtest.lodevctl_json(self.bus, "jobs")
+
+    def cleanup(self):
+        self.stop()
+        pidfile = os.path.join(self.rec, "grandchild.pid")
+        if os.path.exists(pidfile):
+            try:
+                os.kill(int(open(pidfile).read()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        for name in ("hold-install", "hold-confirm"):
+            self.unflag(name)
+
+
+@pytest.fixture
+def device(bus, workdir, platform):
+    made = []
+
+    def make(**overrides):
+        d = Device(bus, workdir, platform, **overrides)
+        made.append(d)
+        LAST_DEVICE[:] = [d]
+        return d
+
+    yield make
+    for d in made:
+        d.cleanup()
+
+
+def firmware(platform, size, seed=None):
+    fw_id = "fw-" + uuid.uuid4().hex[:8]
+    data = os.urandom(size)
+    platform.add_firmware(fw_id, data)
+    return fw_id, data
+
+
+def document(fw_id, data=None, **extra):
+    doc = {"operation": "firmware_update", "deploymentId": "dep-" + fw_id, "firmwareId": fw_id,
+           "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id}
+    if data is not None:
+        doc["sha256"] = hashlib.sha256(data).hexdigest()
+        doc["size"] = len(data)
+    doc.update(extra)
+    return doc
+
+
+def statuses(platform, thing, job):
+    return [h["status"] for h in platform.job_history(thing, job)]
+
+
+def device_terminals(platform, thing, job):
+    """Terminal statuses the device set (accepted by the platform)."""
+    return [h["status"] for h in platform.job_history(thing, job)
+            if h["source"] != "platform" and h["status"] in TERMINAL]
+
+
+LAST_DEVICE = []
+
+
+def wait_status(platform, thing, job, want, timeout=60):
+    def check():
+        s = platform.job_execution(thing, job)["status"]
+        return s if s in TERMINAL else None
+
+    try:
+        got = wait_until(check, timeout, interval=0.1, what="job %s to end" % job)
+    except AssertionError:
+        tail = LAST_DEVICE[-1].daemon.output()[-6000:] if LAST_DEVICE else ""
+        raise AssertionError("job %s did not end within %d s; history %s\nlodevd:\n%s" % (
+            job, timeout, platform.job_history(thing, job), tail))
+    assert got == want, "job %s: %s, history %s" % (
+        job, got, json.dumps(platform.job_history(thing, job), indent=1))
+    return platform.job_execution(thing, job)
+
+
+def test_success_history_and_identical_file(device, platform):
+    d = device().start()
+    d.flag("grandchild")  # the hook leaves a child holding its pipes open
+    fw, data = firmware(platform, 3 * 1024 * 1024 + 123)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    t0 = time.monotonic()
+    ex = wait_status(platform, d.thing, job, "SUCCEEDED")
+    # The grandchild sleeps 60 s with the pipes open: the end came from the exit status.
+    assert time.monotonic() - t0 < 30
+    hist = platform.job_history(d.thing, job)
+    st = [h["status"] for h in hist]
+    assert st[0] == "QUEUED" and st[1] == "IN_PROGRESS" and st[-1] == "SUCCEEDED"
+    assert set(st[1:-1]) <= {"IN_PROGRESS"}
+    # statusDetails went out as strings, as AWS requires.
+    for h in hist:
+        for v in (h["rawStatusDetails"] or {}).values():
+            assert isinstance(v, str), hist
+    assert ex["statusDetails"].get("percentProgress") == "100"
+    with open(os.path.join(d.rec, "installed-" + job), "rb") as f:
+        assert f.read() == data
+    (call,) = d.calls("install")
+    assert call[2:7] == [job, fw, "dep-" + fw, d.thing, "3"]
+    # Only stdin/out/err, the progress fd and the one ls opens itself.
+    with open(os.path.join(d.rec, "fds-install")) as f:
+        fds = sorted(int(x) for x in f.read().split())
+    assert fds[:4] == [0, 1, 2, 3] and len(fds) <= 5, fds
+    wait_until(lambda: d.downloads_dir() == [], 10, what="the download to be removed")
+    wait_until(lambda: d.jobs()["id"] == "", 10, what="lodevd to be idle")
+    out = d.daemon.output()
+    assert "LODEV_JOB_ID" not in out  # fields go to the journal, not into the text
+    assert "Job %s: SUCCEEDED" % job in out, out[-3000:]
+
+
+def test_download_cut_resumes_with_range(device, platform):
+    d = device().start()
+    size = 6 * 1024 * 1024
+    fw, data = firmware(platform, size)
+    cut = 2 * 1024 * 1024
+    platform.cut_next_download(cut)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    dl = [x for x in platform.downloads() if x["path"] == "/firmware/" + fw]
+    assert dl[0]["cut"] and dl[0]["sent"] == cut, dl
+    assert dl[1]["status"] == 206 and dl[1]["range"] == "bytes=%d-" % cut, dl
+    # Not a byte fetched twice: no restart from zero.
+    assert sum(x["sent"] for x in dl) == size, dl
+    with open(os.path.join(d.rec, "installed-" + job), "rb") as f:
+        assert f.read() == data
+
+
+def test_url_expired_mid_download(device, platform):
+    d = device().start()
+    size = 4 * 1024 * 1024
+    fw, data = firmware(platform, size)
+    platform.cut_next_download(1024 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    # Once the first try was cut, the URL of the next one is already expired.
+    wait_until(lambda: any(x["path"] == "/firmware/" + fw for x in platform.downloads()), 30,
+               interval=0.02, what="the cut download")
+    platform.expire_next_url(1)
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    dl = [x for x in platform.downloads() if x["path"] == "/firmware/" + fw]
+    assert dl[-1]["range"] == "bytes=%d-" % (1024 * 1024) and dl[-1]["status"] == 206, dl
+    assert sum(x["sent"] for x in dl) == size
+    assert "stopped after 1048576 bytes: HTTP 403" in d.daemon.output()
+
+
+def test_reboot_then_confirm(device, platform):
+    d = device().start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 512 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    assert d.jobs()["status"] == "awaiting-reboot"
+    assert platform.job_execution(d.thing, job)["status"] == "IN_PROGRESS"
+    # The simulated reboot: lodevd stops, the boot id changes, lodevd starts.
+    d.stop()
+    d.new_boot()
+    d.start()
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    assert len(d.calls("install")) == 1 and len(d.calls("confirm")) == 1
+    assert d.reboots() == 1
+    assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
+
+
+def test_failed_confirm_fails_the_job(device, platform):
+    d = device().start()
+    d.flag("install-exit", "100")
+    d.flag("confirm-exit", "1")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    d.new_boot()
+    d.start()
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "confirm" in ex["statusDetails"]["reason"]
+
+
+def test_restarts_without_reboot_are_bounded(device, platform):
+    """A reboot command that never reboots: lodevd restarts with the same boot id, asks for
+    the reboot again, and fails the job after firmware.max_attempts."""
+    d = device(firmware={"max_attempts": 2}).start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    for n in (1, 2, 3):
+        wait_until(lambda: d.reboots() == n, 30, what="reboot %d" % n)
+        d.stop()
+        d.start()
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "restarted" in ex["statusDetails"]["reason"]
+    assert d.reboots() == 3 and len(d.calls("install")) == 1
+
+
+@pytest.mark.parametrize("phase", ["downloading", "installing", "awaiting-reboot", "confirming"])
+def test_sigkill_in_each_phase(device, platform, phase):
+    size = 4 * 1024 * 1024
+    d = device(transfers={"max_rate": 1024 * 1024} if phase == "downloading" else {}).start()
+    if phase == "installing":
+        d.flag("hold-install")
+    if phase in ("awaiting-reboot", "confirming"):
+        d.flag("install-exit", "100")
+    if phase == "confirming":
+        d.flag("hold-confirm")
+    fw, data = firmware(platform, size)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+
+    if phase == "downloading":
+        wait_until(lambda: d.journal().get("offset", 0) > 0, 30,
+                   what="a durable part of the download")
+    elif phase == "installing":
+        wait_until(lambda: d.calls("install"), 30, what="the installer")
+    else:
+        wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    if phase == "confirming":
+        d.stop()
+        d.new_boot()
+        d.start()
+        wait_until(lambda: d.calls("confirm"), 30, what="the confirm hook")
+    d.stop(signal.SIGKILL)
+    if phase == "awaiting-reboot":
+        d.new_boot()  # a power cut: the device comes back on the new firmware
+    if phase == "installing":
+        d.unflag("hold-install")  # the orphaned installer ends by itself
+    if phase == "confirming":
+        d.unflag("hold-confirm")
+    d.start()
+
+    want = "FAILED" if phase == "installing" else "SUCCEEDED"
+    ex = wait_status(platform, d.thing, job, want, timeout=90)
+    if phase == "installing":
+        assert "interrupted" in ex["statusDetails"]["reason"]
+    time.sleep(1)
+    assert device_terminals(platform, d.thing, job) == [want]
+    assert len(d.calls("install")) == 1
+    if phase == "downloading":
+        dl = [x for x in platform.downloads() if x["path"] == "/firmware/" + fw]
+        if not (dl[-1]["range"] and dl[-1]["status"] == 206):
+            open("/tmp/sigkill-dl.log", "w").write(json.dumps(dl) + "\n" + d.daemon.output())
+        assert dl[-1]["range"] and dl[-1]["status"] == 206, dl  # resumed, not restarted
+        with open(os.path.join(d.rec, "installed-" + job), "rb") as f:
+            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+
+
+def test_hook_timeout_fails_with_stderr(device, platform):
+    d = device(firmware={"install_timeout": 2}).start()
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "FAILED", timeout=40)
+    assert "did not finish in time" in ex["statusDetails"]["reason"]
+
+
+def test_hook_failure_reports_last_stderr_line(device, platform):
+    d = device().start()
+    d.flag("install-exit", "7")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert ex["statusDetails"]["stderr"] == "installer: last words"
+    assert "status 7" in ex["statusDetails"]["reason"]
+
+
+def test_unknown_operation_rejected(device, platform):
+    d = device().start()
+    job = platform.queue_job(d.thing, document={"operation": "reboot_now"})
+    ex = wait_status(platform, d.thing, job, "REJECTED")
+    assert "not supported" in ex["statusDetails"]["reason"]
+    assert d.calls() == []
+
+
+def test_sha256_mismatch_fails(device, platform):
+    d = device().start()
+    fw, data = firmware(platform, 256 * 1024)
+    doc = document(fw, data)
+    doc["sha256"] = hashlib.sha256(b"other").hexdigest()
+    job = platform.queue_job(d.thing, document=doc)
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "does not match" in ex["statusDetails"]["reason"]
+    assert d.calls() == []
+    wait_until(lambda: d.downloads_dir() == [], 10, what="the download to be removed")
+
+
+def test_canceled_mid_download(device, platform):
+    d = device(transfers={"max_rate": 512 * 1024}).start()
+    fw, data = firmware(platform, 8 * 1024 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.jobs()["status"] == "downloading" and d.downloads_dir(), 30,
+               what="the download under way")
+    platform.cancel_job(d.thing, job, force=True)
+    wait_until(lambda: d.jobs()["id"] == "", 20, what="lodevd to drop the job")
+    wait_until(lambda: d.downloads_dir() == [], 10, what="the download to be removed")
+    assert statuses(platform, d.thing, job)[-1] == "CANCELED"
+    assert device_terminals(platform, d.thing, job) == []
+    assert d.calls() == []
+    # The next job runs.
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
+
+
+def test_inhibitor_delays_reboot(device, platform, bus):
+    import subprocess
+
+    d = device().start()
+    d.flag("install-exit", "100")
+    release = os.path.join(d.rec, "release")
+    holder = subprocess.Popen(
+        [lodevtest.LODEVCTL, "inhibit-reboot", "--who", "ecg", "--why", "recording a patient",
+         "sh", "-c", "while [ ! -f %s ]; do sleep 0.1; done" % release], env=bus.env())
+    try:
+        wait_until(lambda: lodevtest.lodevctl_json(bus, "status")["reboot_inhibitors"], 10,
+                   what="the inhibitor")
+        st = lodevtest.lodevctl(bus, "status")
+        assert "Reboot held by: ecg: recording a patient" in st.stdout
+        fw, data = firmware(platform, 64 * 1024)
+        job = platform.queue_job(d.thing, document=document(fw, data))
+        wait_until(lambda: d.jobs()["status"] == "awaiting-reboot", 30, what="the install")
+        time.sleep(2)
+        assert d.reboots() == 0
+        open(release, "w").close()
+        wait_until(lambda: d.reboots() == 1, 10, what="the reboot after the release")
+        assert holder.wait(10) == 0
+        assert lodevtest.lodevctl_json(bus, "status")["reboot_inhibitors"] == []
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert platform.job_execution(d.thing, job)["status"] == "IN_PROGRESS"
+
+
+def test_check_jobs_and_jobs_command(device, platform, bus):
+    d = device().start()
+    r = lodevtest.lodevctl(bus, "jobs", "--check")
+    assert r.returncode == 0, r.stderr
+    assert "No firmware job." in r.stdout
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.jobs()["status"] == "installing", 30, what="the install")
+    r = lodevtest.lodevctl(bus, "jobs")
+    assert job in r.stdout and "installing" in r.stdout
+    d.unflag("hold-install")
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+
+
+HOSTILE = [
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": 5,
+      "firmwareUrl": "https://127.0.0.1/x"}, "REJECTED", "firmwareId"),
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": "f"},
+     "REJECTED", "firmwareUrl"),
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": "f",
+      "firmwareUrl": "file:///etc/shadow"}, "REJECTED", "https"),
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": "f",
+      "firmwareUrl": "http://127.0.0.1/fw"}, "REJECTED", "http://"),
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": "f",
+      "firmwareUrl": "https://127.0.0.1/fw", "sha256": ["x"]}, "REJECTED", "sha256"),
+    ({"operation": "firmware_update", "deploymentId": "d", "firmwareId": "x" * 120000,
+      "firmwareUrl": "https://127.0.0.1/fw"}, "REJECTED", "firmwareId"),
+    ({"operation": ["firmware_update"]}, "REJECTED", "operation"),
+    ([1, 2, 3], "REJECTED", "operation"),
+]
+
+
+def test_hostile_documents(device, platform):
+    d = device(http={"allow_http": False}).start()
+    jobs = [(platform.queue_job(d.thing, document=doc), want, word) for doc, want, word in HOSTILE]
+    # Ids no report can be addressed to, injected as the platform.
+    topic = "$aws/things/%s/jobs/notify-next" % d.thing
+    for bad in ("../../etc/passwd", "a/b", "job\nFAKE: line", "x" * 65):
+        payload = {"execution": {"jobId": bad, "status": "QUEUED", "versionNumber": 1,
+                                 "executionNumber": 1,
+                                 "jobDocument": {"operation": "firmware_update"}}}
+        platform.inject(topic, json.dumps(payload).encode())
+    platform.inject(topic, b"\xff not json")
+    for job, want, word in jobs:
+        ex = wait_status(platform, d.thing, job, want)
+        assert word in ex["statusDetails"]["reason"], (word, ex)
+    assert d.calls() == []
+    assert d.daemon.proc.poll() is None
+    out = d.daemon.output()
+    assert out.count("cannot be decoded") >= 5, out[-4000:]
+    assert "\nFAKE: line" not in out
+    assert d.downloads_dir() == []
