@@ -8,8 +8,7 @@ booted from the slot the bootloader picks, the boot id changes, lodevd starts ag
 and runs `hook confirm`, and the platform sees SUCCEEDED (or FAILED after a fallback,
 or FAILED with RAUC's reason for an untrusted bundle).
 
-Not registered in meson yet: it needs the firmware jobs service. What it expects
-from lodevd:
+What it relies on in lodevd:
   - firmware.installer / firmware.reboot_command run as SPEC §6 says; the hook's
     environment is built by a wrapper here, so lodevd need not pass its own through;
   - a reboot is told from a restart by the boot id (/proc/sys/kernel/random/boot_id,
@@ -48,23 +47,19 @@ def rauc(workdir):
 
 
 class Device:
-    """lodevd with the RAUC hook, a recording reboot_command and a boot id of its own."""
+    """lodevd with an example hook (hook_script: the body of the firmware.installer
+    wrapper that sets the hook's environment), a recording reboot_command and a boot
+    id of its own; bootloader(slot) is what the "reboot" does to the installer's side."""
 
-    def __init__(self, bus, workdir, platform, rauc, monkeypatch):
+    def __init__(self, bus, workdir, platform, hook_script, bootloader, monkeypatch):
         self.workdir = workdir
-        self.rauc = rauc
+        self.bootloader = bootloader
         self.boot_id_file = os.path.join(workdir, "boot_id")
         self.reboot_marker = os.path.join(workdir, "reboot-requested")
         self.new_boot()
         hook = os.path.join(workdir, "install-firmware")
         with open(hook, "w") as f:
-            f.write("#!/bin/sh\n"
-                    "export DBUS_STARTER_BUS_TYPE=session\n"
-                    "export DBUS_SESSION_BUS_ADDRESS='%s'\n"
-                    "export LODEV_HOOK_STATE_DIR='%s'\n"
-                    "exec '%s' \"$@\"\n"
-                    % (rauc.bus_address, os.path.join(workdir, "hook-state"),
-                       os.path.join(HOOKS_DIR, "rauc")))
+            f.write("#!/bin/sh\n" + hook_script)
         os.chmod(hook, 0o755)
         reboot = os.path.join(workdir, "reboot")
         with open(reboot, "w") as f:
@@ -98,14 +93,20 @@ class Device:
         """What a reboot does to this device: lodevd stops, the bootloader picks a
         slot (the primary, or SLOT for a fallback), a new boot id, lodevd starts."""
         self.daemon.stop()
-        self.rauc.reboot(slot)
+        self.bootloader(slot)
         self.new_boot()
         self.daemon.start()
 
 
 @pytest.fixture
 def device(bus, workdir, platform, rauc, monkeypatch):
-    d = Device(bus, workdir, platform, rauc, monkeypatch)
+    script = ("export DBUS_STARTER_BUS_TYPE=session\n"
+              "export DBUS_SESSION_BUS_ADDRESS='%s'\n"
+              "export LODEV_HOOK_STATE_DIR='%s'\n"
+              "exec '%s' \"$@\"\n"
+              % (rauc.bus_address, os.path.join(workdir, "hook-state"),
+                 os.path.join(HOOKS_DIR, "rauc")))
+    d = Device(bus, workdir, platform, script, rauc.reboot, monkeypatch)
     d.daemon.start()
     d.daemon.wait_online()
     yield d
@@ -192,3 +193,66 @@ def test_repeated_restarts_confirm_once(platform, device, rauc):
     statuses = [h.get("status") for h in platform.job_history(thing, job)]
     assert statuses.count("SUCCEEDED") == 1, statuses
     shutil.rmtree(os.path.join(device.workdir, "hook-state"), ignore_errors=True)
+
+
+# --- SWUpdate: the same job flow with the swupdate example hook ---
+
+
+@pytest.fixture
+def swupdate(workdir):
+    require_root()
+    require_tools("swupdate", "cpio", "openssl", "grub-editenv", "unshare")
+    from swupdate_env import SwupdateEnv
+
+    return SwupdateEnv(os.path.join(workdir, "swupdate"))
+
+
+@pytest.fixture
+def swu_device(bus, workdir, platform, swupdate, monkeypatch):
+    env = "".join("export %s='%s'\n" % kv for kv in swupdate.hook_env().items())
+    wrapped = " ".join("'%s'" % a for a in swupdate.wrap([os.path.join(HOOKS_DIR, "swupdate")]))
+    script = env + "exec %s \"$@\"\n" % wrapped
+    d = Device(bus, workdir, platform, script,
+               lambda slot: swupdate.reboot(fallback=slot is not None), monkeypatch)
+    d.daemon.start()
+    d.daemon.wait_online()
+    yield d
+    d.daemon.stop()
+
+
+def queue_file(platform, device, name, path):
+    with open(path, "rb") as f:
+        platform.add_firmware(name, f.read())
+    thing = thing_of(device)
+    job = platform.queue_job(thing, firmware_id=name, deployment_id="deploy-" + name)
+    lodevtest.lodevctl(device.daemon.bus, "jobs", "--check")
+    return thing, job
+
+
+def test_swupdate_update_reboot_confirm(platform, swu_device, swupdate):
+    payload = os.urandom(1024 * 1024)
+    thing, job = queue_file(platform, swu_device, "swu-2", swupdate.swu("v2", payload))
+    lodevtest.wait_until(lambda: swu_device.reboots_requested() >= 1, timeout=120,
+                         what="reboot_command")
+    assert swupdate.slot_starts_with("B", payload)
+    assert swupdate.grubenv()["rootslot"] == "B"
+    assert platform.job_execution(thing, job)["status"] == "IN_PROGRESS"
+
+    swu_device.reboot()
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "SUCCEEDED", e
+    assert swupdate.booted == "B"
+    assert "upgrade_available" not in swupdate.grubenv()
+    assert swu_device.reboots_requested() == 1
+
+
+def test_swupdate_fallback_fails_the_job(platform, swu_device, swupdate):
+    thing, job = queue_file(platform, swu_device, "swu-3",
+                            swupdate.swu("v3", os.urandom(256 * 1024)))
+    lodevtest.wait_until(lambda: swu_device.reboots_requested() >= 1, timeout=120,
+                         what="reboot_command")
+    swu_device.reboot(slot="A")
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "FAILED", e
+    assert "not the updated slot" in details_text(e), e
+    assert swupdate.booted == "A"
