@@ -62,11 +62,13 @@ def vm_hwm_kib(pid):
 
 def curl_seconds(url, out):
     t0 = time.monotonic()
-    subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
+    subprocess.run(["curl", "-s", "-f", "-o", out, url]
+                   + (["--limit-rate", str(RATE)] if RATE else []), check=True)
     return time.monotonic() - t0
 
 
 NO_SHA = False
+RATE = 0  # bytes per second for both, 0 = loopback at full speed
 
 
 def run_size(platform, size, scratch):
@@ -85,7 +87,8 @@ def run_size(platform, size, scratch):
     bus = lodevtest.Bus()
     config = os.path.join(work, "lodevd.conf")
     lodevtest.write_device_config(config, work, platform,
-                                  firmware={"installer": hook, "reboot_command": "/bin/true"})
+                                  firmware={"installer": hook, "reboot_command": "/bin/true"},
+                                  transfers={"max_rate": RATE})
     d = lodevtest.Daemon(bus, work, config, verbose=False)
     try:
         d.start()
@@ -114,6 +117,9 @@ def run_size(platform, size, scratch):
         os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
     mib = size / 1048576
     took = t1 - t0
+    if RATE:
+        print("both capped at %.0f MiB/s (curl --limit-rate, transfers.max_rate):"
+              % (RATE / 1048576))
     print("%5d MiB  curl -o %.2f s (%.0f MiB/s)  lodevd %.2f s (%.0f MiB/s%s)  "
           "ratio %.2f  lodevd RSS idle %.1f MiB, peak %.1f MiB"
           % (mib, base, mib / base, took, mib / took, "" if NO_SHA else ", sha256 verified",
@@ -125,9 +131,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes-mib", default="64,512")
     ap.add_argument("--no-sha", action="store_true", help="a document without sha256")
+    ap.add_argument("--rate-mib", type=int, default=0,
+                    help="cap both downloads at this many MiB/s, as a real link would")
     args = ap.parse_args()
-    global NO_SHA
+    global NO_SHA, RATE
     NO_SHA = args.no_sha
+    RATE = args.rate_mib * 1048576
     scratch = tempfile.mkdtemp(prefix="lodev-bench-")
     try:
         with Platform.start(os.path.join(scratch, "platform")) as p:
