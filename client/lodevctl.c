@@ -179,25 +179,38 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
         return EXIT_OK;
 }
 
-static int cmd_provision(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "force", no_argument, NULL, 'f' },
+/* The arguments of a command whose one option is the flag --NAME (-SHORT): 0, or
+ * EXIT_USAGE after saying what is wrong. */
+static int parse_flag(int argc, char *argv[], const char *command, const char *name,
+                      char short_name, bool *ret) {
+        const struct option options[] = {
+                { name, no_argument, NULL, short_name },
                 {},
         };
-        char *thing = NULL;
-        bool force = false;
-        int c, r;
+        const char shorts[] = { short_name, '\0' };
+        int c;
 
         optind = 1;
-        while ((c = getopt_long(argc, argv, "f", options, NULL)) >= 0) {
-                if (c != 'f')
+        while ((c = getopt_long(argc, argv, shorts, options, NULL)) >= 0) {
+                if (c != short_name)
                         return EXIT_USAGE;
-                force = true;
+                *ret = true;
         }
         if (optind < argc) {
-                fprintf(stderr, "lodevctl: provision: unexpected argument '%s'\n", argv[optind]);
+                fprintf(stderr, "lodevctl: %s: unexpected argument '%s'\n", command, argv[optind]);
                 return EXIT_USAGE;
         }
+        return 0;
+}
+
+static int cmd_provision(lodev *l, int argc, char *argv[]) {
+        char *thing = NULL;
+        bool force = false;
+        int r;
+
+        r = parse_flag(argc, argv, "provision", "force", 'f', &force);
+        if (r != 0)
+                return r;
         r = lodev_provision(l, force, &thing);
         if (r < 0)
                 return call_failed(l, "provision", r);
@@ -642,26 +655,15 @@ static int cmd_monitor(lodev *l, int argc, char *argv[]) {
 }
 
 static int cmd_jobs(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "check", no_argument, NULL, 'c' },
-                {},
-        };
         lodev_inhibitor *inh = NULL;
         lodev_status *s = NULL;
         size_t n_inh = 0;
         bool check = false;
-        int c, r;
+        int r;
 
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "c", options, NULL)) >= 0) {
-                if (c != 'c')
-                        return EXIT_USAGE;
-                check = true;
-        }
-        if (optind < argc) {
-                fprintf(stderr, "lodevctl: jobs: unexpected argument '%s'\n", argv[optind]);
-                return EXIT_USAGE;
-        }
+        r = parse_flag(argc, argv, "jobs", "check", 'c', &check);
+        if (r != 0)
+                return r;
         if (check) {
                 r = lodev_check_jobs(l);
                 if (r < 0)

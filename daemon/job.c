@@ -974,6 +974,22 @@ static int decide_attempts_exceeded(JobJournal *j, unsigned attempts, const JobC
         return 0;
 }
 
+/* A restart of the device during the job counts as an attempt: true when that was one too
+ * many and the job is failed (*r tells whether that worked); false with the attempt
+ * recorded and the decision aimed at the job. */
+static bool count_attempt(JobJournal *j, const JobContext *c, JobDecision *d, int *r) {
+        unsigned attempts = j->attempts + 1;
+
+        if (attempts > max_attempts(c)) {
+                *r = decide_attempts_exceeded(j, attempts, c, d);
+                return true;
+        }
+        j->attempts = attempts;
+        touch(j, c, d);
+        d->job_id = j->job_id;
+        return false;
+}
+
 /* A finished job comes back (same execution): answer as before, never run it again. */
 static int decide_revive(JobJournal *j, const JobContext *c, JobDecision *d) {
         if (j->report.status == _JOB_STATUS_INVALID)
@@ -1043,7 +1059,6 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                   JobDecision *ret) {
         bool startup = mode == JOB_RECONCILE_STARTUP, listed;
         JobDecision d;
-        unsigned attempts;
         int r = 0;
 
         if (!j || !list || !c || !ret || mode < 0 || mode >= _JOB_RECONCILE_MODE_MAX)
@@ -1096,14 +1111,8 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
         case JOB_PHASE_AWAITING_REBOOT:
                 if (!startup)
                         break;
-                attempts = j->attempts + 1;
-                if (attempts > max_attempts(c)) {
-                        r = decide_attempts_exceeded(j, attempts, c, &d);
+                if (count_attempt(j, c, &d, &r))
                         break;
-                }
-                j->attempts = attempts;
-                touch(j, c, &d);
-                d.job_id = j->job_id;
                 if (c->boot_id && j->boot_id && streq(c->boot_id, j->boot_id))
                         /* Only lodevd restarted: the reboot never happened. */
                         d.action = JOB_ACTION_REBOOT;
@@ -1116,15 +1125,9 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
         case JOB_PHASE_CONFIRMING:
                 if (!startup)
                         break;
-                attempts = j->attempts + 1;
-                if (attempts > max_attempts(c)) {
-                        r = decide_attempts_exceeded(j, attempts, c, &d);
+                if (count_attempt(j, c, &d, &r))
                         break;
-                }
-                j->attempts = attempts;
-                touch(j, c, &d);
                 d.action = JOB_ACTION_CONFIRM;
-                d.job_id = j->job_id;
                 break;
 
         case JOB_PHASE_REPORTING:

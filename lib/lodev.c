@@ -376,23 +376,30 @@ static int on_delivered(sd_bus_message *m, void *userdata, sd_bus_error *ret_err
         return 0;
 }
 
-int lodev_set_delivered_callback(lodev *l, lodev_delivered_callback callback, void *userdata) {
+/* Keeps *slot matching the object's signals (of interface and member; NULL for any) while
+ * wanted, and drops it otherwise. Synchronous: once this returns, no signal can slip past
+ * the match. */
+static int match_update(lodev *l, sd_bus_slot **slot, bool wanted, const char *interface,
+                        const char *member, sd_bus_message_handler_t handler) {
         int r;
 
+        if (!wanted) {
+                *slot = sd_bus_slot_unref(*slot);
+                return 0;
+        }
+        if (*slot)
+                return 0;
+        r = sd_bus_match_signal(l->bus, slot, BUS_NAME, BUS_PATH, interface, member, handler, l);
+        return r < 0 ? r : 0;
+}
+
+int lodev_set_delivered_callback(lodev *l, lodev_delivered_callback callback, void *userdata) {
         if (!l)
                 return -EINVAL;
         l->delivered = callback;
         l->delivered_userdata = userdata;
-        if (!callback) {
-                l->delivered_slot = sd_bus_slot_unref(l->delivered_slot);
-                return 0;
-        }
-        if (l->delivered_slot)
-                return 0;
-        /* Synchronous: once this returns, no signal can slip past the match. */
-        r = sd_bus_match_signal(l->bus, &l->delivered_slot, BUS_NAME, BUS_PATH, BUS_INTERFACE,
-                                "ObservationDelivered", on_delivered, l);
-        return r < 0 ? r : 0;
+        return match_update(l, &l->delivered_slot, callback, BUS_INTERFACE,
+                            "ObservationDelivered", on_delivered);
 }
 
 int lodev_provision(lodev *l, int force, char **ret_thing_name) {
@@ -614,23 +621,14 @@ static int on_transfer_signal(sd_bus_message *m, void *userdata, sd_bus_error *r
 
 int lodev_set_transfer_callbacks(lodev *l, lodev_transfer_progress_callback progress,
                                  lodev_transfer_finished_callback finished, void *userdata) {
-        int r;
-
         if (!l)
                 return -EINVAL;
         l->transfer_progress = progress;
         l->transfer_finished = finished;
         l->transfer_userdata = userdata;
-        if (!progress && !finished) {
-                l->transfer_slot = sd_bus_slot_unref(l->transfer_slot);
-                return 0;
-        }
-        if (l->transfer_slot)
-                return 0;
-        /* One match for both signals of the interface; synchronous, so none slips past. */
-        r = sd_bus_match_signal(l->bus, &l->transfer_slot, BUS_NAME, BUS_PATH, BUS_INTERFACE,
-                                NULL, on_transfer_signal, l);
-        return r < 0 ? r : 0;
+        /* One match for both signals of the interface. */
+        return match_update(l, &l->transfer_slot, progress || finished, BUS_INTERFACE, NULL,
+                            on_transfer_signal);
 }
 
 /* The value of a PropertiesChanged entry as text into buf; NULL for a type not known. */
@@ -715,22 +713,12 @@ static int on_event_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_
 }
 
 int lodev_set_event_callback(lodev *l, lodev_event_callback callback, void *userdata) {
-        int r;
-
         if (!l)
                 return -EINVAL;
         l->event = callback;
         l->event_userdata = userdata;
-        if (!callback) {
-                l->event_slot = sd_bus_slot_unref(l->event_slot);
-                return 0;
-        }
-        if (l->event_slot)
-                return 0;
         /* Every signal of the object: the interface's own and PropertiesChanged. */
-        r = sd_bus_match_signal(l->bus, &l->event_slot, BUS_NAME, BUS_PATH, NULL, NULL,
-                                on_event_signal, l);
-        return r < 0 ? r : 0;
+        return match_update(l, &l->event_slot, callback, NULL, NULL, on_event_signal);
 }
 
 /* --- Firmware jobs --- */
