@@ -220,18 +220,9 @@ def swu_device(bus, workdir, platform, swupdate, monkeypatch):
     d.daemon.stop()
 
 
-def queue_file(platform, device, name, path):
-    with open(path, "rb") as f:
-        platform.add_firmware(name, f.read())
-    thing = thing_of(device)
-    job = platform.queue_job(thing, firmware_id=name, deployment_id="deploy-" + name)
-    lodevtest.lodevctl(device.daemon.bus, "jobs", "--check")
-    return thing, job
-
-
 def test_swupdate_update_reboot_confirm(platform, swu_device, swupdate):
     payload = os.urandom(1024 * 1024)
-    thing, job = queue_file(platform, swu_device, "swu-2", swupdate.swu("v2", payload))
+    thing, job = queue(platform, swu_device, "swu-2", swupdate.swu("v2", payload))
     lodevtest.wait_until(lambda: swu_device.reboots_requested() >= 1, timeout=120,
                          what="reboot_command")
     assert swupdate.slot_starts_with("B", payload)
@@ -247,7 +238,7 @@ def test_swupdate_update_reboot_confirm(platform, swu_device, swupdate):
 
 
 def test_swupdate_fallback_fails_the_job(platform, swu_device, swupdate):
-    thing, job = queue_file(platform, swu_device, "swu-3",
+    thing, job = queue(platform, swu_device, "swu-3",
                             swupdate.swu("v3", os.urandom(256 * 1024)))
     lodevtest.wait_until(lambda: swu_device.reboots_requested() >= 1, timeout=120,
                          what="reboot_command")
