@@ -3,7 +3,7 @@
 # this machine against the local platform emulator: a private system bus with
 # lodevd's policy, the emulator's broker (mutual TLS) and service, lodevd
 # provisioning itself by claim, going online, delivering observations and a
-# file upload that the emulator records. Everything runs under a temporary directory and is
+# file upload that the emulator records, and running a firmware job. Everything runs under a temporary directory and is
 # stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,7 +76,14 @@ provisioning = {
 };
 state_dir = "$work/state";
 http = { allow_http = true; };
+firmware = { installer = "$work/install-firmware"; };
 CONF
+# The example copy hook, installing into the demo's directory.
+cat >"$work/install-firmware" <<HOOK
+#!/bin/sh
+LODEV_COPY_DEST="$work/installed-firmware.img" exec "$PWD/conf/hooks/copy" "\$@"
+HOOK
+chmod 0755 "$work/install-firmware"
 build/daemon/lodevd --config "$work/lodevd.conf" 2>"$work/lodevd.log" &
 pids+=($!)
 for _ in $(seq 50); do build/client/lodevctl status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -116,6 +123,26 @@ u = ups[-1]
 print("%d upload(s) received; the last: %s" % (len(ups), ", ".join(
     "%s=%s" % (k, u[k]) for k in sorted(u) if k in ("file_name", "fileName", "content_type", "contentType", "size", "sha256"))))'
 echo "sha256 of the file sent: $(sha256sum "$work/ecg-strip.pdf" | cut -d" " -f1)"
+
+step "firmware job: the platform queues firmware_update, lodevd downloads and runs the copy hook"
+head -c 2097152 /dev/urandom >"$work/firmware.img"
+$platform --workdir "$work/platform" firmware add fw-demo "$work/firmware.img" >/dev/null
+thing=$(build/client/lodevctl --json status | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["thing_name"])')
+job=$($platform --workdir "$work/platform" jobs add "$thing" --firmware-id fw-demo |
+        /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("jobId") or d.get("job_id") or d)')
+echo "job $job queued for $thing"
+build/client/lodevctl jobs --check
+status=""
+for _ in $(seq 150); do
+        status=$($platform --workdir "$work/platform" jobs show "$thing" "$job" |
+                /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin).get("status", ""))')
+        [ "$status" = SUCCEEDED ] || [ "$status" = FAILED ] && break
+        sleep 0.2
+done
+echo "status history: $($platform --workdir "$work/platform" jobs history "$thing" "$job" |
+        /usr/bin/python3 -c 'import json,sys; print(" -> ".join(h.get("status", "?") for h in json.load(sys.stdin)))')"
+cmp "$work/firmware.img" "$work/installed-firmware.img" && echo "installed file is byte-identical to the firmware"
+[ "$status" = SUCCEEDED ]
 
 step "restart: the stored identity is reused"
 kill "${pids[-1]}"
