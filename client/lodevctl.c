@@ -97,6 +97,17 @@ static void print_json(json_object *o) {
         json_object_put(o);
 }
 
+/* A command's one result: {"key": value} with --json, the value alone otherwise. */
+static void print_result(const char *key, const char *value) {
+        if (arg_json) {
+                json_object *o = json_object_new_object();
+
+                json_object_object_add(o, key, json_object_new_string(value));
+                print_json(o);
+        } else
+                printf("%s\n", value);
+}
+
 static json_object *inhibitors_json(const lodev_inhibitor *inh, size_t n) {
         json_object *a = json_object_new_array();
 
@@ -214,12 +225,7 @@ static int cmd_provision(lodev *l, int argc, char *argv[]) {
         r = lodev_provision(l, force, &thing);
         if (r < 0)
                 return call_failed(l, "provision", r);
-        if (arg_json) {
-                json_object *o = json_object_new_object();
-                json_object_object_add(o, "thing_name", json_object_new_string(thing));
-                print_json(o);
-        } else
-                printf("%s\n", thing);
+        print_result("thing_name", thing);
         free(thing);
         return EXIT_OK;
 }
@@ -293,12 +299,7 @@ static int cmd_observe(lodev *l, int argc, char *argv[]) {
         r = lodev_submit_observation(l, &o, &id);
         if (r < 0)
                 return call_failed(l, "observe", r);
-        if (arg_json) {
-                json_object *j = json_object_new_object();
-                json_object_object_add(j, "id", json_object_new_string(id));
-                print_json(j);
-        } else
-                printf("%s\n", id);
+        print_result("id", id);
         free(id);
         return EXIT_OK;
 }
@@ -486,12 +487,7 @@ static int cmd_upload(lodev *l, int argc, char *argv[]) {
         if (r < 0)
                 return call_failed(l, "upload", r);
         if (!wait) {
-                if (arg_json) {
-                        json_object *j = json_object_new_object();
-                        json_object_object_add(j, "id", json_object_new_string(id));
-                        print_json(j);
-                } else
-                        printf("%s\n", id);
+                print_result("id", id);
                 free(id);
                 return EXIT_OK;
         }

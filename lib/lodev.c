@@ -288,10 +288,29 @@ static int observation_message(lodev *l, const lodev_observation *o, sd_bus_mess
         return 0;
 }
 
-int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id) {
+/* Sends m and hands the string the method returns to *ret (free() it; ret may be NULL). */
+static int call_for_string(lodev *l, sd_bus_message *m, uint64_t timeout, char **ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        const char *id;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *s;
+        int r;
+
+        r = sd_bus_call(l->bus, m, timeout, &e, &reply);
+        if (r < 0)
+                return call_failed(l, &e, r);
+        r = sd_bus_message_read(reply, "s", &s);
+        if (r < 0)
+                return r;
+        if (ret) {
+                *ret = strdup(s);
+                if (!*ret)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         if (!l)
@@ -299,18 +318,7 @@ int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id
         r = observation_message(l, o, &m);
         if (r < 0)
                 return r;
-        r = sd_bus_call(l->bus, m, l->call_timeout, &e, &reply);
-        if (r < 0)
-                return call_failed(l, &e, r);
-        r = sd_bus_message_read(reply, "s", &id);
-        if (r < 0)
-                return r;
-        if (ret_id) {
-                *ret_id = strdup(id);
-                if (!*ret_id)
-                        return -ENOMEM;
-        }
-        return 0;
+        return call_for_string(l, m, l->call_timeout, ret_id);
 }
 
 static int on_submit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
@@ -403,10 +411,7 @@ int lodev_set_delivered_callback(lodev *l, lodev_delivered_callback callback, vo
 }
 
 int lodev_provision(lodev *l, int force, char **ret_thing_name) {
-        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        const char *thing;
-        uint64_t timeout;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         if (!l)
@@ -418,20 +423,10 @@ int lodev_provision(lodev *l, int force, char **ret_thing_name) {
         r = sd_bus_message_append(m, "a{sv}", 1, "force", "b", force ? 1 : 0);
         if (r < 0)
                 return r;
-        timeout = l->call_timeout > PROVISION_TIMEOUT_USEC ? l->call_timeout
-                                                           : PROVISION_TIMEOUT_USEC;
-        r = sd_bus_call(l->bus, m, timeout, &e, &reply);
-        if (r < 0)
-                return call_failed(l, &e, r);
-        r = sd_bus_message_read(reply, "s", &thing);
-        if (r < 0)
-                return r;
-        if (ret_thing_name) {
-                *ret_thing_name = strdup(thing);
-                if (!*ret_thing_name)
-                        return -ENOMEM;
-        }
-        return 0;
+        return call_for_string(l, m,
+                               l->call_timeout > PROVISION_TIMEOUT_USEC ? l->call_timeout
+                                                                        : PROVISION_TIMEOUT_USEC,
+                               ret_thing_name);
 }
 
 static uint64_t now_usec(void) {
@@ -504,9 +499,7 @@ int lodev_wait_online(lodev *l, uint64_t timeout_usec) {
 
 int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
                       char **ret_id) {
-        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        const char *id;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         if (!l || fd < 0 || !file_name)
@@ -519,21 +512,10 @@ int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *conte
                 r = sd_bus_message_append(m, "a{sv}", 0);
         if (r < 0)
                 return r;
-        r = sd_bus_call(l->bus, m,
-                        l->call_timeout > UPLOAD_TIMEOUT_USEC ? l->call_timeout
-                                                              : UPLOAD_TIMEOUT_USEC,
-                        &e, &reply);
-        if (r < 0)
-                return call_failed(l, &e, r);
-        r = sd_bus_message_read(reply, "s", &id);
-        if (r < 0)
-                return r;
-        if (ret_id) {
-                *ret_id = strdup(id);
-                if (!*ret_id)
-                        return -ENOMEM;
-        }
-        return 0;
+        return call_for_string(l, m,
+                               l->call_timeout > UPLOAD_TIMEOUT_USEC ? l->call_timeout
+                                                                     : UPLOAD_TIMEOUT_USEC,
+                               ret_id);
 }
 
 int lodev_cancel_transfer(lodev *l, const char *id) {
