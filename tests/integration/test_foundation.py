@@ -21,7 +21,7 @@ def test_ready_and_status(daemon, bus, platform):
     assert st["state"] in ("unprovisioned", "provisioning", "connecting", "online")
     assert st["endpoint"] == "127.0.0.1:%d" % platform.mqtt_port
     assert st["queued_observations"] == 0
-    assert st["current_job"] == {"id": "", "status": "", "percent": ""}
+    assert st["current_job"] == {"id": "", "status": "", "percent": 0}
     daemon.wait_online()
     st = lodevtest.lodevctl_json(bus, "status")
     assert st["state"] == "online"
