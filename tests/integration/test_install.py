@@ -95,6 +95,7 @@ def test_layout(root):
         "usr/lib/systemd/system/lodevd-reboot.path",
         "usr/lib/systemd/system/lodevd-reboot.service",
         "usr/share/polkit-1/rules.d/lodevd.rules",
+        "usr/share/bash-completion/completions/lodevctl",
     ]:
         assert_file(root, rel)
     for hook in ("rauc", "swupdate", "copy"):

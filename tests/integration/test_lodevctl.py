@@ -1,16 +1,21 @@
 # SPDX-License-Identifier: MIT
 """lodevctl's command line against a real lodevd: options anywhere on the line,
 each --json form, --no-legend tables, usage errors (exit 2) before anything is
-asked."""
+asked, and the bash completion sourced in a real bash."""
 
 import json
 import os
+import re
+import shlex
+import subprocess
 
 import pytest
 
 import lodevtest
 
 MiB = 1024 * 1024
+COMPLETION = os.path.join(lodevtest.SOURCE_DIR, "client", "lodevctl.bash")
+BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
 
 
 def ctl(bus, *args, **kw):
@@ -133,3 +138,78 @@ def test_exit_statuses_unchanged(bus):
     assert r.returncode == 0 and "--no-legend" in r.stdout
     r = ctl(bus, "jobs", "--version")
     assert r.returncode == 0 and r.stdout.startswith("lodevctl ")
+
+
+def complete(bus, line, extra_env=None):
+    """COMPREPLY of the bash completion with the cursor at the end of `line`, split into
+    COMP_WORDS as bash splits it (on blanks, and around "=" and ":")."""
+    if not os.path.exists(BASH_COMPLETION):
+        if os.environ.get("CI") == "true":
+            pytest.fail("bash-completion is required under CI")
+        pytest.skip("bash-completion not installed")
+    words = re.findall(r"[^\s=:]+|[=:]", line)
+    if line[-1:].isspace():
+        words.append("")
+    script = """
+source %s
+source %s
+COMP_WORDS=(%s)
+COMP_CWORD=%d
+COMP_LINE=%s
+COMP_POINT=${#COMP_LINE}
+COMPREPLY=()
+_lodevctl lodevctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%%s\\n' "${COMPREPLY[@]}"
+""" % (BASH_COMPLETION, COMPLETION, " ".join(shlex.quote(w) for w in words), len(words) - 1,
+       shlex.quote(line))
+    env = bus.env()
+    env["PATH"] = os.path.join(lodevtest.BUILD_DIR, "client") + ":" + env["PATH"]
+    if extra_env:
+        env.update(extra_env)
+    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return sorted(w for w in r.stdout.splitlines() if w)
+
+
+def test_bash_completion(bus, online, workdir):
+    assert complete(bus, "lodevctl st") == ["status"]
+    assert complete(bus, "lodevctl --json w") == ["wait-online"]
+    assert "inhibit-reboot" in complete(bus, "lodevctl ")
+    # Options: the global ones and those of the command, wherever it stands.
+    assert complete(bus, "lodevctl jobs --c") == ["--check"]
+    assert complete(bus, "lodevctl --no-legend jobs --") == sorted(
+        ["--json", "--no-legend", "--no-pager", "--help", "--version", "--check"])
+    assert complete(bus, "lodevctl observe --code x --code-") == [
+        "--code-display", "--code-system"]
+    assert complete(bus, "lodevctl status --c") == []
+    assert complete(bus, "lodevctl status --json=s") == ["short"]
+    assert "text/csv" in complete(bus, "lodevctl upload --content-type text/cs")
+    # Files for upload.
+    open(os.path.join(workdir, "reading-42.csv"), "w").close()
+    assert complete(bus, "lodevctl upload " + os.path.join(workdir, "reading-4")) == [
+        os.path.join(workdir, "reading-42.csv")]
+    # inhibit-reboot: a command, then that command's own completion.
+    assert "sleep" in complete(bus, "lodevctl inhibit-reboot --who x slee")
+    # Transfer ids, asked from the running lodevd through lodevctl itself.
+    path = os.path.join(workdir, "slow.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(4 * MiB))
+    ids = []
+    for _ in range(2):
+        r = ctl(bus, "upload", path)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+    assert complete(bus, "lodevctl cancel ") == sorted(ids)
+    assert complete(bus, "lodevctl --json cancel " + ids[1][:8]) == [ids[1]]
+    assert complete(bus, "lodevctl cancel %s " % ids[0]) == []
+    for i in ids:
+        assert ctl(bus, "cancel", i).returncode == 0
+
+
+def test_bash_completion_quiet_without_lodevd(bus):
+    # No lodevd on the bus, or no bus at all: no ids, no noise, commands still complete.
+    assert complete(bus, "lodevctl cancel ") == []
+    assert complete(bus, "lodevctl cancel ",
+                    {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent"}) == []
+    assert complete(bus, "lodevctl tr") == ["transfers"]
