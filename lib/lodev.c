@@ -309,9 +309,22 @@ const char *lodev_strerror(int error) {
         }
 }
 
-/* --- Method calls: one message builder and one answer reader per method; the
- * synchronous form waits for the answer, the asynchronous one hands it to a
- * callback --- */
+/* --- Method calls. Both forms of a call go one path: the message is built once, sent,
+ * and its answer read by the same function; only the waiting differs. --- */
+
+/* How the caller takes the answer: waited for into ret (a char ** or lodev_status **), or
+ * handed to the callback later, through the caller's slot or a floating one. */
+typedef struct Request {
+        void *ret;
+        lodev_slot **ret_slot;
+        Callback callback;
+        void *userdata;
+} Request;
+
+#define WAIT(ret_) ((Request) { .ret = (ret_) })
+#define ANSWER(ret_slot_, callback_, userdata_)                                                    \
+        ((Request) { .ret_slot = (ret_slot_), .callback.reply = (callback_),                      \
+                     .userdata = (userdata_) })
 
 static int method_new(lodev *l, const char *member, sd_bus_message **ret) {
         return sd_bus_message_new_method_call(l->bus, ret, BUS_NAME, BUS_PATH, BUS_INTERFACE,
@@ -326,84 +339,76 @@ static int call_wait(lodev *l, sd_bus_message *m, uint64_t timeout, sd_bus_messa
         return r < 0 ? call_error(l, &e, r) : 0;
 }
 
-/* The string a method returned; NULL for a method that returns nothing. */
-static int reply_string(sd_bus_message *reply, bool wanted, const char **ret) {
-        const char *s = NULL;
-        int r;
-
-        if (wanted) {
-                r = sd_bus_message_read(reply, "s", &s);
-                if (r < 0)
-                        return r;
-        }
-        *ret = s;
-        return 0;
-}
-
-/* Sends m, waits, and hands the string the method returns to *ret (free() it; ret may be
- * NULL, and is not touched for a method that returns nothing). */
-static int call_for_string(lodev *l, sd_bus_message *m, uint64_t timeout, bool wanted,
-                           char **ret) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        const char *s;
-        int r;
-
-        r = call_wait(l, m, timeout, &reply);
-        if (r < 0)
-                return r;
-        r = reply_string(reply, wanted, &s);
-        if (r < 0)
-                return r;
-        if (ret && s) {
-                *ret = strdup(s);
-                if (!*ret)
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
 static int status_from_reply(sd_bus_message *reply, lodev_status **ret);
+
+/* What a successful answer carries: a lodev_status, a string, or nothing (NULL). */
+static int answer_read(sd_bus_message *reply, SlotType type, const char **ret_string,
+                       lodev_status **ret_status) {
+        *ret_string = NULL;
+        *ret_status = NULL;
+        if (type == SLOT_CALL_STATUS)
+                return status_from_reply(reply, ret_status);
+        if (type == SLOT_CALL_STRING)
+                return sd_bus_message_read(reply, "s", ret_string);
+        return 0;
+}
 
 static int on_call_answer(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         lodev_slot *s = userdata;
         lodev *l = s->l;
         lodev_status *status = NULL;
-        const char *result = NULL;
-        int r = 0;
+        const char *string = NULL;
+        int r;
 
         slot_finish(s);
         if (sd_bus_message_is_method_error(reply, NULL))
                 r = call_error(l, sd_bus_message_get_error(reply), -EIO);
-        else if (s->type == SLOT_CALL_STATUS)
-                r = status_from_reply(reply, &status);
         else
-                r = reply_string(reply, s->type == SLOT_CALL_STRING, &result);
+                r = answer_read(reply, s->type, &string, &status);
         slot_enter(s);
         if (s->type == SLOT_CALL_STATUS)
                 s->cb.status(l, r < 0 ? r : 0, r < 0 ? NULL : status, s->userdata);
         else
-                s->cb.reply(l, r < 0 ? r : 0, r < 0 ? NULL : result, s->userdata);
+                s->cb.reply(l, r < 0 ? r : 0, r < 0 ? NULL : string, s->userdata);
         slot_leave(s);
         lodev_status_free(status);
         return 0;
 }
 
-static int call_async(lodev *l, lodev_slot **ret_slot, sd_bus_message *m, uint64_t timeout,
-                      SlotType type, Callback cb, void *userdata) {
+/* Sends m (taken; r is the outcome of building it) as q asks. */
+static int call(lodev *l, sd_bus_message *m, int r, uint64_t timeout, SlotType type,
+                Request q) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *message = m, *reply = NULL;
+        lodev_status *status;
+        const char *string;
         lodev_slot *s;
-        int r;
 
-        s = slot_new(l, ret_slot, type, cb, userdata);
+        if (r < 0)
+                return r;
+        if (!q.callback.reply) {
+                r = call_wait(l, message, timeout, &reply);
+                if (r >= 0)
+                        r = answer_read(reply, type, &string, &status);
+                if (r < 0)
+                        return r;
+                if (type == SLOT_CALL_STATUS)
+                        *(lodev_status **) q.ret = status;
+                else if (string && q.ret && !(*(char **) q.ret = strdup(string)))
+                        return -ENOMEM;
+                return 0;
+        }
+
+        s = slot_new(l, q.ret_slot, type, q.callback, q.userdata);
         if (!s)
                 return -ENOMEM;
-        r = sd_bus_call_async(l->bus, &s->bus_slot, m, on_call_answer, s, timeout);
+        r = sd_bus_call_async(l->bus, &s->bus_slot, message, on_call_answer, s, timeout);
         if (r < 0) {
                 slot_drop(s);
                 return r;
         }
         s->pending = true;
         l->pending++;
-        return slot_publish(s, ret_slot);
+        return slot_publish(s, q.ret_slot);
 }
 
 /* --- Status --- */
@@ -429,6 +434,18 @@ static int dupstr(char **dst, const char *src) {
         free(*dst);
         *dst = strdup(src ? src : "");
         return *dst ? 0 : -ENOMEM;
+}
+
+/* Appends a zeroed element of size bytes to the array *a of *n; NULL when out of memory. */
+static void *array_append(void *a, size_t *n, size_t size) {
+        void **array = a;
+        char *b = realloc(*array, (*n + 1) * size);
+
+        if (!b)
+                return NULL;
+        *array = b;
+        memset(b + *n * size, 0, size);
+        return b + (*n)++ * size;
 }
 
 /* lodevd sends the job's percentage as text, empty before the phase reported any. */
@@ -503,58 +520,38 @@ static int status_from_reply(sd_bus_message *reply, lodev_status **ret) {
         return 0;
 }
 
-static int status_message(lodev *l, sd_bus_message **ret) {
+static int get_status(lodev *l, Request q) {
         sd_bus_message *m = NULL;
         int r;
 
+        if (!l)
+                return -EINVAL;
         r = sd_bus_message_new_method_call(l->bus, &m, BUS_NAME, BUS_PATH, PROPERTIES_INTERFACE,
                                            "GetAll");
         if (r >= 0)
                 r = sd_bus_message_append(m, "s", BUS_INTERFACE);
-        if (r < 0) {
-                sd_bus_message_unref(m);
-                return r;
-        }
-        *ret = m;
-        return 0;
+        return call(l, m, r, l->call_timeout, SLOT_CALL_STATUS, q);
 }
 
 int lodev_get_status(lodev *l, lodev_status **ret) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        int r;
-
-        if (!l || !ret)
-                return -EINVAL;
-        r = status_message(l, &m);
-        if (r < 0)
-                return r;
-        r = call_wait(l, m, l->call_timeout, &reply);
-        if (r < 0)
-                return r;
-        return status_from_reply(reply, ret);
+        return ret ? get_status(l, WAIT(ret)) : -EINVAL;
 }
 
 int lodev_get_status_async(lodev *l, lodev_slot **ret_slot, lodev_status_callback callback,
                            void *userdata) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l || !callback)
-                return -EINVAL;
-        r = status_message(l, &m);
-        if (r < 0)
-                return r;
-        return call_async(l, ret_slot, m, l->call_timeout, SLOT_CALL_STATUS,
-                          (Callback) { .status = callback }, userdata);
+        return callback ? get_status(l, (Request) { .ret_slot = ret_slot,
+                                                    .callback.status = callback,
+                                                    .userdata = userdata })
+                        : -EINVAL;
 }
 
 /* --- Observations --- */
 
-static int observation_message(lodev *l, const lodev_observation *o, sd_bus_message **ret) {
+static int submit_observation(lodev *l, const lodev_observation *o, Request q) {
         sd_bus_message *m = NULL;
         int r;
 
-        if (!o || !o->code || !o->code_system)
+        if (!l || !o || !o->code || !o->code_system)
                 return -EINVAL;
         r = method_new(l, "SubmitObservation", &m);
         if (r >= 0)
@@ -568,82 +565,39 @@ static int observation_message(lodev *l, const lodev_observation *o, sd_bus_mess
                 else
                         r = sd_bus_message_append(m, "a{sv}", 0);
         }
-        if (r < 0) {
-                sd_bus_message_unref(m);
-                return r;
-        }
-        *ret = m;
-        return 0;
+        return call(l, m, r, l->call_timeout, SLOT_CALL_STRING, q);
 }
 
 int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l)
-                return -EINVAL;
-        r = observation_message(l, o, &m);
-        if (r < 0)
-                return r;
-        return call_for_string(l, m, l->call_timeout, true, ret_id);
+        return submit_observation(l, o, WAIT(ret_id));
 }
 
 int lodev_submit_observation_async(lodev *l, lodev_slot **ret_slot, const lodev_observation *o,
                                    lodev_reply_callback callback, void *userdata) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l || !callback)
-                return -EINVAL;
-        r = observation_message(l, o, &m);
-        if (r < 0)
-                return r;
-        return call_async(l, ret_slot, m, l->call_timeout, SLOT_CALL_STRING,
-                          (Callback) { .reply = callback }, userdata);
+        return callback ? submit_observation(l, o, ANSWER(ret_slot, callback, userdata)) : -EINVAL;
 }
 
 /* --- Provisioning --- */
 
-static int provision_message(lodev *l, int force, sd_bus_message **ret) {
+static int provision(lodev *l, int force, Request q) {
         sd_bus_message *m = NULL;
-        int r;
-
-        r = method_new(l, "Provision", &m);
-        if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 1, "force", "b", force ? 1 : 0);
-        if (r < 0) {
-                sd_bus_message_unref(m);
-                return r;
-        }
-        *ret = m;
-        return 0;
-}
-
-int lodev_provision(lodev *l, int force, char **ret_thing_name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         if (!l)
                 return -EINVAL;
-        r = provision_message(l, force, &m);
-        if (r < 0)
-                return r;
-        return call_for_string(l, m, timeout_at_least(l, PROVISION_TIMEOUT_USEC), true,
-                               ret_thing_name);
+        r = method_new(l, "Provision", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 1, "force", "b", force ? 1 : 0);
+        return call(l, m, r, timeout_at_least(l, PROVISION_TIMEOUT_USEC), SLOT_CALL_STRING, q);
+}
+
+int lodev_provision(lodev *l, int force, char **ret_thing_name) {
+        return provision(l, force, WAIT(ret_thing_name));
 }
 
 int lodev_provision_async(lodev *l, lodev_slot **ret_slot, int force,
                           lodev_reply_callback callback, void *userdata) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l || !callback)
-                return -EINVAL;
-        r = provision_message(l, force, &m);
-        if (r < 0)
-                return r;
-        return call_async(l, ret_slot, m, timeout_at_least(l, PROVISION_TIMEOUT_USEC),
-                          SLOT_CALL_STRING, (Callback) { .reply = callback }, userdata);
+        return callback ? provision(l, force, ANSWER(ret_slot, callback, userdata)) : -EINVAL;
 }
 
 /* --- Waiting for the connection --- */
@@ -814,12 +768,12 @@ int lodev_wait_online(lodev *l, uint64_t timeout_usec) {
 
 /* --- File uploads --- */
 
-static int upload_message(lodev *l, int fd, const char *file_name, const char *content_type,
-                          sd_bus_message **ret) {
+static int upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
+                       Request q) {
         sd_bus_message *m = NULL;
         int r;
 
-        if (fd < 0 || !file_name)
+        if (!l || fd < 0 || !file_name)
                 return -EINVAL;
         r = method_new(l, "UploadFile", &m);
         /* The message holds a duplicate of fd from here on. */
@@ -827,44 +781,24 @@ static int upload_message(lodev *l, int fd, const char *file_name, const char *c
                 r = sd_bus_message_append(m, "hss", fd, file_name, content_type ? content_type : "");
         if (r >= 0)
                 r = sd_bus_message_append(m, "a{sv}", 0);
-        if (r < 0) {
-                sd_bus_message_unref(m);
-                return r;
-        }
-        *ret = m;
-        return 0;
+        return call(l, m, r, timeout_at_least(l, UPLOAD_TIMEOUT_USEC), SLOT_CALL_STRING, q);
 }
 
 int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
                       char **ret_id) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l)
-                return -EINVAL;
-        r = upload_message(l, fd, file_name, content_type, &m);
-        if (r < 0)
-                return r;
-        return call_for_string(l, m, timeout_at_least(l, UPLOAD_TIMEOUT_USEC), true, ret_id);
+        return upload_file(l, fd, file_name, content_type, WAIT(ret_id));
 }
 
 int lodev_upload_file_async(lodev *l, lodev_slot **ret_slot, int fd, const char *file_name,
                             const char *content_type, lodev_reply_callback callback,
                             void *userdata) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l || !callback)
-                return -EINVAL;
-        r = upload_message(l, fd, file_name, content_type, &m);
-        if (r < 0)
-                return r;
-        return call_async(l, ret_slot, m, timeout_at_least(l, UPLOAD_TIMEOUT_USEC),
-                          SLOT_CALL_STRING, (Callback) { .reply = callback }, userdata);
+        return callback ? upload_file(l, fd, file_name, content_type,
+                                      ANSWER(ret_slot, callback, userdata))
+                        : -EINVAL;
 }
 
 int lodev_cancel_transfer(lodev *l, const char *id) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_message *m = NULL;
         int r;
 
         if (!l || !id)
@@ -872,9 +806,7 @@ int lodev_cancel_transfer(lodev *l, const char *id) {
         r = method_new(l, "CancelTransfer", &m);
         if (r >= 0)
                 r = sd_bus_message_append(m, "s", id);
-        if (r < 0)
-                return r;
-        return call_for_string(l, m, l->call_timeout, false, NULL);
+        return call(l, m, r, l->call_timeout, SLOT_CALL_EMPTY, WAIT(NULL));
 }
 
 lodev_transfer *lodev_transfers_free(lodev_transfer *t, size_t n) {
@@ -904,23 +836,21 @@ int lodev_list_transfers(lodev *l, lodev_transfer **ret, size_t *ret_n) {
         r = sd_bus_message_enter_container(reply, 'a', "(ssstt)");
         while (r >= 0) {
                 const char *id, *name, *state;
+                lodev_transfer *e;
                 uint64_t done, total;
-                lodev_transfer *a;
 
                 r = sd_bus_message_read(reply, "(ssstt)", &id, &name, &state, &done, &total);
                 if (r <= 0)
                         break;
-                a = realloc(t, (n + 1) * sizeof(*t));
-                if (!a) {
+                e = array_append(&t, &n, sizeof(*t));
+                if (!e) {
                         r = -ENOMEM;
                         break;
                 }
-                t = a;
-                t[n] = (lodev_transfer) { .done = done, .total = total };
-                n++;
-                if ((r = dupstr(&t[n - 1].id, id)) < 0 ||
-                    (r = dupstr(&t[n - 1].file_name, name)) < 0 ||
-                    (r = dupstr(&t[n - 1].state, state)) < 0)
+                e->done = done;
+                e->total = total;
+                if ((r = dupstr(&e->id, id)) < 0 || (r = dupstr(&e->file_name, name)) < 0 ||
+                    (r = dupstr(&e->state, state)) < 0)
                         break;
         }
         if (r >= 0)
@@ -936,30 +866,23 @@ int lodev_list_transfers(lodev *l, lodev_transfer **ret, size_t *ret_n) {
 
 /* --- Firmware jobs --- */
 
-int lodev_check_jobs(lodev *l) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+static int check_jobs(lodev *l, Request q) {
+        sd_bus_message *m = NULL;
         int r;
 
         if (!l)
                 return -EINVAL;
         r = method_new(l, "CheckJobs", &m);
-        if (r < 0)
-                return r;
-        return call_for_string(l, m, timeout_at_least(l, CHECK_JOBS_TIMEOUT_USEC), false, NULL);
+        return call(l, m, r, timeout_at_least(l, CHECK_JOBS_TIMEOUT_USEC), SLOT_CALL_EMPTY, q);
+}
+
+int lodev_check_jobs(lodev *l) {
+        return check_jobs(l, WAIT(NULL));
 }
 
 int lodev_check_jobs_async(lodev *l, lodev_slot **ret_slot, lodev_reply_callback callback,
                            void *userdata) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
-
-        if (!l || !callback)
-                return -EINVAL;
-        r = method_new(l, "CheckJobs", &m);
-        if (r < 0)
-                return r;
-        return call_async(l, ret_slot, m, timeout_at_least(l, CHECK_JOBS_TIMEOUT_USEC),
-                          SLOT_CALL_EMPTY, (Callback) { .reply = callback }, userdata);
+        return callback ? check_jobs(l, ANSWER(ret_slot, callback, userdata)) : -EINVAL;
 }
 
 int lodev_inhibit_reboot(lodev *l, const char *who, const char *why, int *ret_fd) {
@@ -1013,23 +936,20 @@ int lodev_get_reboot_inhibitors(lodev *l, lodev_inhibitor **ret, size_t *ret_n) 
         r = sd_bus_message_enter_container(reply, 'a', "(ssst)");
         while (r >= 0) {
                 const char *who, *why, *owner;
+                lodev_inhibitor *h;
                 uint64_t since;
-                lodev_inhibitor *b;
 
                 r = sd_bus_message_read(reply, "(ssst)", &who, &why, &owner, &since);
                 if (r <= 0)
                         break;
-                b = realloc(a, (n + 1) * sizeof(*b));
-                if (!b) {
+                h = array_append(&a, &n, sizeof(*a));
+                if (!h) {
                         r = -ENOMEM;
                         break;
                 }
-                a = b;
-                a[n] = (lodev_inhibitor) { .since_usec = since };
-                n++;
-                if ((r = dupstr(&a[n - 1].who, who)) < 0 ||
-                    (r = dupstr(&a[n - 1].why, why)) < 0 ||
-                    (r = dupstr(&a[n - 1].owner, owner)) < 0)
+                h->since_usec = since;
+                if ((r = dupstr(&h->who, who)) < 0 || (r = dupstr(&h->why, why)) < 0 ||
+                    (r = dupstr(&h->owner, owner)) < 0)
                         break;
         }
         if (r >= 0)
