@@ -70,7 +70,8 @@ def test_dropped_slots_never_call_back(bus, workdir, platform):
     """Every asynchronous call, sent while lodevd is stopped and its slot freed at
     once: its callback never runs, while the same call with a kept slot does.
     Answers read but not dispatched when the slot goes find nobody either, and
-    calls still waiting when the handle closes run nothing. Under the sanitizer
+    calls still waiting when the handle closes run nothing, also when a callback
+    closes it. Under the sanitizer
     build LeakSanitizer fails the tool if anything was left allocated. lodevd
     still carries out what it received: every upload lands."""
     d = start_online(bus, workdir, platform)
@@ -98,10 +99,11 @@ def test_dropped_slots_never_call_back(bus, workdir, platform):
         assert r["queued_ready"] is True
         assert r["queued"] == {c: 0 for c in calls}, r
         assert r["closed"] == {c: 0 for c in calls}, r
+        assert r["closed_in_callback"] == {c: 0 for c in calls}, r
         thing = d.status()["thing_name"]
         wait_until(lambda: len([u for u in platform.uploads()
                                 if u["thing"] == thing and u["file_name"] == "async-drop.bin"])
-                   == 3, 60, interval=0.2, what="the three uploads")
+                   == 4, 60, interval=0.2, what="the four uploads")
     finally:
         if stopped:
             d.send_signal(signal.SIGCONT)

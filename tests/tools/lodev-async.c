@@ -12,8 +12,9 @@
  *       once sent, before lodevd could answer (the test holds lodevd with SIGSTOP until
  *       this prints "sent"), the second is kept. Then, with lodevd running, calls whose
  *       answers are already read (queued behind a synchronous call) when their slots are
- *       freed, and floating calls cut by lodev_close(). Prints one JSON object with the
- *       callbacks counted for each set. Run under ASan, it also shows nothing leaks.
+ *       freed, and floating calls cut by lodev_close(), also from a callback. Prints one
+ *       JSON object with the callbacks counted for each set. Run under ASan, it also
+ *       shows nothing leaks or is used after it was freed.
  *
  * Exit status 0 when the run completed (the test judges the numbers), 1 on an error,
  * 2 on a usage error. */
@@ -332,12 +333,48 @@ static unsigned failures(const Counts *c) {
         return n;
 }
 
+static void on_status_close(lodev *l, int error, const lodev_status *s, void *userdata) {
+        bool *closed = userdata;
+
+        *closed = true;
+        (void) lodev_close(l);
+}
+
+/* A callback closes its handle while the calls sent after it still wait: none of them
+ * calls back, and the handle is freed once the callback returned to lodev_dispatch(). */
+static int close_from_callback(Counts *counts, Call *calls, int fd) {
+        uint64_t deadline = now_usec() + WAIT_USEC;
+        bool closed = false;
+        lodev *l = NULL;
+        int r;
+
+        r = lodev_open(&l);
+        if (r >= 0)
+                r = lodev_get_status_async(l, NULL, on_status_close, &closed);
+        if (r >= 0)
+                r = start_set(l, counts, calls, CALL_MAX, fd, NULL);
+        while (r >= 0 && !closed) {
+                struct pollfd p = { .fd = lodev_get_fd(l), .events = (short) lodev_get_events(l) };
+
+                if (now_usec() > deadline)
+                        r = -ETIMEDOUT;
+                else if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+                        r = -errno;
+                else
+                        r = lodev_dispatch(l); /* l is gone once closed is set */
+        }
+        if (r < 0 && !closed)
+                l = lodev_close(l);
+        return r;
+}
+
 /* The calls lodevd answers at once, from memory. */
 #define N_QUICK (CALL_PROVISION + 1)
 
 static int run_drop(lodev *l, const char *path) {
-        static Counts dropped, kept, queued, closed;
-        static Call c_dropped[CALL_MAX], c_kept[CALL_MAX], c_queued[CALL_MAX], c_closed[CALL_MAX];
+        static Counts dropped, kept, queued, closed, closed_in_callback;
+        static Call c_dropped[CALL_MAX], c_kept[CALL_MAX], c_queued[CALL_MAX], c_closed[CALL_MAX],
+                c_closed_in_callback[CALL_MAX];
         lodev_slot *s_dropped[CALL_MAX] = {}, *s_kept[CALL_MAX] = {}, *s_queued[N_QUICK] = {};
         lodev_status *st = NULL;
         uint64_t until = UINT64_MAX;
@@ -402,8 +439,11 @@ static int run_drop(lodev *l, const char *path) {
                 return 1;
         }
 
-        /* 3. Floating calls still waiting when the handle closes: no callback, no leak. */
+        /* 3. Floating calls still waiting when the handle closes: no callback, no leak; the
+         * same with the close in a callback of another connection. */
         r = start_set(l, &closed, c_closed, CALL_MAX, fd, NULL);
+        if (r >= 0)
+                r = close_from_callback(&closed_in_callback, c_closed_in_callback, fd);
         close(fd);
         if ((l = lodev_close(l)) || r < 0) {
                 fprintf(stderr, "%s\n", r < 0 ? "closed" : "lodev_close() did not return NULL");
@@ -415,6 +455,7 @@ static int run_drop(lodev *l, const char *path) {
         print_counts("kept", &kept);
         print_counts("queued", &queued);
         print_counts("closed", &closed);
+        print_counts("closed_in_callback", &closed_in_callback);
         printf("\"queued_ready\": %s, \"failed\": %u}\n", until == 0 ? "true" : "false",
                failures(&kept));
         return 0;
