@@ -383,7 +383,49 @@ static int observation_option(const char *key, sd_bus_message *msg, void *userda
         return 0;
 }
 
+/* NoSpace (SPEC §4): which file system is full, and how full. */
+static int set_no_space(sd_bus_error *error, const char *what, const char *dir,
+                        const StateDirSpace *space) {
+        if (!isempty(space->mount_point))
+                return sd_bus_error_setf(error, LODEV_ERROR_NO_SPACE,
+                                         "%s: the file system on %s (%s, holding %s) is full, "
+                                         "%" PRIu64 " bytes free",
+                                         what, space->mount_point, strempty(space->type), dir,
+                                         space->free_bytes);
+        return sd_bus_error_setf(error, LODEV_ERROR_NO_SPACE,
+                                 "%s: the file system holding %s is full, %" PRIu64
+                                 " bytes free",
+                                 what, dir, space->free_bytes);
+}
+
+/* Why an observation was not stored: QueueFull for the budget, NoSpace for the disk. */
+static int set_observation_error(Bus *b, sd_bus_error *error, int r) {
+        Delivery *d = b->manager->delivery;
+        StateDirSpace space = {};
+
+        switch (r) {
+        case -E2BIG:
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "observation: encoded payload exceeds %u bytes",
+                                         MESSAGE_SIZE_MAX);
+        case -EDQUOT:
+                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
+                                         "the observation queue is full (%" PRIu64
+                                         " bytes of spool.max_bytes %" PRIu64 ")",
+                                         delivery_used_bytes(d),
+                                         b->manager->config.spool_max_bytes);
+        case -ENOSPC:
+                (void) delivery_space(d, &space);
+                return set_no_space(error, "cannot store the observation", delivery_dir(d),
+                                    &space);
+        default:
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                         "cannot store the observation: %s", strerror(-r));
+        }
+}
+
 static void observation_submitted(uint64_t seq, int error, void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         PendingCall *p = userdata;
         char id[24];
         int r;
@@ -391,10 +433,10 @@ static void observation_submitted(uint64_t seq, int error, void *userdata) {
         snprintf(id, sizeof(id), "%" PRIu64, seq);
         if (error >= 0)
                 r = sd_bus_reply_method_return(p->msg, "s", id);
-        else
-                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
-                                               "cannot store the observation: %s",
-                                               strerror(-error));
+        else {
+                (void) set_observation_error(p->bus, &e, error);
+                r = sd_bus_reply_method_error(p->msg, &e);
+        }
         if (r < 0)
                 log_debug_errno(r, "Failed to answer SubmitObservation(), ignoring: %m");
         pending_call_free(p);
@@ -457,18 +499,7 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
         if (r >= 0)
                 return 1; /* answered after the fsync */
         pending_call_free(p);
-        if (r == -E2BIG)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "observation: encoded payload exceeds %u bytes",
-                                         MESSAGE_SIZE_MAX);
-        if (r == -ENOSPC)
-                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
-                                         "the observation queue is full (%" PRIu64
-                                         " bytes of spool.max_bytes %" PRIu64 ")",
-                                         delivery_used_bytes(d),
-                                         b->manager->config.spool_max_bytes);
-        return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot store the observation: %s",
-                                 strerror(-r));
+        return set_observation_error(b, error, r);
 }
 
 /* --- File transfers: UploadFile, CancelTransfer, ListTransfers --- */

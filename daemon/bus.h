@@ -15,6 +15,7 @@
 
 #define LODEV_ERROR_INVALID_ARGUMENT "com.lifeomic.Device1.Error.InvalidArgument"
 #define LODEV_ERROR_QUEUE_FULL "com.lifeomic.Device1.Error.QueueFull"
+#define LODEV_ERROR_NO_SPACE "com.lifeomic.Device1.Error.NoSpace"
 #define LODEV_ERROR_NOT_PROVISIONED "com.lifeomic.Device1.Error.NotProvisioned"
 #define LODEV_ERROR_NOT_FOUND "com.lifeomic.Device1.Error.NotFound"
 #define LODEV_ERROR_BUSY "com.lifeomic.Device1.Error.Busy"

@@ -55,6 +55,7 @@ struct Delivery {
         Channel *channel; /* NULL while detached */
         uint64_t cursor;  /* last record handed to the connection */
         unsigned unflushed_acks;
+        int flush_error; /* of the last spool_flush() */
         PendingSubmit *pending; /* confirmations waiting for the next fsync */
         size_t n_pending, n_pending_alloc;
         Recent recent[RECENT_MAX]; /* a ring: recent_head, n_recent */
@@ -90,9 +91,13 @@ static int flush_acks(Delivery *d) {
 
         d->unflushed_acks = 0;
         r = spool_flush(d->spool);
-        if (r < 0)
+        /* Once per spell of failures, not once per flush: the next flush retries. */
+        if (r < 0 && d->flush_error != r)
                 log_warning_errno(r, "Failed to persist delivery state in %s, will retry: %m",
                                   d->dir);
+        else if (r >= 0 && d->flush_error < 0)
+                log_info("Delivery state in %s persisted again.", d->dir);
+        d->flush_error = MIN(r, 0);
         return r;
 }
 
@@ -393,6 +398,14 @@ unsigned delivery_queued(const Delivery *d) {
 
 uint64_t delivery_used_bytes(const Delivery *d) {
         return spool_used_bytes(d->spool);
+}
+
+const char *delivery_dir(const Delivery *d) {
+        return d->dir;
+}
+
+int delivery_space(const Delivery *d, StateDirSpace *ret) {
+        return spool_space(d->spool, ret);
 }
 
 /* What recovery skipped at start-up: damaged bytes in the spool, and the observations

@@ -12,6 +12,7 @@
 
 #include "connection.h"
 #include "message.h"
+#include "state-dir.h"
 
 typedef struct Delivery Delivery;
 
@@ -39,8 +40,12 @@ void delivery_detach(Delivery *d);
 
 /* Appends o (already validated) and calls done() after the commit. Returns 0 when done()
  * will be called, or without calling it: -E2BIG (the encoded observation is too large),
- * -ENOSPC (spool.max_bytes reached), another negative errno. */
+ * -EDQUOT (spool.max_bytes reached), -ENOSPC (the file system is full), another negative
+ * errno. done() may also get -ENOSPC. */
 int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, void *userdata);
 
 unsigned delivery_queued(const Delivery *d);
 uint64_t delivery_used_bytes(const Delivery *d);
+/* The spool directory, and its file system (for error messages). */
+const char *delivery_dir(const Delivery *d);
+int delivery_space(const Delivery *d, StateDirSpace *ret);

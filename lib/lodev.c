@@ -48,6 +48,7 @@ typedef struct SubmitCall {
 static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "InvalidArgument", EINVAL),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "QueueFull", ENOSPC),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "NoSpace", ENOSPC),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotProvisioned", ENOTCONN),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotFound", ENOENT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Busy", EBUSY),
@@ -154,7 +155,7 @@ const char *lodev_strerror(int error) {
         case EPERM:
                 return "permission denied (root or group lodev required)";
         case ENOSPC:
-                return "the queue is full";
+                return "no room: the queue or the disk is full";
         case ENOTCONN:
                 return "the device is not provisioned";
         case EOPNOTSUPP:
