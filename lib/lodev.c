@@ -53,7 +53,6 @@ static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotFound", ENOENT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Busy", EBUSY),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "LimitsExceeded", EUSERS),
-        SD_BUS_ERROR_MAP(ERROR_PREFIX "NotSupported", EOPNOTSUPP),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Failed", EIO),
         SD_BUS_ERROR_MAP_END,
 };

@@ -55,8 +55,9 @@ def upload(bus, path, *args, timeout=120):
 
 
 def spool_files(workdir):
+    """The transfers' files in the spool (not the space it keeps in reserve)."""
     d = os.path.join(workdir, "state", "transfers")
-    return sorted(f for f in os.listdir(d) if not f.startswith("."))
+    return sorted(f for f in os.listdir(d) if not f.startswith(".") and f != "reserve")
 
 
 def dbus_upload(bus, fd, name, content_type=""):
