@@ -5,6 +5,7 @@ with the LD_PRELOAD shim. Nothing acknowledged may be lost, nothing may be
 deleted for an error that can pass, and lodevd must come back to normal by
 itself once space is back."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -157,3 +158,124 @@ def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
         if d.proc.poll() is None:
             d.stop()
         platform.broker_start()
+
+
+def dbus_upload(bus, path, name):
+    """UploadFile of an open file, returning (error name, message) or (None, id)."""
+    import dbus  # python3-dbus, required by test_uploads.py as well
+
+    conn = dbus.bus.BusConnection(bus.address)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        iface = dbus.Interface(conn.get_object("com.lifeomic.Device1", "/com/lifeomic/Device1"),
+                               "com.lifeomic.Device1")
+        try:
+            return None, str(iface.UploadFile(dbus.types.UnixFd(fd), name, "",
+                                              dbus.Dictionary({}, signature="sv"),
+                                              signature="hssa{sv}", timeout=120))
+        except dbus.exceptions.DBusException as e:
+            return e.get_dbus_name(), e.get_dbus_message()
+    finally:
+        os.close(fd)
+        conn.close()
+
+
+def transfer_files(state):
+    d = os.path.join(state, "transfers")
+    return sorted(f for f in os.listdir(d) if f.endswith((".json", ".data")))
+
+
+def test_uploads_on_a_full_disk(bus, workdir, platform, small_fs):
+    """A file that does not fit in the free space is refused with NoSpace (the
+    budget is far from used up); a file already spooled is uploaded even when
+    other files have taken every block left, which gives its space back."""
+    d, thing = start_online(bus, workdir, platform, transfers={"max_bytes": 256 * MiB})
+    try:
+        platform.broker_stop()
+        wait_until(lambda: d.status()["state"] != "online", 20, what="offline")
+        small = os.path.join(workdir, "small.bin")
+        with open(small, "wb") as f:
+            f.write(os.urandom(600 * KiB))
+        error, tid = dbus_upload(bus, small, "small.bin")
+        assert error is None, (error, tid)
+
+        fill(small_fs, "filler", leave=1 * MiB)
+        big = os.path.join(workdir, "big.bin")
+        with open(big, "wb") as f:
+            f.write(os.urandom(2 * MiB))
+        error, message = dbus_upload(bus, big, "big.bin")
+        assert error == "com.lifeomic.Device1.Error.NoSpace", (error, message)
+        assert small_fs in message and "bytes free" in message, message
+        assert transfer_files(small_fs) == sorted([tid + ".data", tid + ".json"])
+
+        # Every block taken: the queued file still goes out, and frees its space.
+        fill(small_fs, "filler-2")
+        platform.broker_start()
+        wait_until(lambda: [u for u in platform.uploads()
+                            if u["thing"] == thing and u["file_name"] == "small.bin"], 60,
+                   interval=0.2, what="the upload on a full disk")
+        wait_until(lambda: transfer_files(small_fs) == [], 20, what="the spool to empty")
+        assert d.proc.poll() is None
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+        platform.broker_start()
+
+
+@pytest.mark.parametrize("errno_name,errno_value", [("EIO", 5), ("EMFILE", 24), ("EACCES", 13)])
+def test_a_read_error_deletes_no_upload(bus, workdir, platform, errno_name, errno_value):
+    """Reading a queued transfer's metadata fails at start-up with an error
+    that may pass: both files stay, lodevd says so under its MESSAGE_ID and
+    reads the spool again with backoff; once the error is gone the transfer is
+    there and is uploaded byte-identical."""
+    config = os.path.join(workdir, "lodevd.conf")
+    # Offline (nothing listens on port 1): the file stays queued.
+    lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
+    flag = os.path.join(workdir, "fault-on")
+    fault_env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": ".json",
+                 "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": str(errno_value)}
+    d = lodevtest.Daemon(bus, workdir, config).start(extra_env=fault_env)
+    try:
+        path = os.path.join(workdir, "precious.bin")
+        data = os.urandom(100 * KiB)
+        with open(path, "wb") as f:
+            f.write(data)
+        r = lodevtest.lodevctl(bus, "upload", path)
+        assert r.returncode == 0, r.stderr
+        tid = r.stdout.strip()
+        state = os.path.join(workdir, "state")
+        files = transfer_files(state)
+        assert files == sorted([tid + ".data", tid + ".json"])
+        assert d.stop() == 0
+
+        with open(flag, "w"):
+            pass
+        d.start(extra_env=fault_env)
+        time.sleep(3)  # the first read and a retry or two, with the error still there
+        assert transfer_files(state) == files, "deleted on %s" % errno_name
+        wait_until(lambda: "Cannot read the transfer spool" in d.output(), 20,
+                   what="the read error to be reported")
+        out = d.output()
+        assert "%s.json" % tid in out and "nothing is deleted" in out
+        assert "transfer %s deleted" % tid not in out
+        r = lodevtest.lodevctl(bus, "upload", path)
+        assert r.returncode == 1 and "cannot be read now" in r.stderr, r.stderr
+
+        os.unlink(flag)
+        wait_until(lambda: [t["id"] for t in lodevtest.lodevctl_json(bus, "transfers")]
+                   == [tid], 30, what="the spool read again")
+        assert d.stop() == 0
+
+        # Online: it is uploaded as it was.
+        lodevtest.write_device_config(config, workdir, platform)
+        d.start()
+        d.wait_online()
+        thing = d.status()["thing_name"]
+        wait_until(lambda: [u for u in platform.uploads()
+                            if u["thing"] == thing and u["file_name"] == "precious.bin"], 60,
+                   interval=0.2, what="the upload")
+        (u,) = [u for u in platform.uploads()
+                if u["thing"] == thing and u["file_name"] == "precious.bin"]
+        assert u["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        d.stop()
