@@ -533,6 +533,11 @@ static int set_observation_error(Bus *b, sd_bus_error *error, int r) {
                 (void) delivery_space(d, &space);
                 return set_no_space(error, "cannot store the observation", delivery_dir(d),
                                     &space);
+        case -EAGAIN:
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                         "cannot store the observation: the spool %s cannot be "
+                                         "opened now; lodevd tries again",
+                                         delivery_dir(d));
         default:
                 return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
                                          "cannot store the observation: %s", strerror(-r));

@@ -279,3 +279,51 @@ def test_a_read_error_deletes_no_upload(bus, workdir, platform, errno_name, errn
         assert u["sha256"] == hashlib.sha256(data).hexdigest()
     finally:
         d.stop()
+
+
+def test_a_read_error_on_the_observation_spool_deletes_nothing(bus, workdir, platform):
+    """Opening the spool fails with EIO at start-up: lodevd runs on, says so
+    under its MESSAGE_ID, refuses new readings for now, deletes nothing, and
+    opens the spool again with backoff; the readings in it are delivered."""
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
+    flag = os.path.join(workdir, "fault-on")
+    fault_env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": ".seg",
+                 "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": "5"}
+    observe = ["observe", "--code", "8867-4", "--code-system", "http://loinc.org", "--unit",
+               "/min", "--value"]
+    d = lodevtest.Daemon(bus, workdir, config)
+    try:
+        d.start(extra_env=fault_env)
+        for v in ("71", "72", "73"):
+            r = lodevtest.lodevctl(bus, *observe, v)
+            assert r.returncode == 0, r.stderr
+        assert d.stop() == 0
+        spool = os.path.join(workdir, "state", "spool")
+        segments = sorted(f for f in os.listdir(spool) if f.endswith(".seg"))
+        assert segments
+
+        with open(flag, "w"):
+            pass
+        d.start(extra_env=fault_env)
+        wait_until(lambda: "Cannot open the observation spool" in d.output(), 20,
+                   what="the error to be reported")
+        r = lodevtest.lodevctl(bus, *observe, "74")
+        assert r.returncode == 1 and "cannot be opened now" in r.stderr, r.stderr
+        assert sorted(f for f in os.listdir(spool) if f.endswith(".seg")) == segments
+        assert d.status()["queued_observations"] == 0
+
+        os.unlink(flag)
+        wait_until(lambda: d.status()["queued_observations"] == 3, 30,
+                   what="the spool opened again")
+        assert d.stop() == 0
+
+        lodevtest.write_device_config(config, workdir, platform)
+        d.start()
+        d.wait_online()
+        thing = d.status()["thing_name"]
+        wait_until(lambda: {71, 72, 73} <= {o["payload"]["value"] for o in platform.observations()
+                                            if o["thing"] == thing}, 30,
+                   what="the three readings delivered")
+    finally:
+        d.stop()
