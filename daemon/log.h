@@ -19,6 +19,8 @@
 #define LODEV_MESSAGE_TRANSFER_FAILED "b83b4e4f5a114c7bb282d27510f5baa5"
 #define LODEV_MESSAGE_OBSERVATION_LOST "2af0e64fafdd43e683758453eec3402b"
 #define LODEV_MESSAGE_IDENTITY_UNREADABLE "dec5741cef3a46ac99d73d9ad76276ea"
+#define LODEV_MESSAGE_TRANSFERS_UNREADABLE "938c6f9fbba94d23b15e798130417cee"
+#define LODEV_MESSAGE_SPOOL_UNREADABLE "f788d1f4dfad444d95baed11c7149467"
 
 void log_setup(int max_level, int force_stderr);
 void log_set_max_level(int level);

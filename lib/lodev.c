@@ -74,11 +74,11 @@ struct lodev_slot {
 static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "InvalidArgument", EINVAL),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "QueueFull", ENOSPC),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "NoSpace", ENOSPC),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotProvisioned", ENOTCONN),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotFound", ENOENT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Busy", EBUSY),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "LimitsExceeded", EUSERS),
-        SD_BUS_ERROR_MAP(ERROR_PREFIX "NotSupported", EOPNOTSUPP),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Failed", EIO),
         SD_BUS_ERROR_MAP_END,
 };
@@ -295,7 +295,7 @@ const char *lodev_strerror(int error) {
         case EPERM:
                 return "permission denied (root or group lodev required)";
         case ENOSPC:
-                return "the queue is full";
+                return "no room: the queue or the disk is full";
         case ENOTCONN:
                 return "the device is not provisioned";
         case EOPNOTSUPP:

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -376,7 +377,7 @@ static void test_full(void) {
                         break;
                 n_ok++;
         }
-        CHECK_INT(r, -ENOSPC);
+        CHECK_INT(r, -EDQUOT);
         CHECK(n_ok > 250);
         used = spool_used_bytes(s);
         CHECK(used <= max);
@@ -384,7 +385,7 @@ static void test_full(void) {
         CHECK_INT(spool_pending_count(s), n_ok);
         /* Still full after a sync: nothing is lost, nothing is dropped to make room. */
         CHECK_INT(spool_sync(s), 0);
-        CHECK_INT(spool_append(s, big, 200, &seq), -ENOSPC);
+        CHECK_INT(spool_append(s, big, 200, &seq), -EDQUOT);
         CHECK_INT(spool_pending_count(s), n_ok);
 
         /* Acking the oldest half frees their segments. */
@@ -1313,6 +1314,101 @@ static void test_read_errors(void) {
         spool_free(s);
 }
 
+/* Fills the file system holding dir to the last block with a file of its own. */
+static void fill_disk(const char *dir) {
+        _cleanup_free_ char *path = path_join(dir, "filler");
+        char buf[4096];
+        int fd;
+
+        memset(buf, 'f', sizeof(buf));
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        CHECK(fd >= 0);
+        while (write(fd, buf, sizeof(buf)) > 0)
+                ;
+        while (write(fd, buf, 1) > 0)
+                ;
+        close(fd);
+}
+
+static uint64_t free_bytes(const char *dir) {
+        struct statvfs sv;
+
+        CHECK_INT(statvfs(dir, &sv), 0);
+        return (uint64_t) sv.f_bavail * sv.f_frsize;
+}
+
+/* A small real file system, filled by the spool and then by another file: the disk is the
+ * limit, not max_bytes. Appends fail with -ENOSPC (not -EDQUOT); acknowledging, flushing and
+ * deleting keep working; once the backlog is acknowledged the space is back and appends work
+ * again, without anyone freeing the other file. Opening the spool on a full disk works too. */
+static void test_disk_full(void) {
+        _cleanup_free_ char *mnt = path_join(tmpdir, "small-fs"), *dir = NULL;
+        _cleanup_(spool_freep) Spool *s = NULL;
+        uint64_t seq, n_ok = 0;
+        char page[4096];
+        int r;
+
+        memset(page, 'p', sizeof(page));
+        CHECK_INT(mkdir(mnt, 0700), 0);
+        r = test_mount_tmpfs(mnt, "512k");
+        if (r < 0) {
+                TEST_SKIP("test_disk_full", r);
+                return;
+        }
+        dir = path_join(mnt, "spool");
+
+        /* max_bytes above the file system: 64 KiB segments. */
+        CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+        for (;;) {
+                r = append_range(s, n_ok + 1, 1, NULL);
+                if (r < 0)
+                        break;
+                n_ok++;
+        }
+        CHECK_INT(r, -ENOSPC);
+        CHECK(n_ok > 500);
+        CHECK_INT(spool_sync(s), 0);
+        CHECK(count_segments(dir) >= 3);
+        fill_disk(mnt);
+        CHECK(free_bytes(mnt) < 4096);
+        CHECK_INT(spool_append(s, page, sizeof(page), &seq), -ENOSPC);
+
+        /* The backlog drains: every acknowledgement is recorded, every delivered segment
+         * deleted, at no point with an error. */
+        for (uint64_t i = 1; i <= n_ok; i++) {
+                CHECK_INT(read_counter(s, i), i);
+                CHECK_INT(spool_ack(s, i), 0);
+                if (i % 97 == 0)
+                        CHECK_INT(spool_flush(s), 0);
+        }
+        CHECK_INT(spool_flush(s), 0);
+        CHECK_INT(spool_pending_count(s), 0);
+        /* At most the segment still being appended to stays, its records delivered. */
+        CHECK(spool_used_bytes(s) <= 64 * 1024);
+        CHECK(count_segments(dir) <= 1);
+        CHECK(free_bytes(mnt) > 256 * 1024);
+
+        /* Back to normal by itself: new records are taken, numbered after the old ones. */
+        CHECK_INT(spool_append(s, "after", 5, &seq), 0);
+        CHECK_INT(seq, n_ok + 1);
+        CHECK_INT(spool_sync(s), 0);
+
+        /* A restart on a full disk recovers what is there and keeps the numbering. */
+        fill_disk(mnt);
+        s = spool_free(s);
+        CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+        CHECK_INT(spool_pending_count(s), 1);
+        CHECK_INT(spool_next(s, 0, &seq), 0);
+        CHECK_INT(seq, n_ok + 1);
+        CHECK_INT(spool_ack(s, seq), 0);
+        CHECK_INT(spool_flush(s), 0);
+        CHECK_INT(spool_append(s, "again", 5, &seq), 0);
+        CHECK_INT(seq, n_ok + 2);
+        CHECK_INT(spool_sync(s), 0);
+        s = spool_free(s);
+        CHECK_INT(umount2(mnt, MNT_DETACH), 0);
+}
+
 int main(void) {
         if (!mkdtemp(tmpdir)) {
                 perror("mkdtemp");
@@ -1325,6 +1421,7 @@ int main(void) {
         test_unsynced_invisible();
         test_ack_out_of_order();
         test_full();
+        test_disk_full();
         test_torn_tail();
         test_zero_tail_and_bad_head();
         test_resync();
