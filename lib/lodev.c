@@ -73,7 +73,7 @@ struct lodev_slot {
 /* Maps the daemon's named errors to errno values for the callers. */
 static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "InvalidArgument", EINVAL),
-        SD_BUS_ERROR_MAP(ERROR_PREFIX "QueueFull", ENOSPC),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "QueueFull", EDQUOT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NoSpace", ENOSPC),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotProvisioned", ENOTCONN),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotFound", ENOENT),
@@ -294,8 +294,10 @@ const char *lodev_strerror(int error) {
         case EACCES:
         case EPERM:
                 return "permission denied (root or group lodev required)";
+        case EDQUOT:
+                return "the queue is full";
         case ENOSPC:
-                return "no room: the queue or the disk is full";
+                return "no space left on the device's file system";
         case ENOTCONN:
                 return "the device is not provisioned";
         case EOPNOTSUPP:

@@ -111,8 +111,8 @@ typedef struct lodev_observation {
 } lodev_observation;
 
 /* Submits an observation and waits for its id (free() it). Returns once the
- * reading is on lodevd's disk: -EINVAL for a bad field, -ENOSPC when the
- * spool is full. */
+ * reading is on lodevd's disk: -EINVAL for a bad field, -EDQUOT when the
+ * spool is full (spool.max_bytes), -ENOSPC when the disk is. */
 int lodev_submit_observation(lodev *l, const lodev_observation *o, char **ret_id);
 /* Many calls may be outstanding, which lets lodevd share one disk sync among them. */
 int lodev_submit_observation_async(lodev *l, lodev_slot **ret_slot, const lodev_observation *o,
@@ -132,8 +132,9 @@ int lodev_provision_async(lodev *l, lodev_slot **ret_slot, int force,
  * file_name and returns the transfer id (free() it) once lodevd holds a
  * durable copy: the caller may delete its file then. An empty or NULL
  * content_type is derived from file_name by lodevd. Waits as long as the copy
- * takes (at least an hour). -EINVAL for a bad name, fd or type, -ENOSPC when
- * the transfer queue is full; lodev_last_error() says which. */
+ * takes (at least an hour). -EINVAL for a bad name, fd or type, -EDQUOT when
+ * the transfer queue is full (transfers.max_bytes), -ENOSPC when the disk is;
+ * lodev_last_error() says which. */
 int lodev_upload_file(lodev *l, int fd, const char *file_name, const char *content_type,
                       char **ret_id);
 /* The request holds its own copy of fd: the caller may close fd at once. */

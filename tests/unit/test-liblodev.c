@@ -73,8 +73,9 @@ static void test_arguments(void) {
 }
 
 static void test_strerror(void) {
-        CHECK_STR(lodev_strerror(-ENOSPC), "the queue is full");
-        CHECK_STR(lodev_strerror(ENOSPC), "the queue is full");
+        CHECK_STR(lodev_strerror(-EDQUOT), "the queue is full");
+        CHECK_STR(lodev_strerror(EDQUOT), "the queue is full");
+        CHECK_STR(lodev_strerror(-ENOSPC), "no space left on the device's file system");
         CHECK_STR(lodev_strerror(-EUSERS), "too many calls waiting for lodevd at once");
         CHECK_STR(lodev_strerror(-EHOSTUNREACH),
                   "lodevd is not running or not reachable on the system bus");
