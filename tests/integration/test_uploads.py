@@ -368,7 +368,6 @@ def test_an_upload_does_not_slow_observations(bus, workdir, platform):
         d.stop()
 
 
-FAULT_INJECT = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
 
 
 def test_answers_that_can_pass_deliver(bus, workdir, platform):
@@ -487,9 +486,8 @@ def test_a_transfer_that_cannot_be_removed_is_not_uploaded_again(bus, workdir, p
     config = os.path.join(workdir, "lodevd.conf")
     lodevtest.write_device_config(config, workdir, platform)
     flag = os.path.join(workdir, "fault-on")
-    d = lodevtest.Daemon(bus, workdir, config).start(extra_env={
-        "LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": ".json", "LODEV_FAULT_FLAG": flag,
-        "LODEV_FAULT_CALLS": "unlink", "LODEV_FAULT_ERRNO": "5"})
+    d = lodevtest.Daemon(bus, workdir, config).start(
+        extra_env=lodevtest.fault_env(".json", flag, 5, calls="unlink"))
     try:
         d.wait_online()
         thing = d.status()["thing_name"]
