@@ -187,6 +187,30 @@ def write_device_config(path, workdir, emulator, **overrides):
     write_config(path, **sections)
 
 
+def start_online(bus, workdir, emulator, **overrides):
+    """lodevd for a device of the emulator (config overrides as for
+    write_device_config), started and online: (Daemon, thing name)."""
+    config = os.path.join(workdir, "lodevd.conf")
+    write_device_config(config, workdir, emulator, **overrides)
+    d = Daemon(bus, workdir, config).start()
+    d.wait_online()
+    return d, d.status()["thing_name"]
+
+
+def member_cmd(user, *args):
+    """A command line that runs args as `user` in group lodev (whom the bus
+    policy lets call methods). Skips, or fails under CI, without the group."""
+    import pytest
+
+    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("group lodev is missing; the test setup creates it")
+        pytest.skip("group lodev is missing")
+    gid = r.stdout.split(":")[2]
+    return ["setpriv", "--reuid=" + user, "--regid=nogroup", "--groups=" + gid] + list(args)
+
+
 FAULT_INJECT = os.path.join(BUILD_DIR, "tests", "liblodev-fault-inject.so")
 
 

@@ -19,15 +19,6 @@ from lodevtest import wait_until
 MiB = 1024 * 1024
 
 
-def lodev_gid():
-    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
-    if r.returncode != 0:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("group lodev is missing; the test setup creates it")
-        pytest.skip("group lodev is missing")
-    return r.stdout.split(":")[2]
-
-
 def open_files(pid):
     with open("/proc/%d/limits" % pid) as f:
         line = next(l for l in f if l.startswith("Max open files"))
@@ -59,7 +50,6 @@ def test_uploads_bounded_per_user_before_the_descriptor_is_taken(bus, workdir, p
     once (it is stopped while they queue up). Each spooling upload holds three
     descriptors: nobody gets 16 through and LimitsExceeded for the other 8, at
     once and without a trace in the spool; root's 4 are not affected."""
-    gid = lodev_gid()
     config = os.path.join(workdir, "lodevd.conf")
     # Offline: what is accepted stays queued and can be counted.
     lodevtest.write_device_config(config, workdir, platform, platform={"port": 1},
@@ -76,8 +66,8 @@ def test_uploads_bounded_per_user_before_the_descriptor_is_taken(bus, workdir, p
         d.send_signal(signal.SIGSTOP)
         for i in range(24):
             procs.append(("nobody", subprocess.Popen(
-                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=" + gid,
-                 lodevtest.LODEVCTL, "upload", path, "--name", "n%02d.bin" % i],
+                lodevtest.member_cmd("nobody", lodevtest.LODEVCTL, "upload", path, "--name",
+                                     "n%02d.bin" % i),
                 env=bus.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         for i in range(4):
             procs.append(("root", subprocess.Popen(
@@ -113,8 +103,8 @@ def test_uploads_bounded_per_user_before_the_descriptor_is_taken(bus, workdir, p
         wait_until(lambda: len(os.listdir("/proc/%d/fd" % d.proc.pid)) <= base + 2, 10,
                    what="lodevd's descriptors back to %d" % base)
         # The bound is on what is held now, not on what a user may ever do.
-        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=" + gid,
-                            lodevtest.LODEVCTL, "upload", path, "--name", "later.bin"],
+        r = subprocess.run(lodevtest.member_cmd("nobody", lodevtest.LODEVCTL, "upload", path,
+                                                "--name", "later.bin"),
                            env=bus.env(), capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     finally:

@@ -91,12 +91,7 @@ def du(path):
     return total
 
 
-def start_online(bus, workdir, platform, **overrides):
-    config = os.path.join(workdir, "lodevd.conf")
-    lodevtest.write_device_config(config, workdir, platform, **overrides)
-    d = lodevtest.Daemon(bus, workdir, config).start()
-    d.wait_online()
-    return d, d.status()["thing_name"]
+start_online = lodevtest.start_online
 
 
 def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):

@@ -20,12 +20,7 @@ SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
 MiB = 1024 * 1024
 
 
-def start_online(bus, workdir, emulator, **overrides):
-    config = os.path.join(workdir, "lodevd.conf")
-    lodevtest.write_device_config(config, workdir, emulator, **overrides)
-    d = lodevtest.Daemon(bus, workdir, config).start()
-    d.wait_online()
-    return d, d.status()["thing_name"]
+start_online = lodevtest.start_online
 
 
 def random_file(path, size):
@@ -548,12 +543,7 @@ def test_pseudo_files_upload_what_reads_to_the_end(bus, workdir, platform):
 def test_cancel_belongs_to_the_submitter(bus, workdir, platform):
     """A transfer belongs to the UID that spooled it: another non-root user may
     not cancel it; its owner and root may."""
-    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
-    if r.returncode != 0:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("group lodev is missing; the test setup creates it")
-        pytest.skip("group lodev is missing")
-    gid = r.stdout.split(":")[2]
+    lodevtest.member_cmd("nobody")  # skips without group lodev
     config = os.path.join(workdir, "lodevd.conf")
     # Offline (nothing on port 1): the transfers stay queued.
     lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
@@ -565,10 +555,8 @@ def test_cancel_belongs_to_the_submitter(bus, workdir, platform):
         os.chmod(path, 0o644)
 
         def as_user(user, *args):
-            cmd = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--groups=" + gid,
-                   lodevtest.LODEVCTL] + list(args)
-            return subprocess.run(cmd, env=bus.env(), capture_output=True, text=True,
-                                  timeout=60)
+            return subprocess.run(lodevtest.member_cmd(user, lodevtest.LODEVCTL, *args),
+                                  env=bus.env(), capture_output=True, text=True, timeout=60)
 
         r = upload(bus, path, "--name", "roots.bin")
         assert r.returncode == 0, r.stderr

@@ -1314,22 +1314,6 @@ static void test_read_errors(void) {
         spool_free(s);
 }
 
-/* Fills the file system holding dir to the last block with a file of its own. */
-static void fill_disk(const char *dir) {
-        _cleanup_free_ char *path = path_join(dir, "filler");
-        char buf[4096];
-        int fd;
-
-        memset(buf, 'f', sizeof(buf));
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        CHECK(fd >= 0);
-        while (write(fd, buf, sizeof(buf)) > 0)
-                ;
-        while (write(fd, buf, 1) > 0)
-                ;
-        close(fd);
-}
-
 static uint64_t free_bytes(const char *dir) {
         struct statvfs sv;
 
@@ -1369,7 +1353,7 @@ static void test_disk_full(void) {
         CHECK(n_ok > 500);
         CHECK_INT(spool_sync(s), 0);
         CHECK(count_segments(dir) >= 3);
-        fill_disk(mnt);
+        test_fill_disk(mnt);
         CHECK(free_bytes(mnt) < 4096);
         CHECK_INT(spool_append(s, page, sizeof(page), &seq), -ENOSPC);
 
@@ -1394,7 +1378,7 @@ static void test_disk_full(void) {
         CHECK_INT(spool_sync(s), 0);
 
         /* A restart on a full disk recovers what is there and keeps the numbering. */
-        fill_disk(mnt);
+        test_fill_disk(mnt);
         s = spool_free(s);
         CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
         CHECK_INT(spool_pending_count(s), 1);
