@@ -110,3 +110,28 @@ def test_uploads_bounded_per_user_before_the_descriptor_is_taken(bus, workdir, p
     finally:
         d.stop()
         shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_error_names_are_sent(bus, workdir, platform):
+    """NotProvisioned is an error lodevd sends (CheckJobs before the device has
+    an identity); NotSupported, which nothing sent, is gone from the interface."""
+    dbus = lodevtest.import_dbus()
+    config = os.path.join(workdir, "lodevd.conf")
+    # Nothing listens on port 1: the device stays unprovisioned.
+    lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
+    d = lodevtest.Daemon(bus, workdir, config).start()
+    conn = dbus.bus.BusConnection(bus.address)
+    try:
+        iface = dbus.Interface(conn.get_object("com.lifeomic.Device1", "/com/lifeomic/Device1"),
+                               "com.lifeomic.Device1")
+        with pytest.raises(dbus.exceptions.DBusException) as e:
+            iface.CheckJobs()
+        assert e.value.get_dbus_name() == "com.lifeomic.Device1.Error.NotProvisioned"
+        assert "not provisioned" in e.value.get_dbus_message()
+        r = lodevtest.lodevctl(bus, "jobs", "--check")
+        assert r.returncode == 1 and "not provisioned" in r.stderr, r.stderr
+        with open(lodevtest.INTERFACE_XML) as f:
+            assert "NotSupported" not in f.read()
+    finally:
+        conn.close()
+        d.stop()

@@ -167,8 +167,7 @@ def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
 
 def dbus_upload(bus, path, name):
     """UploadFile of an open file, returning (error name, message) or (None, id)."""
-    import dbus  # python3-dbus, required by test_uploads.py as well
-
+    dbus = lodevtest.import_dbus()
     conn = dbus.bus.BusConnection(bus.address)
     fd = os.open(path, os.O_RDONLY)
     try:
