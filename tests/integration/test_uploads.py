@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 
-
 import lodevtest
 from lodevtest import wait_until
 
