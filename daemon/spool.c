@@ -1060,9 +1060,9 @@ static void spool_discard_unsynced(Spool *s) {
 
 /* Cuts the records of a failed sync off the files, durably: their callers were told they
  * failed, so no restart may bring them back. Each segment written since the last good sync
- * goes back to its synced length; one created since is then deleted; the head file records
- * next_seq so the discarded seqs stay used, and its directory fsync() makes the deletions
- * durable. Idempotent; until it succeeds the spool takes no appends. */
+ * goes back to its synced length (fsynced); the head file records next_seq so the discarded
+ * seqs stay used; then a segment created since, empty by now, is deleted. Idempotent; until
+ * it succeeds the spool takes no appends. */
 static int spool_cleanup(Spool *s) {
         int r;
 
@@ -1095,6 +1095,13 @@ static int spool_cleanup(Spool *s) {
                 seg->cut = false;
         }
 
+        /* next_seq first: the created segments may be what tells the next start that older
+         * segments' seqs were handed out (see spool_gc()). Their files are empty by now, so
+         * their deletion need not be durable. */
+        r = spool_write_head(s);
+        if (r < 0)
+                return r;
+
         for (size_t i = 0; i < s->n_segments;) {
                 Segment *seg = s->segments[i];
 
@@ -1106,10 +1113,6 @@ static int spool_cleanup(Spool *s) {
                 if (r < 0)
                         return r;
         }
-
-        r = spool_write_head(s);
-        if (r < 0)
-                return r;
 
         /* The segments whose entries a failed directory fsync() may have lost are gone. */
         s->dir_error = 0;
