@@ -135,3 +135,42 @@ def test_error_names_are_sent(bus, workdir, platform):
     finally:
         conn.close()
         d.stop()
+
+
+def test_reboot_holds_bounded_per_user(bus, workdir, basic_config):
+    """Each reboot hold is a descriptor lodevd keeps: one user gets 32 over
+    several connections (16 each), then LimitsExceeded; the count goes down as
+    holds are released."""
+    dbus = lodevtest.import_dbus()
+    d = lodevtest.Daemon(bus, workdir, basic_config).start()
+    conns, holds = [], []
+    try:
+        refused = []
+        for c in range(3):
+            conn = dbus.bus.BusConnection(bus.address)
+            conns.append(conn)
+            iface = dbus.Interface(conn.get_object("com.lifeomic.Device1",
+                                                   "/com/lifeomic/Device1"),
+                                   "com.lifeomic.Device1")
+            for k in range(16):
+                try:
+                    holds.append(iface.InhibitReboot("test", "hold %d.%d" % (c, k)).take())
+                except dbus.exceptions.DBusException as e:
+                    refused.append((e.get_dbus_name(), e.get_dbus_message()))
+        assert len(holds) == 32, (len(holds), refused[:2])
+        assert len(refused) == 16
+        assert all(n == "com.lifeomic.Device1.Error.LimitsExceeded" and "per user" in m
+                   for n, m in refused), refused[:2]
+        # Released holds count no more.
+        for fd in holds[:4]:
+            os.close(fd)
+        del holds[:4]
+        wait_until(lambda: len(lodevtest.lodevctl_json(bus, "status")["reboot_inhibitors"])
+                   == 28, 10, what="the released holds to go")
+        holds.append(iface.InhibitReboot("test", "again").take())
+    finally:
+        for fd in holds:
+            os.close(fd)
+        for conn in conns:
+            conn.close()
+        d.stop()
