@@ -174,3 +174,38 @@ def test_reboot_holds_bounded_per_user(bus, workdir, basic_config):
         for conn in conns:
             conn.close()
         d.stop()
+
+
+def test_installer_hook_gets_the_usual_descriptor_limit(bus, workdir, platform):
+    """lodevd raises its own soft limit; the programs it runs (the installer
+    hook) get the one lodevd was started with, as systemd does for services:
+    programs that use select() break with descriptors at or above 1024."""
+    rec = os.path.join(workdir, "hook-limits")
+    hook = os.path.join(workdir, "hook")
+    with open(hook, "w") as f:
+        f.write("#!/bin/sh\ngrep 'Max open files' /proc/self/limits > %s\nexit 0\n" % rec)
+    os.chmod(hook, 0o755)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard limit is %d: nothing to raise" % hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        d, thing = lodevtest.start_online(bus, workdir, platform,
+                                          firmware={"installer": hook, "install_timeout": 60})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        fw_id = "fw-limits"
+        platform.add_firmware(fw_id, b"firmware")
+        platform.queue_job(thing, document={
+            "operation": "firmware_update", "deploymentId": "dep-limits", "firmwareId": fw_id,
+            "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id})
+        lodevtest.lodevctl(bus, "jobs", "--check")
+        wait_until(lambda: os.path.exists(rec) and os.path.getsize(rec) > 0, 60,
+                   what="the hook to run")
+        with open(rec) as f:
+            hook_soft = f.read().split()[3]
+        assert hook_soft == "1024", hook_soft
+        assert open_files(d.proc.pid)[0] != "1024"
+    finally:
+        d.stop()
