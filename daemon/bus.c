@@ -34,6 +34,12 @@ typedef struct KnownName {
         uid_t uid;
 } KnownName;
 
+/* Whose a reboot hold is: inhibit.c knows its owner's bus name, the bounds are per UID. */
+typedef struct HoldOwner {
+        char *name;
+        uid_t uid;
+} HoldOwner;
+
 struct Bus {
         sd_bus *bus;
         sd_bus_slot *slot;
@@ -49,6 +55,8 @@ struct Bus {
         unsigned fds_max;   /* from RLIMIT_NOFILE */
         sd_bus_message **provision_waiters;
         size_t n_provision_waiters;
+        HoldOwner *hold_owners;
+        size_t n_hold_owners;
 };
 
 /* A call answered later: the message, the bus that answers it, the descriptors it holds. */
@@ -106,6 +114,17 @@ static int sender_uid(Bus *b, sd_bus_message *msg, uid_t *ret) {
                 *k = (KnownName) { .name = strdup(name), .uid = uid };
         }
         *ret = uid;
+        return 0;
+}
+
+/* The caller's effective UID, or AccessDenied when it cannot be told. */
+static int caller_uid(Bus *b, sd_bus_message *msg, sd_bus_error *error, uid_t *ret) {
+        int r;
+
+        r = sender_uid(b, msg, ret);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "cannot tell who is calling: %s", strerror(-r));
         return 0;
 }
 
@@ -322,16 +341,67 @@ static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *
         return r;
 }
 
+/* The reboot holds of uid now; forgets the owners that hold none any more. */
+static unsigned holds_of_uid(Bus *b, uid_t uid) {
+        const Inhibitors *in = jobs_inhibitors(b->manager->jobs);
+        unsigned n = 0;
+
+        for (size_t o = 0; o < b->n_hold_owners;) {
+                const HoldOwner *h = &b->hold_owners[o];
+                unsigned held = 0;
+                const Inhibitor *i;
+
+                for (size_t k = 0; (i = inhibitors_get(in, k)); k++)
+                        if (streq(i->owner, h->name))
+                                held++;
+                if (held == 0) {
+                        free(b->hold_owners[o].name);
+                        b->hold_owners[o] = b->hold_owners[--b->n_hold_owners];
+                        continue;
+                }
+                if (h->uid == uid)
+                        n += held;
+                o++;
+        }
+        return n;
+}
+
+static void hold_owner_add(Bus *b, const char *name, uid_t uid) {
+        HoldOwner *a;
+
+        for (size_t o = 0; o < b->n_hold_owners; o++)
+                if (streq(b->hold_owners[o].name, name))
+                        return;
+        a = reallocarray(b->hold_owners, b->n_hold_owners + 1, sizeof(HoldOwner));
+        if (!a)
+                return; /* its holds go uncounted for this user: bounded per owner and in all */
+        b->hold_owners = a;
+        a[b->n_hold_owners] = (HoldOwner) { .name = strdup(name), .uid = uid };
+        if (a[b->n_hold_owners].name)
+                b->n_hold_owners++;
+}
+
 static int method_inhibit_reboot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Bus *b = userdata;
-        const char *who, *why;
+        const char *who, *why, *sender = sd_bus_message_get_sender(msg);
         _cleanup_close_ int fd = -EBADF;
+        uid_t uid;
         int r;
 
         r = sd_bus_message_read(msg, "ss", &who, &why);
         if (r < 0)
                 return r;
-        r = jobs_inhibit_reboot(b->manager->jobs, who, why, sd_bus_message_get_sender(msg), &fd);
+        r = caller_uid(b, msg, error, &uid);
+        if (r < 0)
+                return r;
+        /* Each hold is a descriptor lodevd keeps: bounded per user, before one is made. */
+        if (holds_of_uid(b, uid) >= BUS_HOLDS_PER_UID_MAX)
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many reboot inhibitors (at most %u per user)",
+                                         BUS_HOLDS_PER_UID_MAX);
+        r = jobs_inhibit_reboot(b->manager->jobs, who, why, sender, &fd);
+        if (r >= 0 && sender)
+                hold_owner_add(b, sender, uid);
         if (r == -EINVAL)
                 return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
                                          "who and why must be 1 to %u bytes of text without "
@@ -411,17 +481,6 @@ static int provision_option(const char *key, sd_bus_message *msg, void *userdata
                 return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
                                          "options: 'force' must be a boolean");
         *force = b;
-        return 0;
-}
-
-/* The caller's effective UID, or AccessDenied when it cannot be told. */
-static int caller_uid(Bus *b, sd_bus_message *msg, sd_bus_error *error, uid_t *ret) {
-        int r;
-
-        r = sender_uid(b, msg, ret);
-        if (r < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                         "cannot tell who is calling: %s", strerror(-r));
         return 0;
 }
 
@@ -932,6 +991,9 @@ Bus *bus_free(Bus *b) {
         free(b->users);
         for (size_t i = 0; i < KNOWN_NAMES_MAX; i++)
                 free(b->known[i].name);
+        for (size_t i = 0; i < b->n_hold_owners; i++)
+                free(b->hold_owners[i].name);
+        free(b->hold_owners);
         free(b);
         return NULL;
 }

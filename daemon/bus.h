@@ -39,6 +39,8 @@
 #define UPLOAD_FDS_HELD 3U
 #define BUS_FDS_PER_UID_MAX (16U * UPLOAD_FDS_HELD)
 #define BUS_FDS_MAX 1024U
+/* Reboot holds (InhibitReboot) per user; inhibit.h bounds them per connection and in all. */
+#define BUS_HOLDS_PER_UID_MAX 32U
 
 typedef struct Bus Bus;
 

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 #include <getopt.h>
-#include <sys/resource.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -80,21 +79,6 @@ static int check_files(const Config *c) {
         return 0;
 }
 
-/* The soft RLIMIT_NOFILE up to the hard one, as systemd recommends for daemons that use no
- * select(): the default soft limit of 1024 is within reach of a flood of calls, and running
- * out would break spool writes and reconnects. The bus bounds what callers may hold. */
-static void raise_fd_limit(void) {
-        struct rlimit rl;
-
-        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-                return (void) log_warning_errno(errno, "Failed to read RLIMIT_NOFILE, ignoring: %m");
-        if (rl.rlim_cur >= rl.rlim_max)
-                return;
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                log_warning_errno(errno, "Failed to raise RLIMIT_NOFILE, ignoring: %m");
-}
-
 int main(int argc, char *argv[]) {
         enum { ARG_VERSION = 0x100 };
         static const struct option options[] = {
@@ -139,7 +123,11 @@ int main(int argc, char *argv[]) {
 
         log_setup(verbose ? LOG_DEBUG : LOG_INFO, false);
         umask(0077);
-        raise_fd_limit();
+        /* The default soft limit of 1024 is within reach of a flood of calls; running out
+         * would break spool writes and reconnects. The bus bounds what callers may hold. */
+        r = rlimit_nofile_raise();
+        if (r < 0)
+                log_warning_errno(r, "Failed to raise RLIMIT_NOFILE, ignoring: %m");
         /* OpenSSL writes to the MQTT socket with write(): a peer that went
          * away must be an error to handle, not a signal that kills us. */
         signal(SIGPIPE, SIG_IGN);

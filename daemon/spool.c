@@ -62,10 +62,8 @@
 #define HEAD_FIXED_SIZE 32U /* magic, version, next_seq, low, n and the trailing crc */
 #define HEAD_FILE "head"
 #define HEAD_TEMP "head.tmp"
-#define RESERVE_FILE "reserve"
-/* Room for several head files of thousands of out-of-order acks; ack gaps are bounded by the
- * messages in flight (100), so it is never short in practice. */
-#define RESERVE_SIZE (64U * 1024U)
+/* STATE_DIR_RESERVE_SIZE holds several head files of thousands of out-of-order acks; ack gaps
+ * are bounded by the messages in flight (100), so it is never short in practice. */
 
 /* Small segments let space come back soon after acks; big ones keep the number of files and
  * of directory fsyncs low. max_bytes / 16 between the two bounds does both. */
@@ -120,7 +118,7 @@ struct Spool {
         bool dir_dirty;       /* a segment file was created since the directory was last synced */
         bool acks_dirty;      /* acks since the head file was last written */
         bool cleanup_pending; /* a failed sync's records are not yet cut off the files */
-        bool reserve_present; /* RESERVE_FILE holds its blocks */
+        StateDirReserve reserve;
         int dir_error;        /* a directory fsync() that failed while dir_dirty */
 
         SpoolLoss *losses; /* what recovery skipped, at most SPOOL_LOSSES_MAX */
@@ -400,16 +398,10 @@ static int spool_write_head(Spool *s) {
         put_le32(buf + j, crc32c(0, buf, j));
 
         r = head_write_temp(s, buf, size);
-        if (r == -ENOSPC && s->reserve_present) {
-                /* What the reserve is for: this write precedes deletions, which give the
-                 * space back. Appends wait until the reserve is whole again. */
-                r = state_dir_release(s->dir_fd, RESERVE_FILE);
-                if (r >= 0) {
-                        s->reserve_present = false;
-                        r = head_write_temp(s, buf, size);
-                } else
-                        r = -ENOSPC;
-        }
+        /* What the reserve is for: this write precedes deletions, which give the space back.
+         * Appends wait until the reserve is whole again. */
+        if (r == -ENOSPC && state_dir_reserve_release(&s->reserve))
+                r = head_write_temp(s, buf, size);
         if (r < 0)
                 return r;
         if (renameat(s->dir_fd, HEAD_TEMP, s->dir_fd, HEAD_FILE) < 0) {
@@ -492,19 +484,6 @@ static bool segment_removable(const Spool *s, const Segment *seg) {
         return seg != s->active && seg->unacked == 0 && !seg->dirty && !seg->cut;
 }
 
-/* Fills the reserve if it is missing; -ENOSPC when the file system has no room for it. */
-static int spool_fill_reserve(Spool *s) {
-        int r;
-
-        if (s->reserve_present)
-                return 0;
-        r = state_dir_reserve(s->dir_fd, RESERVE_FILE, RESERVE_SIZE);
-        if (r < 0)
-                return r;
-        s->reserve_present = true;
-        return 0;
-}
-
 /* Whether the newest segment file is on disk for good, so that its name tells the next start
  * that every seq of the older segments was handed out. Syncs the directory if needed. */
 static bool newest_segment_durable(Spool *s) {
@@ -517,71 +496,57 @@ static bool newest_segment_durable(Spool *s) {
         return !s->dir_dirty || spool_sync_dir(s) >= 0;
 }
 
+/* Whether deleting removable segment i needs the head file to cover its seqs first: the
+ * newest segment file does unless next_seq is persisted; an older one only while the newest
+ * segment file cannot stand for its seqs (*durable caches newest_segment_durable()). */
+static bool segment_needs_head(Spool *s, size_t i, int *durable) {
+        const Segment *seg = s->segments[i];
+
+        if (i + 1 == s->n_segments)
+                return s->persisted_next_seq < s->next_seq;
+        if (seg->count == 0 || seg->last_seq < s->persisted_next_seq)
+                return false;
+        if (*durable < 0)
+                *durable = newest_segment_durable(s);
+        return !*durable;
+}
+
 /* Deletes the segments whose records are all acknowledged, freeing space first: the segments
- * that a newer segment file covers go without any write. Deleting the newest segment file
- * needs the head file to hold a next_seq above everything handed out, so that the next start
- * does not hand out the same sequence numbers again; it is written first when it does not. */
+ * that need no head file go without any write, then, only if one is left that needs it, the
+ * head file is written and the rest go. */
 static int spool_gc(Spool *s) {
-        bool freed = false, need_head = false;
+        bool freed = false;
         int durable = -1, r = 0;
 
         /* Short of space: the delivered records of the segment being appended to are not kept
          * until it is full. */
-        if (!s->reserve_present && s->active && s->active->unacked == 0 && s->active->count > 0)
+        if (!s->reserve.present && s->active && s->active->unacked == 0 && s->active->count > 0)
                 segment_finish(s);
 
-        for (size_t i = 0; i + 1 < s->n_segments;) {
-                Segment *seg = s->segments[i];
+        for (unsigned pass = 0; pass < 2 && r >= 0; pass++) {
+                bool need_head = false;
 
-                if (!segment_removable(s, seg)) {
-                        i++;
-                        continue;
-                }
-                if (seg->count > 0 && seg->last_seq >= s->persisted_next_seq) {
-                        if (durable < 0)
-                                durable = newest_segment_durable(s);
-                        if (!durable) {
+                for (size_t i = 0; i < s->n_segments;) {
+                        if (!segment_removable(s, s->segments[i]) ||
+                            (pass == 0 && segment_needs_head(s, i, &durable))) {
+                                need_head = need_head || segment_removable(s, s->segments[i]);
                                 i++;
                                 continue;
                         }
+                        r = segment_remove(s, i);
+                        if (r < 0)
+                                break;
+                        freed = true;
                 }
-                r = segment_remove(s, i);
-                if (r < 0)
-                        goto finish;
-                freed = true;
+                if (r >= 0 && pass == 0 && need_head)
+                        r = spool_write_head(s);
+                else if (pass == 0)
+                        break;
         }
 
-        /* What is left to delete needs the head file first. */
-        for (size_t i = 0; i < s->n_segments; i++) {
-                Segment *seg = s->segments[i];
-
-                if (!segment_removable(s, seg))
-                        continue;
-                if (i + 1 == s->n_segments ? s->persisted_next_seq < s->next_seq
-                                           : seg->count > 0 &&
-                                                     seg->last_seq >= s->persisted_next_seq)
-                        need_head = true;
-        }
-        if (need_head) {
-                r = spool_write_head(s);
-                if (r < 0)
-                        goto finish;
-        }
-        for (size_t i = 0; i < s->n_segments;) {
-                if (!segment_removable(s, s->segments[i])) {
-                        i++;
-                        continue;
-                }
-                r = segment_remove(s, i);
-                if (r < 0)
-                        goto finish;
-                freed = true;
-        }
-
-finish:
         /* Best effort: appends try again, and fail while it is missing. */
         if (freed)
-                (void) spool_fill_reserve(s);
+                (void) state_dir_reserve_fill(&s->reserve);
         return r;
 }
 
@@ -870,6 +835,7 @@ int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
                 r = s->dir_fd;
                 goto fail;
         }
+        s->reserve.dir_fd = s->dir_fd;
 
         r = head_load(s, &h);
         if (r < 0)
@@ -878,7 +844,7 @@ int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
         if (r < 0)
                 goto fail;
         /* Missing after a release, or on a full disk: appends wait for it. */
-        (void) spool_fill_reserve(s);
+        (void) state_dir_reserve_fill(&s->reserve);
 
         /* Rewrite the head: it records next_seq and drops acks of records that are gone. On a
          * full file system without a reserve it cannot be written; spool_gc() then deletes only
@@ -999,10 +965,10 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
         if (s->used_bytes + size > s->max_bytes)
                 return -EDQUOT;
         /* The room that recording acknowledgements needs is not for new records. */
-        r = spool_fill_reserve(s);
+        r = state_dir_reserve_fill(&s->reserve);
         if (r == -ENOSPC) {
                 spool_retire_delivered(s);
-                r = spool_fill_reserve(s);
+                r = state_dir_reserve_fill(&s->reserve);
         }
         if (r < 0)
                 return r;
@@ -1094,9 +1060,9 @@ static void spool_discard_unsynced(Spool *s) {
 
 /* Cuts the records of a failed sync off the files, durably: their callers were told they
  * failed, so no restart may bring them back. Each segment written since the last good sync
- * goes back to its synced length; one created since is then deleted; the head file records
- * next_seq so the discarded seqs stay used, and its directory fsync() makes the deletions
- * durable. Idempotent; until it succeeds the spool takes no appends. */
+ * goes back to its synced length (fsynced); the head file records next_seq so the discarded
+ * seqs stay used; then a segment created since, empty by now, is deleted. Idempotent; until
+ * it succeeds the spool takes no appends. */
 static int spool_cleanup(Spool *s) {
         int r;
 
@@ -1129,6 +1095,13 @@ static int spool_cleanup(Spool *s) {
                 seg->cut = false;
         }
 
+        /* next_seq first: the created segments may be what tells the next start that older
+         * segments' seqs were handed out (see spool_gc()). Their files are empty by now, so
+         * their deletion need not be durable. */
+        r = spool_write_head(s);
+        if (r < 0)
+                return r;
+
         for (size_t i = 0; i < s->n_segments;) {
                 Segment *seg = s->segments[i];
 
@@ -1140,10 +1113,6 @@ static int spool_cleanup(Spool *s) {
                 if (r < 0)
                         return r;
         }
-
-        r = spool_write_head(s);
-        if (r < 0)
-                return r;
 
         /* The segments whose entries a failed directory fsync() may have lost are gone. */
         s->dir_error = 0;
@@ -1287,7 +1256,7 @@ int spool_ack(Spool *s, uint64_t seq) {
         entries_pop_acked(s);
 
         /* The ack is done; if deleting the segment fails, spool_flush() retries and reports. */
-        if (segment_removable(s, seg) || (seg == s->active && !s->reserve_present))
+        if (segment_removable(s, seg) || (seg == s->active && !s->reserve.present))
                 (void) spool_gc(s);
         return 0;
 }

@@ -53,38 +53,43 @@ static int write_incompressible(int fd, uint64_t size) {
         return fsync(fd) < 0 ? -errno : 0;
 }
 
-int state_dir_reserve(int dir_fd, const char *name, uint64_t size) {
+int state_dir_reserve_fill(StateDirReserve *res) {
         _cleanup_close_ int fd = -EBADF;
+        const uint64_t size = STATE_DIR_RESERVE_SIZE;
         struct stat st;
         int r;
 
-        fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (res->present)
+                return 0;
+        fd = openat(res->dir_fd, STATE_DIR_RESERVE_FILE,
+                    O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
         if (fd < 0)
                 return state_dir_space_errno(-errno);
         if (fstat(fd, &st) < 0)
                 return -errno;
         if (!S_ISREG(st.st_mode))
                 return -EEXIST;
-        if ((uint64_t) st.st_size >= size && (uint64_t) st.st_blocks * 512 >= size)
-                return 0;
-
-        if (fallocate(fd, 0, 0, (off_t) size) >= 0)
-                return 0;
-        r = -errno;
-        if (IN_SET(r, -EOPNOTSUPP, -ENOSYS, -EINVAL))
-                r = write_incompressible(fd, size);
-        if (r < 0) {
-                /* Half a reserve would pass for a whole one at the next check. */
-                (void) unlinkat(dir_fd, name, 0);
-                return state_dir_space_errno(r);
+        if ((uint64_t) st.st_size < size || (uint64_t) st.st_blocks * 512 < size) {
+                r = fallocate(fd, 0, 0, (off_t) size) < 0 ? -errno : 0;
+                if (IN_SET(r, -EOPNOTSUPP, -ENOSYS, -EINVAL))
+                        r = write_incompressible(fd, size);
+                if (r < 0) {
+                        /* Half a reserve would pass for a whole one at the next check. */
+                        (void) unlinkat(res->dir_fd, STATE_DIR_RESERVE_FILE, 0);
+                        return state_dir_space_errno(r);
+                }
         }
+        res->present = true;
         return 0;
 }
 
-int state_dir_release(int dir_fd, const char *name) {
-        if (unlinkat(dir_fd, name, 0) < 0 && errno != ENOENT)
-                return -errno;
-        return 0;
+bool state_dir_reserve_release(StateDirReserve *res) {
+        if (!res->present)
+                return false;
+        if (unlinkat(res->dir_fd, STATE_DIR_RESERVE_FILE, 0) < 0 && errno != ENOENT)
+                return false;
+        res->present = false;
+        return true;
 }
 
 /* Undoes the octal escapes (\040 for a space) of a mountinfo field, in place. */

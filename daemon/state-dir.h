@@ -13,6 +13,7 @@
  * fill it again. */
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Creates path with mode 0700 when missing (parents 0755) and makes its entry durable, opens
@@ -21,15 +22,27 @@
  * group or others may access the directory or another user owns it, -ENOTDIR, ... */
 int state_dir_open(const char *path);
 
-/* Makes sure the file name in dir_fd holds size bytes of allocated blocks: with fallocate(),
- * or by writing bytes that no file system compresses where it cannot. 0 when it does (also
- * when it already did), -ENOSPC (or another errno) when there is no room: then no partial
- * file is left behind. */
-int state_dir_reserve(int dir_fd, const char *name, uint64_t size);
+/* The reserve of a store's directory: the file STATE_DIR_RESERVE_FILE, of
+ * STATE_DIR_RESERVE_SIZE preallocated bytes (room for several small files replaced
+ * atomically), not counted in any budget. */
+#define STATE_DIR_RESERVE_FILE "reserve"
+#define STATE_DIR_RESERVE_SIZE (64U * 1024U)
 
-/* Deletes the reserve, giving its blocks back to the file system at once. 0 also when there
- * was none. */
-int state_dir_release(int dir_fd, const char *name);
+typedef struct StateDirReserve {
+        int dir_fd;   /* borrowed from the store */
+        bool present; /* the file holds its blocks */
+} StateDirReserve;
+
+/* Makes sure the reserve holds its blocks: with fallocate(), or by writing bytes that no file
+ * system compresses where it cannot. 0 when it does (also when it already did), -ENOSPC (or
+ * another errno) when there is no room: then no partial file is left behind. A store takes
+ * no new data while this fails. */
+int state_dir_reserve_fill(StateDirReserve *r);
+
+/* For a write that precedes deletions and just failed with -ENOSPC: gives the reserve's blocks
+ * back to the file system at once. True when there was a reserve to give, so that the write is
+ * worth trying again. */
+bool state_dir_reserve_release(StateDirReserve *r);
 
 /* The file system holding a directory, for messages that say which one is full. */
 typedef struct StateDirSpace {

@@ -24,15 +24,13 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 #define METADATA_SIZE_MAX (16U * 1024U)
 /* The pread()/pwrite() fallback copies through a buffer of at most this size. */
 #define COPY_BUFFER_SIZE (128U * 1024U)
-/* Space kept back for the writes that precede an upload (the attempt count), so that a full
- * disk never stops the uploads that free it; see state-dir.h. */
-#define RESERVE_FILE "reserve"
-#define RESERVE_SIZE (64U * 1024U)
 
 struct TransferStore {
         char *dir;
         int dir_fd;
-        bool reserve_present;
+        /* For the writes that precede an upload (the attempt count), so that a full disk
+         * never stops the uploads that free it; see state-dir.h. */
+        StateDirReserve reserve;
         uint64_t max_bytes;
         uint64_t committed_bytes; /* committed transfers, overhead included */
         uint64_t reserved_bytes;  /* copies in progress, overhead included */
@@ -553,7 +551,7 @@ static int store_recover(TransferStore *s) {
         for (char **n = names; *n; n++) {
                 const char *suffix = entry_suffix(*n, id);
 
-                if (streq(*n, RESERVE_FILE))
+                if (streq(*n, STATE_DIR_RESERVE_FILE))
                         continue;
                 r = is_regular_at(s->dir_fd, *n);
                 if (r < 0)
@@ -594,19 +592,6 @@ static int store_recover(TransferStore *s) {
         return 0;
 }
 
-/* Fills the reserve if it is missing; -ENOSPC when the file system has no room for it. */
-static int store_fill_reserve(TransferStore *s) {
-        int r;
-
-        if (s->reserve_present)
-                return 0;
-        r = state_dir_reserve(s->dir_fd, RESERVE_FILE, RESERVE_SIZE);
-        if (r < 0)
-                return r;
-        s->reserve_present = true;
-        return 0;
-}
-
 int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret,
                         char **ret_failed_file) {
         TransferStore *s;
@@ -632,12 +617,13 @@ int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret
                 r = store_fail(s, ".", s->dir_fd);
                 goto fail;
         }
+        s->reserve.dir_fd = s->dir_fd;
 
         r = store_recover(s);
         if (r < 0)
                 goto fail;
         /* On a full disk it is taken again as transfers leave. */
-        (void) store_fill_reserve(s);
+        (void) state_dir_reserve_fill(&s->reserve);
 
         *ret = s;
         return 0;
@@ -764,7 +750,7 @@ int transfer_store_remove(TransferStore *s, const char *id) {
         memmove(s->transfers + i, s->transfers + i + 1,
                 (s->n_transfers - (size_t) i - 1) * sizeof(Transfer *));
         s->n_transfers--;
-        (void) store_fill_reserve(s);
+        (void) state_dir_reserve_fill(&s->reserve);
         return 0;
 }
 
@@ -780,16 +766,10 @@ int transfer_store_mark_uploading(TransferStore *s, const char *id) {
                 return -EOVERFLOW;
         t->attempts++;
         r = state_dir_space_errno(transfer_write_metadata(s, t));
-        if (r == -ENOSPC && s->reserve_present) {
-                /* What the reserve is for: the upload that follows frees space. New files
-                 * wait until it is whole again. */
-                r = state_dir_release(s->dir_fd, RESERVE_FILE);
-                if (r >= 0) {
-                        s->reserve_present = false;
-                        r = state_dir_space_errno(transfer_write_metadata(s, t));
-                } else
-                        r = -ENOSPC;
-        }
+        /* What the reserve is for: the upload that follows frees space. New files wait until
+         * it is whole again. */
+        if (r == -ENOSPC && state_dir_reserve_release(&s->reserve))
+                r = state_dir_space_errno(transfer_write_metadata(s, t));
         if (r == -ENOSPC) {
                 /* Still no room: the upload goes ahead all the same, counted in memory only,
                  * since it is what gives space back. */
@@ -951,7 +931,7 @@ int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
 
         /* The disk, besides the budget: the room that a full disk needs to let uploads free
          * it comes first, then the file must fit in what is free. */
-        r = store_fill_reserve(s);
+        r = state_dir_reserve_fill(&s->reserve);
         if (r < 0)
                 return set_reason(ret_reason,
                                   r == -ENOSPC ? "not enough free disk space for the file" : NULL,

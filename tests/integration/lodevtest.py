@@ -58,6 +58,20 @@ def require_tool(name):
     pytest.skip("%s not installed" % name)
 
 
+def import_dbus():
+    """python3-dbus, which hands lodevd descriptors of every kind and reads
+    error names; a skip without it, a failure under CI."""
+    import pytest
+
+    try:
+        import dbus
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("python3-dbus is required under CI")
+        pytest.skip("python3-dbus not installed")
+    return dbus
+
+
 def public_tempdir(prefix):
     """A directory that user nobody can traverse (the bus socket lives there)."""
     d = tempfile.mkdtemp(prefix=prefix)
@@ -185,6 +199,43 @@ def write_device_config(path, workdir, emulator, **overrides):
         else:
             sections[k] = v
     write_config(path, **sections)
+
+
+def start_online(bus, workdir, emulator, **overrides):
+    """lodevd for a device of the emulator (config overrides as for
+    write_device_config), started and online: (Daemon, thing name)."""
+    config = os.path.join(workdir, "lodevd.conf")
+    write_device_config(config, workdir, emulator, **overrides)
+    d = Daemon(bus, workdir, config).start()
+    d.wait_online()
+    return d, d.status()["thing_name"]
+
+
+def member_cmd(user, *args):
+    """A command line that runs args as `user` in group lodev (whom the bus
+    policy lets call methods). Skips, or fails under CI, without the group."""
+    import pytest
+
+    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("group lodev is missing; the test setup creates it")
+        pytest.skip("group lodev is missing")
+    gid = r.stdout.split(":")[2]
+    return ["setpriv", "--reuid=" + user, "--regid=nogroup", "--groups=" + gid] + list(args)
+
+
+FAULT_INJECT = os.path.join(BUILD_DIR, "tests", "liblodev-fault-inject.so")
+
+
+def fault_env(path, flag, errno_value, calls="open"):
+    """The environment for lodevd with the fault shim (tests/tools/fault-inject.c):
+    `calls` ("open", "unlink" or both) on paths that contain `path` fail with
+    errno_value while the file `flag` exists."""
+    return {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": path, "LODEV_FAULT_FLAG": flag,
+            "LODEV_FAULT_ERRNO": str(errno_value), "LODEV_FAULT_CALLS": calls,
+            # The sanitizer build: the shim comes before ASan's runtime.
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
 
 
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):

@@ -17,7 +17,6 @@ import lodevtest
 from lodevtest import wait_until
 
 SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
-FAULT_INJECT = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -92,12 +91,7 @@ def du(path):
     return total
 
 
-def start_online(bus, workdir, platform, **overrides):
-    config = os.path.join(workdir, "lodevd.conf")
-    lodevtest.write_device_config(config, workdir, platform, **overrides)
-    d = lodevtest.Daemon(bus, workdir, config).start()
-    d.wait_online()
-    return d, d.status()["thing_name"]
+start_online = lodevtest.start_online
 
 
 def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
@@ -107,6 +101,10 @@ def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
     back, the spool gives its space back, and new observations are taken
     again without anyone freeing the other files."""
     d, thing = start_online(bus, workdir, platform, spool={"max_bytes": 64 * MiB})
+    # What is under test is the spool, not the pacing: on a loaded machine (the sanitizer
+    # build) the broker can see a backlog's publishes bunched above 100 a second and would
+    # drop some, as AWS does.
+    platform.set_throttle(False)
     try:
         platform.broker_stop()
         wait_until(lambda: d.status()["state"] != "online", 20, what="offline")
@@ -130,10 +128,16 @@ def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
         platform.broker_start()
         wait_until(lambda: d.status()["queued_observations"] == 0, 180, interval=0.5,
                    what="the backlog to drain")
-        wait_until(lambda: platform.observation_count(thing) >= len(accepted), 60, interval=0.5,
-                   what="the emulator to record every accepted observation")
-        got = {o["payload"]["value"] for o in platform.observations() if o["thing"] == thing}
-        assert accepted <= got, "lost: %s" % sorted(accepted - got)[:10]
+        def recorded():
+            return {o["payload"]["value"] for o in platform.observations()
+                    if o["thing"] == thing}
+        try:
+            wait_until(lambda: accepted <= recorded(), 60, interval=0.5,
+                       what="the emulator to record every accepted observation")
+        except AssertionError:
+            missing = sorted(accepted - recorded())
+            raise AssertionError("%d accepted observations not recorded (%s...); publishes: %s"
+                                 % (len(missing), missing[:5], platform.publish_stats(thing)))
 
         # The space is back: delivered segments deleted, acknowledgements recorded.
         try:
@@ -158,12 +162,12 @@ def test_observations_survive_a_full_disk(bus, workdir, platform, small_fs):
         if d.proc.poll() is None:
             d.stop()
         platform.broker_start()
+        platform.set_throttle(True)
 
 
 def dbus_upload(bus, path, name):
     """UploadFile of an open file, returning (error name, message) or (None, id)."""
-    import dbus  # python3-dbus, required by test_uploads.py as well
-
+    dbus = lodevtest.import_dbus()
     conn = dbus.bus.BusConnection(bus.address)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -232,9 +236,8 @@ def test_a_read_error_deletes_no_upload(bus, workdir, platform, errno_name, errn
     # Offline (nothing listens on port 1): the file stays queued.
     lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
     flag = os.path.join(workdir, "fault-on")
-    fault_env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": ".json",
-                 "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": str(errno_value)}
-    d = lodevtest.Daemon(bus, workdir, config).start(extra_env=fault_env)
+    env = lodevtest.fault_env(".json", flag, errno_value)
+    d = lodevtest.Daemon(bus, workdir, config).start(extra_env=env)
     try:
         path = os.path.join(workdir, "precious.bin")
         data = os.urandom(100 * KiB)
@@ -250,7 +253,7 @@ def test_a_read_error_deletes_no_upload(bus, workdir, platform, errno_name, errn
 
         with open(flag, "w"):
             pass
-        d.start(extra_env=fault_env)
+        d.start(extra_env=env)
         time.sleep(3)  # the first read and a retry or two, with the error still there
         assert transfer_files(state) == files, "deleted on %s" % errno_name
         wait_until(lambda: "Cannot read the transfer spool" in d.output(), 20,
@@ -288,13 +291,12 @@ def test_a_read_error_on_the_observation_spool_deletes_nothing(bus, workdir, pla
     config = os.path.join(workdir, "lodevd.conf")
     lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
     flag = os.path.join(workdir, "fault-on")
-    fault_env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": ".seg",
-                 "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": "5"}
+    env = lodevtest.fault_env(".seg", flag, 5)
     observe = ["observe", "--code", "8867-4", "--code-system", "http://loinc.org", "--unit",
                "/min", "--value"]
     d = lodevtest.Daemon(bus, workdir, config)
     try:
-        d.start(extra_env=fault_env)
+        d.start(extra_env=env)
         for v in ("71", "72", "73"):
             r = lodevtest.lodevctl(bus, *observe, v)
             assert r.returncode == 0, r.stderr
@@ -305,7 +307,7 @@ def test_a_read_error_on_the_observation_spool_deletes_nothing(bus, workdir, pla
 
         with open(flag, "w"):
             pass
-        d.start(extra_env=fault_env)
+        d.start(extra_env=env)
         wait_until(lambda: "Cannot open the observation spool" in d.output(), 20,
                    what="the error to be reported")
         r = lodevtest.lodevctl(bus, *observe, "74")

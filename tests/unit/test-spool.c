@@ -1314,22 +1314,6 @@ static void test_read_errors(void) {
         spool_free(s);
 }
 
-/* Fills the file system holding dir to the last block with a file of its own. */
-static void fill_disk(const char *dir) {
-        _cleanup_free_ char *path = path_join(dir, "filler");
-        char buf[4096];
-        int fd;
-
-        memset(buf, 'f', sizeof(buf));
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        CHECK(fd >= 0);
-        while (write(fd, buf, sizeof(buf)) > 0)
-                ;
-        while (write(fd, buf, 1) > 0)
-                ;
-        close(fd);
-}
-
 static uint64_t free_bytes(const char *dir) {
         struct statvfs sv;
 
@@ -1369,7 +1353,7 @@ static void test_disk_full(void) {
         CHECK(n_ok > 500);
         CHECK_INT(spool_sync(s), 0);
         CHECK(count_segments(dir) >= 3);
-        fill_disk(mnt);
+        test_fill_disk(mnt);
         CHECK(free_bytes(mnt) < 4096);
         CHECK_INT(spool_append(s, page, sizeof(page), &seq), -ENOSPC);
 
@@ -1394,7 +1378,7 @@ static void test_disk_full(void) {
         CHECK_INT(spool_sync(s), 0);
 
         /* A restart on a full disk recovers what is there and keeps the numbering. */
-        fill_disk(mnt);
+        test_fill_disk(mnt);
         s = spool_free(s);
         CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
         CHECK_INT(spool_pending_count(s), 1);
@@ -1407,6 +1391,71 @@ static void test_disk_full(void) {
         CHECK_INT(spool_sync(s), 0);
         s = spool_free(s);
         CHECK_INT(umount2(mnt, MNT_DETACH), 0);
+}
+
+/* Delivered segments that a newer segment file covers are deleted without a head write. When
+ * that newer segment then goes (its records' sync failed) and the head file cannot be
+ * written, a crash must still not bring back sequence numbers already handed out: the head
+ * file comes before that deletion. */
+static void test_gc_without_head_keeps_seqs(void) {
+        _cleanup_free_ char *dir = path_join(tmpdir, "gc-covered");
+        uint64_t handed_out = 0;
+        int status, pipefd[2];
+        pid_t pid;
+
+        CHECK_INT(pipe2(pipefd, O_CLOEXEC), 0);
+        pid = fork();
+        if (pid == 0) {
+                Spool *s = NULL;
+                uint64_t seq = 0;
+
+                if (spool_open(dir, 64 * 1024, &s) < 0)
+                        _exit(10);
+                /* Three segments: the first two synced, the third created for one record. */
+                while (count_segments(dir) < 3) {
+                        if (append_range(s, seq + 1, 1, &seq) < 0)
+                                _exit(11);
+                        if (count_segments(dir) < 3 && spool_sync(s) < 0)
+                                _exit(12);
+                }
+                /* Every synced record delivered: the two full segments go, covered by the
+                 * third one's name, with no head write. */
+                for (uint64_t i = 1; i < seq; i++)
+                        if (spool_ack(s, i) < 0)
+                                _exit(13);
+                if (count_segments(dir) != 1)
+                        _exit(14);
+                /* The sync of the last record fails; cutting it off the file works, and
+                 * every fsync after that fails: the head file cannot be written. */
+                fault_datasync = (Fault) { .fail_from = 1, .n_fail = 1000 };
+                fault_fsync = (Fault) { .fail_from = 2, .n_fail = 1000 };
+                spool_fdatasync_hook = failing_fdatasync;
+                spool_fsync_hook = failing_fsync;
+                if (spool_sync(s) >= 0)
+                        _exit(15);
+                /* A crash here. */
+                if (write(pipefd[1], &seq, sizeof(seq)) != sizeof(seq))
+                        _exit(16);
+                _exit(0);
+        }
+        close(pipefd[1]);
+        CHECK(pid > 0);
+        CHECK_INT(read(pipefd[0], &handed_out, sizeof(handed_out)), sizeof(handed_out));
+        close(pipefd[0]);
+        CHECK_INT(waitpid(pid, &status, 0), pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK(handed_out > 60);
+        {
+                _cleanup_(spool_freep) Spool *s = NULL;
+                uint64_t seq = 0;
+
+                CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+                CHECK_INT(spool_pending_count(s), 0);
+                CHECK_INT(spool_append(s, "x", 1, &seq), 0);
+                /* Never a seq of a confirmed record again (the failed one was never
+                 * confirmed to anyone, and may come again). */
+                CHECK(seq >= handed_out);
+        }
 }
 
 int main(void) {
@@ -1427,6 +1476,7 @@ int main(void) {
         test_resync();
         test_resync_segment_tail();
         test_sync_failures();
+        test_gc_without_head_keeps_seqs();
         test_read_errors();
         test_seq_monotonic();
         test_stop_start();

@@ -1015,8 +1015,7 @@ static void test_pseudo_files(void) {
 /* A full file system, not the budget: refused with -ENOSPC before anything is taken; and an
  * upload attempt starts on a full disk, since the upload is what frees it. */
 static void test_disk_full(void) {
-        _cleanup_free_ char *mnt = path_join(tmpdir, "small-fs"), *dir = NULL,
-                             *filler = NULL;
+        _cleanup_free_ char *mnt = path_join(tmpdir, "small-fs"), *dir = NULL;
         _cleanup_free_ uint8_t *data = random_bytes(400 * 1024);
         _cleanup_free_ char *src = make_source("full.src", data, 400 * 1024);
         _cleanup_(transfer_store_freep) TransferStore *s = NULL;
@@ -1024,8 +1023,7 @@ static void test_disk_full(void) {
         _cleanup_close_ int fd = -EBADF;
         const char *reason = NULL;
         char id[TRANSFER_ID_LEN + 1];
-        char buf[4096];
-        int r, f;
+        int r;
 
         CHECK_INT(mkdir(mnt, 0700), 0);
         r = test_mount_tmpfs(mnt, "1m");
@@ -1048,12 +1046,7 @@ static void test_disk_full(void) {
         CHECK(!c);
 
         /* Another file takes every block left. */
-        memset(buf, 'f', sizeof(buf));
-        filler = path_join(mnt, "filler");
-        f = open(filler, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-        while (write(f, buf, sizeof(buf)) > 0)
-                ;
-        close(f);
+        test_fill_disk(mnt);
         {
                 struct statvfs sv;
 

@@ -60,6 +60,7 @@ static inline uint64_t test_rng(uint64_t *state) {
 }
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/mount.h>
@@ -80,6 +81,24 @@ static inline int test_mount_tmpfs(const char *dir, const char *size) {
         if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
                 return -errno;
         return 0;
+}
+
+/* Fills the file system holding dir to its last block with a file "filler" there (appended
+ * to when it exists). */
+static inline void test_fill_disk(const char *dir) {
+        char path[4096], buf[4096];
+        int fd;
+
+        snprintf(path, sizeof(path), "%s/filler", dir);
+        memset(buf, 'f', sizeof(buf));
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return; /* already full to the last inode */
+        while (write(fd, buf, sizeof(buf)) > 0)
+                ;
+        while (write(fd, buf, 1) > 0)
+                ;
+        close(fd);
 }
 
 /* Reports a test that could not run: a failure under CI=true, a skip otherwise. */
