@@ -227,6 +227,11 @@ static void provisioned(Identity *id, void *userdata) {
         *id = (Identity) {};
         m->identity_timer = sd_event_source_disable_unref(m->identity_timer);
         log_set_thing(m->identity.thing_name);
+        /* After log_set_thing(): the entry carries LODEV_THING, which the catalog's
+         * text for this MESSAGE_ID names. */
+        log_event(LOG_NOTICE, LODEV_MESSAGE_PROVISIONED, NULL, NULL,
+                  "Provisioned as %s (method %s, template %s).", m->identity.thing_name,
+                  provision_method_to_string(m->config.method), m->config.template_name);
         property_changed(m, "ThingName");
         set_last_error(m, "%s", "");
         provision_finished(m, m->identity.thing_name, NULL);
