@@ -574,3 +574,26 @@ int config_parameter_resolve(const Config *c, const ConfigParameter *p, char **r
         *ret = TAKE_PTR(buf);
         return 0;
 }
+
+int config_check_provisioning(const Config *c, char **ret_error) {
+        int r;
+
+        assert(c);
+
+        r = config_check_file(c, "provisioning.claim_cert", c->claim_cert, c->line_claim_cert,
+                              ret_error);
+        if (r < 0)
+                return r;
+        r = config_check_file(c, "provisioning.claim_key", c->claim_key, c->line_claim_key,
+                              ret_error);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->n_parameters; i++) {
+                _cleanup_free_ char *v = NULL;
+
+                r = config_parameter_resolve(c, &c->parameters[i], &v, ret_error);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}

@@ -238,6 +238,57 @@ static void test_parameter_from_system_files(void) {
         CHECK_STR(err, want);
 }
 
+/* What provisioning needs, in order: the claim certificate, its key, the parameters' files. */
+static void test_check_provisioning(void) {
+        _cleanup_free_ char *conf = strdup_printf("%s/p.conf", dir), *cert = NULL, *key = NULL,
+                            *serial = NULL, *err = NULL, *want = NULL;
+        ConfigParameter params[2] = {
+                { .name = (char *) "Manufacturer", .value = (char *) "Acme", .line = 12 },
+                { .name = (char *) "SerialNumber", .line = 13 },
+        };
+        Config c = {
+                .path = conf,
+                .claim_cert = strdup_printf("%s/claim.pem", dir),
+                .claim_key = strdup_printf("%s/claim.key", dir),
+                .line_claim_cert = 10,
+                .parameters = params,
+                .n_parameters = 2,
+        };
+
+        serial = strdup_printf("%s/serial-p", dir);
+        params[1].value = strdup_printf("file:%s", serial);
+
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        want = strdup_printf("%s:10: provisioning.claim_cert: %s: No such file or directory",
+                             conf, c.claim_cert);
+        CHECK_STR(err, want);
+        cert = write_conf("claim.pem", "cert\n");
+
+        /* A key that is not in the file: no line. */
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        free(want);
+        want = strdup_printf("%s: provisioning.claim_key: %s: No such file or directory", conf,
+                             c.claim_key);
+        CHECK_STR(err, want);
+        key = write_conf("claim.key", "key\n");
+
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        free(want);
+        want = strdup_printf("%s:13: provisioning.parameters.SerialNumber: %s: No such file or "
+                             "directory", conf, serial);
+        CHECK_STR(err, want);
+        free(write_conf("serial-p", "SN-1\n"));
+
+        free(err);
+        err = NULL;
+        CHECK_INT(config_check_provisioning(&c, &err), 0);
+        CHECK(!err);
+
+        free(params[1].value);
+        free(c.claim_cert);
+        free(c.claim_key);
+}
+
 static void test_check_file(void) {
         _cleanup_free_ char *err = NULL, *want = NULL;
         Config c = { .path = (char *) "/etc/lodevd/lodevd.conf" };
@@ -324,6 +375,7 @@ int main(void) {
         test_errors();
         test_parameter_resolve();
         test_parameter_from_system_files();
+        test_check_provisioning();
         test_check_file();
         test_check_permissions();
         {
