@@ -160,7 +160,7 @@ int config_init_defaults(Config *c) {
         d.state_dir = strdup(LODEV_STATE_DIR);
         d.http_proxy = strdup("");
         d.installer = strdup(LODEV_INSTALLER);
-        d.reboot_command = strdup("systemctl reboot");
+        d.reboot_command = strdup(LODEV_REBOOT_COMMAND);
         d.parameters = calloc(ELEMENTSOF(default_parameters), sizeof(ConfigParameter));
         if (d.parameters) {
                 d.n_parameters = ELEMENTSOF(default_parameters);

@@ -51,7 +51,10 @@ static void test_defaults(void) {
         CHECK_INT(c.spool_max_bytes, 67108864);
         CHECK(!c.allow_http);
         CHECK_INT(c.install_timeout, 3600);
-        CHECK_STR(c.reboot_command, "systemctl reboot");
+        /* The request to lodevd-reboot.path, under the build's prefix. */
+        CHECK(strlen(c.reboot_command) > 30 &&
+              streq(c.reboot_command + strlen(c.reboot_command) - 30,
+                    "/libexec/lodevd/request-reboot"));
         CHECK_INT(c.log_level, LOG_INFO);
         CHECK_STR(c.path, path);
         config_done(&c);
