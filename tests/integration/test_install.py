@@ -106,9 +106,9 @@ def test_library_files(root):
     d = libdir(root)
     rel = os.path.relpath(d, root)
     assert rel in ("usr/lib", "usr/lib/x86_64-linux-gnu") or rel.startswith("usr/lib/"), rel
-    real = glob.glob(os.path.join(d, "liblodev.so.0.*"))
+    real = glob.glob(os.path.join(d, "liblodev.so.1.*"))
     assert len(real) == 1 and not os.path.islink(real[0]), real
-    assert os.readlink(os.path.join(d, "liblodev.so.0")) == os.path.basename(real[0])
+    assert os.readlink(os.path.join(d, "liblodev.so.1")) == os.path.basename(real[0])
     assert os.path.realpath(os.path.join(d, "liblodev.so")) == os.path.realpath(real[0])
     assert os.path.isfile(os.path.join(d, "pkgconfig", "liblodev.pc"))
 
@@ -397,6 +397,6 @@ def test_pkg_config_and_link(root):
         assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
         assert r.stdout.strip() == "the queue is full"
         r = run(["ldd", exe], env=run_env)
-        assert os.path.join(d, "liblodev.so.0") in r.stdout, r.stdout
+        assert os.path.join(d, "liblodev.so.1") in r.stdout, r.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)
