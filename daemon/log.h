@@ -19,6 +19,7 @@
 #define LODEV_MESSAGE_TRANSFER_FAILED "b83b4e4f5a114c7bb282d27510f5baa5"
 #define LODEV_MESSAGE_OBSERVATION_LOST "2af0e64fafdd43e683758453eec3402b"
 #define LODEV_MESSAGE_IDENTITY_UNREADABLE "dec5741cef3a46ac99d73d9ad76276ea"
+#define LODEV_MESSAGE_CANNOT_PROVISION "e6a2cdd55a9241a4b7def235d6155580"
 
 void log_setup(int max_level, int force_stderr);
 void log_set_max_level(int level);
