@@ -2,7 +2,7 @@
 """A Debian 12 machine booted under a real systemd with systemd-nspawn, for the
 system tests.
 
-    debs = build_packages(source_dir, out_dir)   dpkg-buildpackage -b on a copy of the tree
+    debs = build_packages(source_dir, out_dir)   scripts/build-debs.sh
     packages = root_packages(debs)               what the root needs for `apt-get install ./*.deb`
     tarball = root_tarball(packages)             mmdebstrap, cached by that list
     m = Machine(tarball, workdir, name)          the root unpacked into workdir/root
@@ -82,23 +82,25 @@ budget = Budget()
 
 
 class Timings:
-    """Named durations, printed at the end of the run."""
+    """Named figures (durations in seconds unless said), printed at the end of the run."""
 
     def __init__(self):
         self.items = []
 
-    def add(self, name, seconds):
-        self.items.append((name, seconds))
+    def add(self, name, value, unit="s"):
+        self.items.append((name, value, unit))
 
     def report(self):
-        width = max((len(n) for n, _ in self.items), default=0)
-        return ["%-*s %8.2f s" % (width, n, s) for n, s in self.items]
+        width = max((len(n) for n, _, _ in self.items), default=0)
+        return [("%-*s %8.2f %s" % (width, n, v, u)).rstrip() for n, v, u in self.items]
 
 
 timings = Timings()
 
 
 class Stopwatch:
+    """with Stopwatch(name) as w: ...; w.name may change before the end."""
+
     def __init__(self, name):
         self.name = name
 
@@ -137,54 +139,32 @@ def wait_until(predicate, timeout, what, interval=0.1):
 # --- The packages ---------------------------------------------------------------
 
 
-def _source_files(source_dir):
-    """The files of the tree as a clean clone plus local changes has them: git's
-    tracked and untracked-but-not-ignored files, or everything but build directories."""
-    if os.path.exists(os.path.join(source_dir, ".git")):
-        r = run(["git", "-C", source_dir, "ls-files", "-z", "--cached", "--others",
-                 "--exclude-standard"])
-        return [f for f in r.stdout.split("\0") if f and os.path.lexists(
-            os.path.join(source_dir, f))]
-    files = []
-    for top, dirs, names in os.walk(source_dir):
-        rel = os.path.relpath(top, source_dir)
-        dirs[:] = [d for d in dirs if not (rel == "." and (d.startswith("build") or d == ".git"))
-                   and d != "__pycache__"]
-        files += [os.path.normpath(os.path.join(rel, n)) for n in names]
-    return files
-
-
 def build_packages(source_dir, out_dir, timeout=420):
-    """Builds the Debian packages from a copy of the tree in out_dir/src
-    (dpkg-buildpackage writes them next to the source) and returns the .deb paths.
-    The tests run in the meson test suites, so the package build skips them (nocheck)."""
-    src = os.path.join(out_dir, "src")
-    for f in _source_files(source_dir):
-        dest = os.path.join(src, f)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copy2(os.path.join(source_dir, f), dest, follow_symlinks=False)
-    if not os.path.isdir(os.path.join(src, "debian")):
-        raise AssertionError("no debian/ directory in %s" % source_dir)
-    r = run(["dpkg-checkbuilddeps"], cwd=src, check=False)
+    """Builds the Debian packages with scripts/build-debs.sh (a copy of the tree, local
+    changes included) into out_dir and returns the .deb paths. The tests run in the
+    meson test suites, so the package build skips them (nocheck)."""
+    r = subprocess.run(["dpkg-checkbuilddeps"], cwd=source_dir, capture_output=True, text=True,
+                       timeout=budget.cut(60))
     if r.returncode != 0:
         raise AssertionError("build dependencies missing (scripts/setup.sh installs them):\n"
                              + r.stderr)
     env = dict(os.environ)
     env["DEB_BUILD_OPTIONS"] = "nocheck parallel=%d" % (os.cpu_count() or 1)
-    log = os.path.join(out_dir, "dpkg-buildpackage.log")
+    env["TMPDIR"] = out_dir
+    log = os.path.join(out_dir, "build-debs.log")
     with open(log, "w") as f:
-        p = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, env=env,
-                           stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.run(["bash", os.path.join(source_dir, "scripts", "build-debs.sh"), out_dir],
+                           env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                            timeout=budget.cut(timeout))
     if p.returncode != 0:
         with open(log, errors="replace") as f:
             tail = f.read()[-6000:]
-        raise AssertionError("dpkg-buildpackage failed (%d):\n%s" % (p.returncode, tail))
+        raise AssertionError("scripts/build-debs.sh failed (%d):\n%s" % (p.returncode, tail))
     # Not the debug symbols: not what a device installs.
     debs = sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir)
                   if n.endswith(".deb") and "-dbgsym_" not in n)
     if not debs:
-        raise AssertionError("dpkg-buildpackage built no .deb in %s" % out_dir)
+        raise AssertionError("scripts/build-debs.sh built no .deb in %s" % out_dir)
     return debs
 
 
