@@ -13,6 +13,8 @@ packages=(
         # The installer hook tests (tests/installers): RAUC and SWUpdate as the
         # shared recipes run them, without a bootloader.
         rauc squashfs-tools swupdate cpio grub-common
+        # The Debian packages (with debian/control's Build-Depends above) and their test.
+        build-essential debhelper dpkg-dev lintian git
 )
 
 missing=()
