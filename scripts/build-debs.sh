@@ -37,7 +37,8 @@ else
                 tar -C "$tree" -xf -
 fi
 
-(cd "$tree" && dpkg-buildpackage -us -uc -b)
+# Its output goes to stderr: stdout is the list of what was made, for scripts.
+(cd "$tree" && dpkg-buildpackage -us -uc -b) >&2
 
 shopt -s nullglob
 results=("$work"/*.deb "$work"/*.changes "$work"/*.buildinfo)

@@ -13,10 +13,11 @@ packages=(
         # The installer hook tests (tests/installers): RAUC and SWUpdate as the
         # shared recipes run them, without a bootloader.
         rauc squashfs-tools swupdate cpio grub-common
-        # The system test (tests/system): the Debian packages built from the tree
-        # (dpkg-buildpackage, the Build-Depends of debian/control below) and booted
-        # in a Debian 12 root made with mmdebstrap under systemd-nspawn.
-        dpkg-dev debhelper mmdebstrap systemd-container
+        # The Debian packages (with debian/control's Build-Depends above) and their test.
+        build-essential debhelper dpkg-dev lintian git
+        # The system test (tests/system): those packages booted in a Debian 12 root
+        # made with mmdebstrap under systemd-nspawn.
+        mmdebstrap systemd-container
 )
 
 missing=()
