@@ -8,6 +8,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "platform"))
 sys.path.insert(0, os.path.join(HERE, "..", "installers"))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 import machine  # noqa: E402
 

@@ -30,8 +30,10 @@ import time
 # Where the Debian roots are kept between runs: outside the source tree, so that a
 # second run unpacks one in seconds and a fresh CI machine builds it once.
 CACHE_DIR = os.environ.get("LODEV_SYSTEM_CACHE", "/var/cache/lodevd-system-test")
-# A cached root older than this is made again (security updates).
+# A cached root older than this is made again (security updates); roots for other
+# package lists are removed after a week.
 CACHE_MAX_AGE = 30 * 24 * 3600
+CACHE_KEEP_OTHERS = 7 * 24 * 3600
 
 SUITE = "bookworm"
 MIRRORS = [
@@ -195,6 +197,11 @@ def root_tarball(packages, timeout=420):
     key = hashlib.sha256("\n".join([SUITE] + MIRRORS + sorted(packages)).encode()).hexdigest()
     os.makedirs(CACHE_DIR, exist_ok=True)
     path = os.path.join(CACHE_DIR, "root-%s-%s.tar" % (SUITE, key[:16]))
+    for name in os.listdir(CACHE_DIR):
+        other = os.path.join(CACHE_DIR, name)
+        if (name.startswith("root-") and other != path
+                and time.time() - os.stat(other).st_mtime > CACHE_KEEP_OTHERS):
+            os.unlink(other)
     try:
         if time.time() - os.stat(path).st_mtime < CACHE_MAX_AGE:
             return path, False

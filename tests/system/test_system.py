@@ -45,6 +45,7 @@ import uuid
 
 import pytest
 
+import lodevtest
 import machine
 from machine import Stopwatch, timings, wait_until
 
@@ -63,33 +64,10 @@ HOOK = "/usr/libexec/lodevd/hooks/rauc"
 SERIAL = "SN-SYSTEST-0001"
 UPLOAD_SIZE = 4 * 1024 * 1024
 
-# The container's RAUC: a system with two raw slots and a custom bootloader backend
-# that keeps its state in a file (tests/installers/rauc_env.py does the same on the
-# host). The service is told the booted slot by the backend's primary, as a kernel
-# command line would (rauc.service drop-in below).
+# The container's RAUC: rauc_env's system (two raw slots, a custom bootloader backend
+# that keeps its state in a file) under RAUC_DIR. The service is told the booted slot
+# by the backend's primary, as a kernel command line would (rauc.service drop-in).
 RAUC_DIR = "/var/lib/systest-rauc"
-RAUC_SYSTEM_CONF = """[system]
-compatible={compatible}
-bootloader=custom
-statusfile={d}/status.raucs
-bundle-formats=plain
-
-[handlers]
-bootloader-custom-backend={d}/backend.sh
-
-[keyring]
-path=/etc/rauc/ca.pem
-
-[slot.rootfs.0]
-device={d}/slotA.img
-type=raw
-bootname=A
-
-[slot.rootfs.1]
-device={d}/slotB.img
-type=raw
-bootname=B
-"""
 RAUC_DROPIN = """[Service]
 ExecStart=
 ExecStart=/bin/sh -c 'exec /usr/bin/rauc --mount=/run/rauc service --override-boot-slot="$({d}/backend.sh get-primary)"'
@@ -147,20 +125,6 @@ def message_id(subject_start):
     found = [i for s, i in catalog_ids().items() if s.startswith(subject_start)]
     assert len(found) == 1, "catalog subject %r: %s" % (subject_start, found)
     return found[0]
-
-
-def libconfig(**sections):
-    """A lodevd.conf from nested dicts."""
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int):
-            return str(v)
-        if isinstance(v, dict):
-            return "{\n" + "".join("  %s = %s;\n" % (k, value(x)) for k, x in v.items()) + "}"
-        return json.dumps(v)
-
-    return "".join("%s = %s;\n" % (k, value(v)) for k, v in sections.items())
 
 
 class System:
@@ -232,7 +196,8 @@ class System:
         """/etc/lodevd/lodevd.conf as the operator writes it for this product. The
         claim files and the state directory stay at their defaults; reboot_command is
         not set (the shipped default)."""
-        conf = libconfig(
+        lodevtest.write_config(
+            self.m.path("/var/tmp/systest/lodevd.conf"),
             platform={"endpoint": "127.0.0.1", "port": self.platform.mqtt_port,
                       "ca_file": "/etc/lodevd/platform-ca.pem",
                       "publish_rate": self.publish_rate},
@@ -241,7 +206,6 @@ class System:
                                          "Model": "GW-1"}},
             http={"allow_http": True},
             firmware={"installer": HOOK, "install_timeout": 300, "max_attempts": 3})
-        self.m.write("/var/tmp/systest/lodevd.conf", conf)
         self.m.run(["install", "-o", "root", "-g", "root", "-m", "0644",
                     "/var/tmp/systest/lodevd.conf", "/etc/lodevd/lodevd.conf"])
 
@@ -273,7 +237,7 @@ def _wait_delivered(s, values, timeout):
 def system():
     require_tools()
     from lodev_platform import Platform
-    from rauc_env import BACKEND, COMPATIBLE, RaucEnv
+    from rauc_env import BACKEND, COMPATIBLE, SYSTEM_CONF, RaucEnv
 
     total = time.monotonic()
     machine.budget.start(BUDGET)
@@ -295,7 +259,7 @@ def system():
 
         platform = Platform.start(os.path.join(work, "platform"))
         rauc_env = RaucEnv(os.path.join(work, "rauc"))
-        stage_rauc(m, rauc_env, BACKEND, COMPATIBLE)
+        stage_rauc(m, rauc_env, SYSTEM_CONF, BACKEND, COMPATIBLE)
         m.write("/etc/systemd/system/systest-boot-id.service", BOOT_ID_UNIT)
 
         timings.add("boot 1: nspawn to running", m.boot())
@@ -311,10 +275,12 @@ def system():
             timings.add("the whole suite", time.monotonic() - total)
 
 
-def stage_rauc(m, env, backend, compatible):
-    """The container's RAUC system (see RAUC_SYSTEM_CONF): keyring, slots, bootloader."""
+def stage_rauc(m, env, system_conf, backend, compatible):
+    """The container's RAUC system: keyring, slots, bootloader (see RAUC_DIR)."""
     d = RAUC_DIR
-    m.write("/etc/rauc/system.conf", RAUC_SYSTEM_CONF.format(d=d, compatible=compatible))
+    os.makedirs(m.path(d + "/mnt"))
+    m.write("/etc/rauc/system.conf",
+            system_conf.format(d=d, ca="/etc/rauc/ca.pem", compatible=compatible))
     with open(env.pki.ca_cert) as f:
         m.write("/etc/rauc/ca.pem", f.read())
     m.write(d + "/backend.sh", backend.format(state=d + "/boot.state", log=d + "/backend.log"),
@@ -384,7 +350,6 @@ def test_security_score(system):
     m = re.search(r"Overall exposure level for lodevd\.service:\s*([0-9.]+)\s+(\S+)", r.stdout)
     assert m, r.stdout + r.stderr
     score = float(m.group(1))
-    print("systemd-analyze security lodevd.service: %s %s" % (m.group(1), m.group(2)))
     timings.add("systemd-analyze security lodevd.service", score, m.group(2))
     assert score <= 2.0, r.stdout
 
@@ -637,8 +602,8 @@ def test_reload_applies_publish_rate(system):
     times = _fhir_publish_times(p, system.thing, since)
     assert len(times) >= 15, times
     rate = _max_per_second(times)
-    print("after the reload: %d observations in %.1f s, at most %d in a second"
-          % (len(times), times[-1] - times[0], rate))
+    timings.add("after reload to publish_rate 5: most observations in a second", rate, "")
+    timings.add("after reload: a backlog of 15 observations sent in", times[-1] - times[0])
     assert rate <= 5, times
 
 
@@ -677,8 +642,6 @@ def test_watchdog_restarts_stopped_lodevd(system):
     text = m.run(["journalctl", "-u", "lodevd", "-b", "--no-pager", "-o", "cat"]).stdout
     assert "Watchdog timeout" in text, text[-2000:]
     _wait_delivered(system, values, 60)
-    print("watchdog: restart %.1f s after SIGSTOP; %d observations taken before, all delivered"
-          % (took, len(values)))
 
 
 def test_journal_fields_and_catalog(system):
