@@ -528,6 +528,9 @@ static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *e
                                          "provisioning is already running (%s)",
                                          provision_step_to_string(
                                                  provisioner_step(b->manager->provisioner)));
+        if (r == -ENOKEY)
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "%s",
+                                         b->manager->last_error);
         if (r < 0)
                 return r;
         if (r == 0)

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
 BUILD_DIR = os.environ.get("LODEV_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -250,9 +251,33 @@ def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+class BootId:
+    """A boot id of the test's own, for a lodevd that must see a reboot: lodevd runs in a
+    private mount namespace (unshare -m) where a file of the test is bind-mounted over the
+    kernel's boot id, so that a new id is what a reboot changes, as the kernel shows it."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, "boot_id")
+        self.new_boot()
+
+    def new_boot(self):
+        with open(self.path, "w") as f:
+            f.write(str(uuid.uuid4()) + "\n")
+
+    def wrap(self, argv):
+        require_tool("unshare")
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" %s && exec "$@"' % BOOT_ID, self.path] + list(argv)
+
+
 class Daemon:
-    def __init__(self, bus, workdir, config_path, args=(), verbose=True):
+    def __init__(self, bus, workdir, config_path, args=(), verbose=True, boot_id=None):
+        """boot_id: a BootId lodevd sees instead of the kernel's; None for the real one."""
         self.bus = bus
+        self.boot_id = boot_id
         self.verbose = verbose
         self.workdir = workdir
         self.config_path = config_path
@@ -272,9 +297,12 @@ class Daemon:
         if extra_env:
             env.update(extra_env)
         self.log = open(self.log_path, "a")
+        argv = ([LODEVD, "--config", self.config_path] + (["--verbose"] if self.verbose else [])
+                + self.args)
+        if self.boot_id:
+            argv = self.boot_id.wrap(argv)
         self.proc = subprocess.Popen(
-            [LODEVD, "--config", self.config_path] + (["--verbose"] if self.verbose else [])
-            + self.args,
+            argv,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

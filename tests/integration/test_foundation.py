@@ -216,16 +216,6 @@ def test_missing_ca_file(bus, workdir, platform):
                      % (re.escape(config), re.escape(missing)), r.stderr), r.stderr
 
 
-def test_missing_claim_certificate(bus, workdir, platform):
-    config = os.path.join(workdir, "lodevd.conf")
-    missing = os.path.join(workdir, "missing-claim.pem")
-    lodevtest.write_device_config(config, workdir, platform,
-                                  provisioning={"claim_cert": missing})
-    r = run_lodevd(bus, config)
-    assert r.returncode != 0
-    assert "provisioning.claim_cert: %s: No such file or directory" % missing in r.stderr
-
-
 def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):
     """A client with more calls waiting than lodevd answers at once gets
     LimitsExceeded for the excess; every call lodevd accepted still gets its

@@ -227,6 +227,33 @@ def test_unit_security_score(root):
         assert r.returncode == 0 and rel not in r.stdout + r.stderr, r.stdout + r.stderr
 
 
+def test_default_reboot_path(root):
+    """The default reboot_command is the installed request-reboot, whose request the
+    installed root path unit watches; without that unit active it fails, saying so."""
+    with open(path(root, "etc/lodevd/lodevd.conf")) as f:
+        m = re.search(r'^\s*reboot_command\s*=\s*"([^"]*)"', f.read(), re.M)
+    assert m, "no reboot_command in the default lodevd.conf"
+    helper = m.group(1)
+    assert helper == "/usr/libexec/lodevd/request-reboot", helper
+    assert_file(root, helper.lstrip("/"), executable=True)
+    with open(path(root, helper.lstrip("/"))) as f:
+        request = re.search(r"^request=(\S+)$", f.read(), re.M).group(1)
+    unit = read_ini(path(root, "usr/lib/systemd/system/lodevd-reboot.path"))
+    assert unit["Path"]["PathExists"] == request
+    assert unit["Install"]["WantedBy"] == "paths.target"
+    service = read_ini(path(root, "usr/lib/systemd/system/lodevd-reboot.service"))["Service"]
+    assert service["ExecStart"] == "systemctl reboot --check-inhibitors=yes"
+    # The lodevd service's runtime directory is where the request goes.
+    lodevd = read_ini(path(root, "usr/lib/systemd/system/lodevd.service"))["Service"]
+    assert os.path.dirname(request) == "/run/" + lodevd["RuntimeDirectory"]
+    # Here no lodevd-reboot.path is active (no systemd manages this machine, or not
+    # that unit): the request fails rather than vanish.
+    r = run([path(root, helper.lstrip("/"))])
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "lodevd-reboot.path is not active" in r.stderr, r.stderr
+    assert not os.path.exists(request)
+
+
 def read_ini(p):
     # strict=False: unit files may repeat a key (SystemCallFilter=); the last one wins here.
     c = configparser.ConfigParser(interpolation=None, strict=False)

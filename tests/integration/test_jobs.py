@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """Firmware jobs end to end: the real lodevd against the platform emulator's Jobs API and
 firmware server, with a test installer hook and a reboot command that only records that it
-ran (the "simulated reboot": the test restarts lodevd with a new boot id)."""
+ran (the "simulated reboot": the test restarts lodevd with a new boot id, which it sees in
+a private mount namespace over /proc/sys/kernel/random/boot_id; see lodevtest.BootId)."""
 
 import hashlib
 import json
@@ -50,9 +51,10 @@ echo reboot >> "{rec}/reboots"
 
 
 class Device:
-    """lodevd with the test hook, a reboot command and a boot id file of its own."""
+    """lodevd with the test hook, a reboot command and a boot id of its own (real_boot: the
+    kernel's own boot id, untouched)."""
 
-    def __init__(self, bus, workdir, platform, **overrides):
+    def __init__(self, bus, workdir, platform, real_boot=False, **overrides):
         self.bus, self.workdir, self.platform = bus, workdir, platform
         self.rec = os.path.join(workdir, "rec")
         os.makedirs(self.rec, exist_ok=True)
@@ -62,23 +64,21 @@ class Device:
             with open(path, "w") as f:
                 f.write(text.format(rec=self.rec))
             os.chmod(path, 0o755)
-        self.boot_id_file = os.path.join(workdir, "boot_id")
-        self.new_boot()
+        self.boot_id = None if real_boot else lodevtest.BootId(workdir)
         firmware = {"installer": self.hook, "reboot_command": self.reboot,
                     "install_timeout": 60, "max_reboot_delay": 60}
         firmware.update(overrides.pop("firmware", {}))
         self.config = os.path.join(workdir, "lodevd.conf")
         lodevtest.write_device_config(self.config, workdir, platform, firmware=firmware,
                                       **overrides)
-        self.daemon = lodevtest.Daemon(bus, workdir, self.config)
+        self.daemon = lodevtest.Daemon(bus, workdir, self.config, boot_id=self.boot_id)
         self.thing = None
 
     def new_boot(self):
-        with open(self.boot_id_file, "w") as f:
-            f.write(str(uuid.uuid4()) + "\n")
+        self.boot_id.new_boot()
 
     def start(self):
-        self.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": self.boot_id_file})
+        self.daemon.start()
         self.daemon.wait_online()
         self.thing = self.daemon.status()["thing_name"]
         return self
@@ -281,6 +281,29 @@ def test_reboot_then_confirm(device, platform):
     assert len(d.calls("install")) == 1 and len(d.calls("confirm")) == 1
     assert d.reboots() == 1
     assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
+
+
+def test_restart_in_the_same_real_boot_reboots_again(device, platform):
+    """lodevd reads the kernel's boot id itself (nothing overridden, nothing mounted): a
+    restart of lodevd alone, in the same boot, asks for the reboot again and never
+    confirms (SPEC §6); only a real new boot would."""
+    with open(lodevtest.BOOT_ID) as f:
+        real = f.read().strip()
+    d = device(real_boot=True).start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    d.start()
+    wait_until(lambda: d.reboots() == 2 or d.calls("confirm"), 30,
+               what="the reboot command or confirm after the restart")
+    assert d.calls("confirm") == []
+    assert d.reboots() == 2
+    assert d.jobs()["status"] == "awaiting-reboot"
+    assert platform.job_execution(d.thing, job)["status"] == "IN_PROGRESS"
+    assert d.journal().get("bootId") == real, d.journal()
+    assert "Cannot read the boot id" not in d.daemon.output()
 
 
 def test_failed_confirm_fails_the_job(device, platform):
