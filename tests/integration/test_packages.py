@@ -197,13 +197,16 @@ def test_packages_hold_what_meson_installs(debs):
                  "usr/share/dbus-1/interfaces/com.lifeomic.Device1.xml",
                  "usr/share/polkit-1/rules.d/lodevd.rules",
                  "usr/lib/systemd/catalog/lodevd.catalog", "etc/lodevd/lodevd.conf",
-                 "usr/libexec/lodevd/request-reboot", "usr/share/man/man8/lodevd.8.gz"):
+                 "usr/libexec/lodevd/request-reboot", "usr/share/man/man8/lodevd.8.gz",
+                 "usr/share/bash-completion/completions/lodevctl"):
         assert want in daemon, (want, daemon)
 
 
 def test_relationships(debs):
     depends = [d.strip() for d in debs.field("lodevd", "Depends").split(",")]
-    for want in ("ca-certificates", "default-dbus-system-bus | dbus-system-bus", "systemd"):
+    # procps: /bin/kill, the unit's ExecReload=.
+    for want in ("ca-certificates", "default-dbus-system-bus | dbus-system-bus", "procps",
+                 "systemd"):
         assert want in depends, depends
     assert any(d.startswith("liblodev1 ") for d in depends), depends
     assert "media-types" in debs.field("lodevd", "Recommends")
