@@ -9,7 +9,7 @@ packages=(
         libconfig-dev scdoc mandoc systemd
         mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
         python3-paho-mqtt python3-pytest python3-cryptography python3-dbus
-        curl openssl util-linux valgrind man-db media-types
+        curl openssl util-linux iproute2 valgrind man-db media-types
         # The lodevctl completion: its install directory (pkg-config) and its test.
         bash-completion
         # The installer hook tests (tests/installers): RAUC and SWUpdate as the

@@ -216,6 +216,30 @@ def test_missing_ca_file(bus, workdir, platform):
                      % (re.escape(config), re.escape(missing)), r.stderr), r.stderr
 
 
+def socket_backlog(pid):
+    """Bytes waiting to be read on the Unix sockets of process pid (ss -x)."""
+    r = subprocess.run(["ss", "-xpHn"], capture_output=True, text=True, timeout=10)
+    total = 0
+    for line in r.stdout.splitlines():
+        if "pid=%d," % pid in line:
+            total += int(line.split()[2])
+    return total
+
+
+def wait_socket_backlog_settles(pid, timeout=20):
+    lodevtest.require_tool("ss")
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = socket_backlog(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif n > 0 and time.monotonic() - since >= 1.0:
+            return n
+        time.sleep(0.1)
+    raise AssertionError("the calls never piled up in lodevd's socket (%d bytes)" % last)
+
+
 def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):
     """A client with more calls waiting than lodevd answers at once gets
     LimitsExceeded for the excess; every call lodevd accepted still gets its
@@ -232,7 +256,9 @@ def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):
         # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
         proc = subprocess.Popen([submit, "--count", "240", "--window", "120"], env=bus.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1)  # dbus-daemon hands the first 120 calls over to lodevd's socket
+        # dbus-daemon hands the first 120 calls over to lodevd's socket: wait
+        # until what waits there stops growing, however slow the machine is.
+        wait_socket_backlog_settles(daemon.proc.pid)
         daemon.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
         queued = daemon.status()["queued_observations"]
