@@ -89,24 +89,12 @@ static const struct {
         { "notice", LOG_NOTICE }, { "info", LOG_INFO },   { "debug", LOG_DEBUG },
 };
 
-const char *provision_method_to_string(ProvisionMethod m) {
-        switch (m) {
-        case PROVISION_METHOD_CREATE:
-                return "create";
-        case PROVISION_METHOD_CSR:
-                return "csr";
-        default:
-                return NULL;
-        }
-}
+static const char *const provision_method_table[_PROVISION_METHOD_MAX] = {
+        [PROVISION_METHOD_CREATE] = "create",
+        [PROVISION_METHOD_CSR] = "csr",
+};
 
-ProvisionMethod provision_method_from_string(const char *s) {
-        if (streq(s, "create"))
-                return PROVISION_METHOD_CREATE;
-        if (streq(s, "csr"))
-                return PROVISION_METHOD_CSR;
-        return _PROVISION_METHOD_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(provision_method, ProvisionMethod);
 
 static void parameters_free(ConfigParameter *p, size_t n) {
         for (size_t i = 0; i < n; i++) {

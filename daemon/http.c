@@ -15,7 +15,6 @@
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(CURLU *, curl_url_cleanup);
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 typedef enum HttpMethod {
         HTTP_PUT,

@@ -28,20 +28,7 @@ static const char *const job_phase_table[_JOB_PHASE_MAX] = {
         [JOB_PHASE_DONE] = "done",
 };
 
-const char *job_phase_to_string(JobPhase p) {
-        if (p < 0 || p >= _JOB_PHASE_MAX)
-                return NULL;
-        return job_phase_table[p];
-}
-
-JobPhase job_phase_from_string(const char *s) {
-        if (!s)
-                return _JOB_PHASE_INVALID;
-        for (JobPhase p = 0; p < _JOB_PHASE_MAX; p++)
-                if (streq(job_phase_table[p], s))
-                        return p;
-        return _JOB_PHASE_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(job_phase, JobPhase);
 
 static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_NONE] = "none",         [JOB_ACTION_GET_LIST] = "get-list",
@@ -51,11 +38,7 @@ static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_ABANDON] = "abandon",
 };
 
-const char *job_action_to_string(JobAction a) {
-        if (a < 0 || a >= _JOB_ACTION_MAX)
-                return NULL;
-        return job_action_table[a];
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(job_action, JobAction);
 
 static bool phase_active(JobPhase p) {
         return p >= JOB_PHASE_ACCEPTED && p <= JOB_PHASE_REPORTING;

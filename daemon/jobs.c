@@ -103,11 +103,6 @@ struct Jobs {
         char percent_text[8];
 };
 
-static inline void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
 static void outgoing_done(Outgoing *o) {
         free(o->topic);
         free(o->payload);

@@ -22,9 +22,7 @@ static const char *const device_state_table[_DEVICE_STATE_MAX] = {
         [DEVICE_STATE_OFFLINE] = "offline",
 };
 
-const char *device_state_to_string(DeviceState s) {
-        return s >= 0 && s < _DEVICE_STATE_MAX ? device_state_table[s] : NULL;
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(device_state, DeviceState);
 
 static void property_changed(Manager *m, const char *property) {
         if (m->observer && m->observer->property_changed)

@@ -11,20 +11,7 @@ static const char *const job_status_table[_JOB_STATUS_MAX] = {
         [JOB_STATUS_REMOVED] = "REMOVED",     [JOB_STATUS_CANCELED] = "CANCELED",
 };
 
-const char *job_status_to_string(JobStatus s) {
-        if (s < 0 || s >= _JOB_STATUS_MAX)
-                return NULL;
-        return job_status_table[s];
-}
-
-JobStatus job_status_from_string(const char *s) {
-        if (!s)
-                return _JOB_STATUS_INVALID;
-        for (JobStatus i = 0; i < _JOB_STATUS_MAX; i++)
-                if (streq(job_status_table[i], s))
-                        return i;
-        return _JOB_STATUS_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(job_status, JobStatus);
 
 static bool status_detail_key_valid(const char *s) {
         size_t len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);

@@ -35,8 +35,6 @@
 #include "log.h"
 #include "util.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
-
 static sd_event *event;
 static int out_fd = -EBADF;
 static uint64_t cancel_after = UINT64_MAX;
