@@ -749,6 +749,11 @@ bool job_error_code_retryable(const char *code) {
                         streq(code, "ResourceNotFound"));
 }
 
+static bool error_code_moved_on(const char *code) {
+        return code && (streq(code, "InvalidStateTransition") ||
+                        streq(code, "TerminalStateReached") || streq(code, "VersionMismatch"));
+}
+
 static bool same_execution(const JobJournal *j, const char *job_id, int64_t execution_number) {
         /* A new execution of the same job id is a new run that the platform asked for. */
         return j->job_id && job_id && streq(j->job_id, job_id) &&
@@ -1244,9 +1249,7 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
 static int handle_update_rejected(JobJournal *j, const char *code, const JobContext *c,
                                   JobDecision *d) {
         bool retryable = job_error_code_retryable(code);
-        bool moved_on = code && (streq(code, "InvalidStateTransition") ||
-                                 streq(code, "TerminalStateReached") ||
-                                 streq(code, "VersionMismatch"));
+        bool moved_on = error_code_moved_on(code);
 
         switch (j->phase) {
         case JOB_PHASE_ACCEPTED:
@@ -1348,6 +1351,67 @@ static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, J
         }
 }
 
+/* An execution that cannot be decoded, for a job whose id the topic gave. */
+static int handle_unreadable(JobJournal *j, const char *job_id, int error, const JobContext *c,
+                             JobDecision *d) {
+        _cleanup_free_ char *reason = NULL;
+        JobExecution e = { .job_id = (char *) job_id, .status = JOB_STATUS_QUEUED,
+                           .version_number = -1, .execution_number = -1 };
+        int r;
+
+        if (!job_id) {
+                /* Not even the job's id is known: the list names every pending job. */
+                d->action = JOB_ACTION_GET_LIST;
+                return 0;
+        }
+        if (!topic_job_id_valid(job_id))
+                return -EINVAL;
+        reason = strdup_printf("the job execution cannot be read: %s",
+                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
+        if (!reason)
+                return -ENOMEM;
+        if (phase_active(j->phase)) {
+                if (j->phase == JOB_PHASE_DOWNLOADING && j->want_url && streq(j->job_id, job_id))
+                        return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d);
+                return 0; /* busy with a job: this one is looked at later */
+        }
+        /* A job without a document: REJECTED, with the reason it cannot be read. */
+        r = handle_execution_idle(j, &e, NULL, c, d);
+        if (r < 0 || d->action != JOB_ACTION_REPORT || j->phase != JOB_PHASE_REPORTING)
+                return r;
+        r = job_report_set(&j->report, JOB_DETAIL_REASON, reason);
+        if (r >= 0)
+                r = job_report_set(&d->report, JOB_DETAIL_REASON, reason);
+        return r;
+}
+
+/* A <job>/get (or the list request, job_id NULL) the platform refused. */
+static int handle_get_rejected(JobJournal *j, const char *job_id, const char *code,
+                               const JobContext *c, JobDecision *d) {
+        bool ours = job_id && phase_active(j->phase) && streq_ptr(job_id, j->job_id);
+
+        if (ours && streq_ptr(code, "ResourceNotFound"))
+                /* Our job is gone: the same as no execution pending. */
+                return handle_execution(j, NULL, NULL, c, d);
+        d->backoff = true;
+        if (ours && j->want_url) {
+                d->action = JOB_ACTION_GET_JOB;
+                d->job_id = j->job_id;
+        } else
+                d->action = JOB_ACTION_GET_LIST;
+        return 0;
+}
+
+/* The answer to a progress report says nothing about a status change, unless the platform
+ * moved on. */
+static int handle_progress_answer(JobJournal *j, const JobEvent *ev, const JobContext *c,
+                                  JobDecision *d) {
+        if (ev->type == JOB_EVENT_UPDATE_REJECTED && error_code_moved_on(ev->error_code) &&
+            j->phase == JOB_PHASE_DOWNLOADING)
+                return decide_moved_on(j, c, d);
+        return 0;
+}
+
 int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecision *ret) {
         JobDecision d;
         int r = 0;
@@ -1361,8 +1425,18 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
                 r = handle_execution(j, ev->execution, ev->extra, c, &d);
                 break;
 
+        case JOB_EVENT_EXECUTION_UNREADABLE:
+                r = handle_unreadable(j, ev->job_id, ev->error, c, &d);
+                break;
+
+        case JOB_EVENT_GET_REJECTED:
+                r = handle_get_rejected(j, ev->job_id, ev->error_code, c, &d);
+                break;
+
         case JOB_EVENT_UPDATE_ACCEPTED:
-                if (j->phase == JOB_PHASE_ACCEPTED) {
+                if (ev->progress)
+                        r = handle_progress_answer(j, ev, c, &d);
+                else if (j->phase == JOB_PHASE_ACCEPTED) {
                         /* IN_PROGRESS is on record: fetch a fresh URL and download at once. */
                         j->phase = JOB_PHASE_DOWNLOADING;
                         j->offset = j->failed_offset = 0;
@@ -1379,7 +1453,8 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
                 break;
 
         case JOB_EVENT_UPDATE_REJECTED:
-                r = handle_update_rejected(j, ev->error_code, c, &d);
+                r = ev->progress ? handle_progress_answer(j, ev, c, &d)
+                                 : handle_update_rejected(j, ev->error_code, c, &d);
                 break;
 
         case JOB_EVENT_DOWNLOAD_DONE:

@@ -67,6 +67,17 @@
  *   CONFIRMING                                             device); the final report is then
  *                                                          rejected and the job dropped
  *  any active       execution naming another job           -, GET_LIST (check before dropping)
+ *  NONE/DONE        execution unreadable (not JSON, over   report REJECTED "the job execution
+ *                    128 KiB), its id from the topic        cannot be read: ..."
+ *  DOWNLOADING      our execution unreadable (fresh URL)   report FAILED "... cannot be read"
+ *  other            execution unreadable                   -, NONE (looked at when idle)
+ *  any              execution unreadable, no job id known  -, GET_LIST
+ *  any              the list request rejected              -, GET_LIST with backoff
+ *  active           our <job>/get rejected ResourceNotFound as "no execution pending" above
+ *  DOWNLOADING      our <job>/get rejected otherwise       -, GET_JOB with backoff
+ *  any              another <job>/get rejected             -, GET_LIST with backoff
+ *  DOWNLOADING      a progress report rejected: moved on   DONE, ABANDON
+ *  any              any other answer to a progress report  -, NONE (the next one says more)
  *
  * At start-up (job_reconcile(JOB_RECONCILE_STARTUP)) the journal says where the device was:
  *
@@ -311,8 +322,12 @@ typedef enum JobDownloadError {
 
 typedef enum JobEventType {
         JOB_EVENT_EXECUTION,       /* .execution (NULL or no job_id: none pending), .extra */
-        JOB_EVENT_UPDATE_ACCEPTED, /* <job_id>/update/accepted for the current job */
-        JOB_EVENT_UPDATE_REJECTED, /* .error_code */
+        JOB_EVENT_EXECUTION_UNREADABLE, /* .job_id (from the topic; NULL: unknown), .error:
+                                         * -E2BIG, -EBADMSG */
+        JOB_EVENT_GET_REJECTED,    /* .job_id (NULL: the list request), .error_code */
+        JOB_EVENT_UPDATE_ACCEPTED, /* <job_id>/update/accepted for the current job; .progress:
+                                    * the answer to a progress report */
+        JOB_EVENT_UPDATE_REJECTED, /* .error_code, .progress */
         JOB_EVENT_DOWNLOAD_DONE,   /* complete, sha256 and size verified, fsynced */
         JOB_EVENT_DOWNLOAD_FAILED, /* .download_error, .offset (durable bytes), .message */
         JOB_EVENT_HOOK_EXITED,     /* install or confirm (by phase): .code = exit status */
@@ -327,6 +342,9 @@ typedef struct JobEvent {
         JobEventType type;
         const JobExecution *execution;
         const JobDocumentExtra *extra;
+        const char *job_id;
+        int error;
+        bool progress;
         const char *error_code;
         JobDownloadError download_error;
         uint64_t offset;

@@ -520,7 +520,10 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         case JOB_ACTION_NONE:
                 break;
         case JOB_ACTION_GET_LIST:
-                request_list(s);
+                if (d->backoff)
+                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                else
+                        request_list(s);
                 break;
         case JOB_ACTION_GET_JOB:
                 if (d->backoff)
@@ -614,37 +617,6 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         check_waiters_done(s, 0);
 }
 
-/* A document the decoder cannot take (over 128 KiB, not JSON) for a job we know the id of:
- * fed to the state machine as a job without a document, so it is REJECTED with a reason
- * instead of being asked for again and again. */
-static void reject_unreadable(Jobs *s, const char *id, int error) {
-        _cleanup_(job_decision_done) JobDecision d = {};
-        _cleanup_free_ char *reason = NULL;
-        JobExecution e = { .job_id = (char *) id, .status = JOB_STATUS_QUEUED,
-                           .version_number = -1, .execution_number = -1 };
-        JobEvent ev = { .type = JOB_EVENT_EXECUTION, .execution = &e };
-        JobContext c;
-        int r;
-
-        if (job_id(s) && s->journal.phase != JOB_PHASE_DONE)
-                return; /* busy with a job: this one is looked at later */
-        reason = strdup_printf("the job execution cannot be read: %s",
-                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
-        log_event(LOG_WARNING, NULL, id, NULL, "Job %s: %s; rejecting it.", id,
-                  reason ? reason : "unreadable");
-        JobPhase before = s->journal.phase;
-
-        context(s, &c);
-        r = job_handle(&s->journal, &ev, &c, &d);
-        if (r < 0)
-                return;
-        if (reason && d.action == JOB_ACTION_REPORT) {
-                (void) job_report_set(&s->journal.report, JOB_DETAIL_REASON, reason);
-                (void) job_report_set(&d.report, JOB_DETAIL_REASON, reason);
-        }
-        apply(s, before, &d);
-}
-
 static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
                          size_t len) {
         _cleanup_(job_execution_done) JobExecution e = {};
@@ -664,14 +636,22 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
         }
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
-                        reject_unreadable(s, topic_job, r);
+                        JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE,
+                                       .job_id = topic_job, .error = r };
+
+                        log_event(LOG_WARNING, NULL, topic_job, NULL,
+                                  "Job %s: the execution cannot be decoded (%s).", topic_job,
+                                  strerror(-r));
+                        run_event(s, &u);
                         return;
                 }
+                JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE, .error = r };
+
                 log_warning("A job notification from the platform cannot be decoded (%s: "
                             "malformed, or a job id that is not [a-zA-Z0-9_-]{1,64}); asking "
                             "for the job list.",
                             strerror(-r));
-                request_list(s);
+                run_event(s, &u);
                 return;
         }
         if (r > 0 && !topic_job_id_valid(e.job_id)) {
@@ -721,11 +701,8 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
                           "The platform rejected the status update of job %s: %s: %s",
                           job_id(s), strempty(err.error_code), strempty(err.error_message));
         }
-        /* The answer to a progress report says nothing about a status change, unless the
-         * platform moved on. */
-        if (!progress || (!accepted && !job_error_code_retryable(err.error_code) &&
-                          !streq_ptr(err.error_code, "InvalidRequest")))
-                run_event(s, &ev);
+        ev.progress = progress;
+        run_event(s, &ev);
         send_next_update(s);
 }
 
@@ -758,18 +735,11 @@ static void on_message(const char *topic, const void *data, size_t len, void *us
                         s->request_sent = outgoing_free(s->request_sent);
                         event_disarm(s->request_timer);
                 }
-                if (list) {
+                if (list)
                         check_waiters_done(s, -EIO);
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-                } else if (streq_ptr(err.error_code, "ResourceNotFound") &&
-                           streq_ptr(id, job_id(s))) {
-                        /* Our job is gone: the same as no execution pending. */
-                        JobEvent ev = { .type = JOB_EVENT_EXECUTION };
-                        run_event(s, &ev);
-                } else if (streq_ptr(id, job_id(s)) && s->journal.want_url)
-                        later(s, JOB_ACTION_GET_JOB, id, NULL);
-                else
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                JobEvent ev = { .type = JOB_EVENT_GET_REJECTED, .job_id = list ? NULL : id,
+                                .error_code = err.error_code };
+                run_event(s, &ev);
                 break;
         }
         case TOPIC_JOBS_NOTIFY_NEXT:

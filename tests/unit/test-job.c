@@ -912,6 +912,7 @@ typedef struct EventCase {
         const char *stderr_line;
         bool save;
         bool backoff;
+        bool want_url;
 } EventCase;
 
 #define EV(...) ((JobEvent) { __VA_ARGS__ })
@@ -1021,6 +1022,82 @@ static const EventCase event_cases[] = {
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
         { "report: no code", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_REJECTED),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
+        /* Executions that cannot be decoded, named by their topic. */
+        { "unreadable when idle", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -E2BIG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED,
+          "the job execution cannot be read: larger than 128 KiB", .save = true },
+        { "unreadable when done", JOB_PHASE_DONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "not valid JSON",
+          .save = true },
+        { "unreadable fresh URL", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "cannot be read",
+          .save = true, .want_url = true },
+        { "unreadable other job while busy", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .want_url = true },
+        { "unreadable while installing", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
+          JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
+        { "unreadable without an id", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .error = -EBADMSG), JOB_ACTION_GET_LIST,
+          JOB_PHASE_NONE, NOREPORT, .reason = NULL },
+        /* Requests the platform refused. */
+        { "list refused", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_GET_REJECTED, .error_code = "InternalError"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
+        { "our job not found", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true, .want_url = true },
+        { "our job not found while reporting", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
+        { "fresh URL throttled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "RequestThrottled"),
+          JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true,
+          .want_url = true },
+        { "another job refused", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true },
+        { "queued job not found when idle", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
+        /* Answers to progress reports. */
+        { "progress report accepted", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress accepted is no start", JOB_PHASE_ACCEPTED,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
+        { "progress accepted is no final answer", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
+        { "progress report throttled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "RequestThrottled"),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress report invalid", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true, .error_code = "InvalidRequest"),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress report: job canceled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "TerminalStateReached"),
+          JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
+        { "progress report: canceled while installing", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "InvalidStateTransition"),
+          JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
+        { "progress rejection is no final answer", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "TerminalStateReached"),
+          JOB_ACTION_NONE, JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
         /* Late or misplaced events change nothing. */
         { "hook when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_HOOK_EXITED), JOB_ACTION_NONE,
           JOB_PHASE_NONE, NOREPORT, .reason = NULL },
@@ -1085,6 +1162,7 @@ static void test_events(void) {
 
                 if (t->phase != JOB_PHASE_NONE)
                         j = journal_make(t->phase, "job-1");
+                j.want_url = t->want_url;
                 CHECK_INT(job_handle(&j, &t->event, &ctx, &d), 0);
                 check_event_case(t, &j, &d);
                 if (t->phase == JOB_PHASE_INSTALLING && t->next == JOB_PHASE_AWAITING_REBOOT) {
