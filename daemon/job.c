@@ -773,9 +773,39 @@ static JobStatus journal_listed(const JobJournal *j, const JobList *list) {
         return _JOB_STATUS_INVALID;
 }
 
+/* The journal changed within its phase: save it before acting. */
 static void touch(JobJournal *j, const JobContext *c, JobDecision *d) {
         j->updated_usec = c->now_usec;
         d->save = true;
+}
+
+/* The one way a job changes phase (grep enter_phase for every transition): sets the phase,
+ * resets what the new phase must not inherit from the old one, and marks the journal for
+ * saving. What the new phase starts with (a report, a boot id) the caller sets afterwards. */
+static void enter_phase(JobJournal *j, JobPhase phase, const JobContext *c, JobDecision *d) {
+        switch (phase) {
+        case JOB_PHASE_ACCEPTED:
+                job_report_reset(&j->report, _JOB_STATUS_INVALID);
+                j->boot_id = mfree(j->boot_id);
+                j->attempts = 0;
+                _fallthrough_;
+        case JOB_PHASE_DOWNLOADING:
+                j->offset = j->failed_offset = 0;
+                j->download_tries = 0;
+                break;
+        case JOB_PHASE_INSTALLING:
+        case JOB_PHASE_AWAITING_REBOOT:
+                /* Restarts are counted from the step that can cause them. */
+                j->attempts = 0;
+                break;
+        default:
+                break;
+        }
+        /* A fresh URL is wanted when a download starts, at no other change of phase. */
+        j->want_url = phase == JOB_PHASE_DOWNLOADING;
+        j->report_tries = 0;
+        j->phase = phase;
+        touch(j, c, d);
 }
 
 /* A fresh journal for job_id; the caller fills in the rest and swaps it in. */
@@ -824,13 +854,10 @@ static int decide_final(JobJournal *j, JobStatus status, const char *reason,
         if (k < 0)
                 return k;
 
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
         job_report_done(&j->report);
         j->report = r;
         r = JOB_REPORT_NULL;
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        j->want_url = false;
-        touch(j, c, d);
         d->action = JOB_ACTION_REPORT;
         d->remove_download = true;
         d->job_id = j->job_id;
@@ -891,16 +918,13 @@ static int decide_moved_on(JobJournal *j, const JobContext *c, JobDecision *d) {
         case JOB_PHASE_ACCEPTED:
         case JOB_PHASE_DOWNLOADING:
                 job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                j->phase = JOB_PHASE_DONE;
-                j->want_url = false;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_ABANDON;
                 d->remove_download = true;
                 d->job_id = j->job_id;
                 return 0;
         case JOB_PHASE_REPORTING:
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_GET_LIST;
                 return 0;
         default:
@@ -985,9 +1009,7 @@ static int decide_revive(JobJournal *j, const JobContext *c, JobDecision *d) {
                                     "lodevd had already stopped this job and will not run it "
                                     "again",
                                     NULL, c, d);
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        touch(j, c, d);
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
         return decide_resend(j, d);
 }
 
@@ -1088,8 +1110,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                                          NULL, c, &d);
                 else {
                         job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DONE, c, &d);
                         d.action = JOB_ACTION_ABANDON;
                         d.remove_download = true;
                         d.job_id = j->job_id;
@@ -1105,7 +1126,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                         /* Only lodevd restarted: the reboot never happened. */
                         d.action = JOB_ACTION_REBOOT;
                 else {
-                        j->phase = JOB_PHASE_CONFIRMING;
+                        enter_phase(j, JOB_PHASE_CONFIRMING, c, &d);
                         d.action = JOB_ACTION_CONFIRM;
                 }
                 break;
@@ -1126,8 +1147,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                 }
                 /* Acknowledged with the answer lost, or dropped by the platform: either way
                  * nothing more to say. Then look for the next job. */
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, &d);
+                enter_phase(j, JOB_PHASE_DONE, c, &d);
                 r = reconcile_idle(j, list, c, &d);
                 break;
 
@@ -1186,11 +1206,10 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
                                         *p = (char) (*p - 'A' + 'a');
                 }
                 n.size = x ? x->size : -1;
-                n.phase = JOB_PHASE_ACCEPTED;
+                enter_phase(&n, JOB_PHASE_ACCEPTED, c, d);
                 r = decide_start(&n, d);
                 if (r < 0)
                         return r;
-                d->save = true;
         }
         journal_replace(j, &n);
         d->job_id = j->job_id;
@@ -1266,8 +1285,7 @@ static int handle_update_rejected(JobJournal *j, const char *code, const JobCont
                 if (retryable && j->phase == JOB_PHASE_REPORTING) {
                         /* The platform keeps failing: stop for now. The saved report goes out
                          * again at the next reconcile if the job is still listed. */
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, d);
+                        enter_phase(j, JOB_PHASE_DONE, c, d);
                         return 0;
                 }
                 /* Moved on, refused for good, or a start the platform will not take. */
@@ -1327,11 +1345,9 @@ static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, J
                         if (!boot_id)
                                 return -ENOMEM;
                 }
+                enter_phase(j, JOB_PHASE_AWAITING_REBOOT, c, d);
                 free(j->boot_id);
                 j->boot_id = TAKE_PTR(boot_id);
-                j->phase = JOB_PHASE_AWAITING_REBOOT;
-                j->attempts = 0;
-                touch(j, c, d);
                 d->action = JOB_ACTION_REBOOT;
                 d->remove_download = true;
                 d->job_id = j->job_id;
@@ -1438,16 +1454,11 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
                         r = handle_progress_answer(j, ev, c, &d);
                 else if (j->phase == JOB_PHASE_ACCEPTED) {
                         /* IN_PROGRESS is on record: fetch a fresh URL and download at once. */
-                        j->phase = JOB_PHASE_DOWNLOADING;
-                        j->offset = j->failed_offset = 0;
-                        j->download_tries = 0;
-                        j->want_url = true;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DOWNLOADING, c, &d);
                         d.action = JOB_ACTION_GET_JOB;
                         d.job_id = j->job_id;
                 } else if (j->phase == JOB_PHASE_REPORTING) {
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DONE, c, &d);
                         d.action = JOB_ACTION_GET_LIST;
                 }
                 break;
@@ -1462,10 +1473,7 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
                         break;
                 /* Saved before the installer runs: after a crash from here on, the job is
                  * never installed again. */
-                j->phase = JOB_PHASE_INSTALLING;
-                j->attempts = 0;
-                j->want_url = false;
-                touch(j, c, &d);
+                enter_phase(j, JOB_PHASE_INSTALLING, c, &d);
                 d.action = JOB_ACTION_INSTALL;
                 d.job_id = j->job_id;
                 break;
