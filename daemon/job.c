@@ -238,152 +238,7 @@ int job_report_encode(const JobReport *r, char **ret) {
                                          (const char *const *) r->values, r->n_details, -1, ret);
 }
 
-/* --- Job documents --- */
-
-void job_document_extra_done(JobDocumentExtra *x) {
-        if (!x)
-                return;
-        free(x->sha256);
-        *x = JOB_DOCUMENT_EXTRA_NULL;
-}
-
-int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *ret) {
-        _cleanup_json_ json_object *root = NULL;
-        JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
-        json_object *exec, *doc, *v;
-        int r;
-
-        if (!ret)
-                return -EINVAL;
-        r = json_object_parse(data, size, MESSAGE_SIZE_MAX, &root);
-        if (r < 0)
-                return r;
-
-        if (json_object_object_get_ex(root, "execution", &exec) &&
-            json_object_is_type(exec, json_type_object) &&
-            json_object_object_get_ex(exec, "jobDocument", &doc) &&
-            json_object_is_type(doc, json_type_object)) {
-                if (json_object_object_get_ex(doc, "sha256", &v) && v) {
-                        if (json_object_is_type(v, json_type_string)) {
-                                x.sha256 = strdup(json_object_get_string(v));
-                                if (!x.sha256)
-                                        return -ENOMEM;
-                        } else
-                                x.sha256_invalid = true;
-                }
-                if (json_object_object_get_ex(doc, "size", &v) && v) {
-                        if (json_object_is_type(v, json_type_int) &&
-                            json_object_get_int64(v) >= 0)
-                                x.size = json_object_get_int64(v);
-                        else
-                                x.size_invalid = true;
-                }
-        }
-        *ret = x;
-        return 0;
-}
-
-/* firmwareId and deploymentId go into the installer's environment and the logs. */
-static bool id_field_valid(const char *s) {
-        size_t len;
-
-        if (isempty(s))
-                return false;
-        len = strnlen(s, JOB_ID_FIELD_MAX + 1);
-        if (len > JOB_ID_FIELD_MAX || !utf8_is_valid(s, len))
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
-                        return false;
-        return true;
-}
-
-static bool sha256_hex_valid(const char *s) {
-        if (!s || strnlen(s, 65) != 64)
-                return false;
-        for (size_t i = 0; i < 64; i++)
-                if (!strchr("0123456789abcdefABCDEF", s[i]))
-                        return false;
-        return true;
-}
-
-/* NULL when url is acceptable, else the reason. */
-static const char *url_problem(const char *url, bool allow_http) {
-        size_t len, skip;
-        const char *host;
-
-        if (isempty(url))
-                return "firmwareUrl is missing or not a string";
-        len = strnlen(url, JOB_URL_MAX + 1);
-        if (len > JOB_URL_MAX)
-                return "firmwareUrl is too long";
-        /* A URL is printable ASCII; anything else is a forged or broken document. */
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) url[i] <= 0x20 || (unsigned char) url[i] >= 0x7f)
-                        return "firmwareUrl contains white space, control or non-ASCII "
-                               "characters";
-        if (strncasecmp(url, "https://", 8) == 0)
-                skip = 8;
-        else if (strncasecmp(url, "http://", 7) == 0) {
-                if (!allow_http)
-                        return "firmwareUrl uses http://; lodevd downloads firmware over "
-                               "https:// only";
-                skip = 7;
-        } else
-                return "firmwareUrl is not an https:// URL";
-        host = url + skip;
-        if (*host == '\0' || strchr("/?#@:", *host))
-                return "firmwareUrl has no host";
-        return NULL;
-}
-
-int job_document_check(const char *job_id, const JobDocument *doc, const JobDocumentExtra *x,
-                       bool allow_http, char **ret_reason) {
-        _cleanup_free_ char *reason = NULL;
-        const char *problem = NULL;
-
-        if (!ret_reason)
-                return -EINVAL;
-        if (!topic_job_id_valid(job_id))
-                return -EINVAL;
-        if (!doc || isempty(doc->operation))
-                problem = "the job document has no operation";
-        else if (!streq(doc->operation, "firmware_update")) {
-                /* Name the operation, cut short: the document is the platform's, not ours. */
-                reason = strdup_printf("operation \"%.64s\" is not supported; lodevd runs "
-                                       "firmware_update jobs only",
-                                       doc->operation);
-                if (!reason)
-                        return -ENOMEM;
-        } else if (!doc->firmware_id)
-                problem = "firmwareId is missing or not a string";
-        else if (!id_field_valid(doc->firmware_id))
-                problem = "firmwareId is empty, too long or contains control characters";
-        else if (!doc->deployment_id)
-                problem = "deploymentId is missing or not a string";
-        else if (!id_field_valid(doc->deployment_id))
-                problem = "deploymentId is empty, too long or contains control characters";
-        else if ((problem = url_problem(doc->firmware_url, allow_http)))
-                ;
-        else if (x && x->sha256_invalid)
-                problem = "sha256 is not a string";
-        else if (x && x->sha256 && !sha256_hex_valid(x->sha256))
-                problem = "sha256 is not 64 hexadecimal digits";
-        else if (x && x->size_invalid)
-                problem = "size is not a non-negative integer";
-
-        if (!problem && !reason) {
-                *ret_reason = NULL;
-                return 0;
-        }
-        if (!reason) {
-                reason = strdup(problem);
-                if (!reason)
-                        return -ENOMEM;
-        }
-        *ret_reason = TAKE_PTR(reason);
-        return -EBADMSG;
-}
+/* --- Download file --- */
 
 int job_download_file_name(const char *job_id, char **ret) {
         unsigned char md[EVP_MAX_MD_SIZE];
@@ -455,11 +310,11 @@ static int journal_check(const JobJournal *j) {
         if (!streq_ptr(j->file, file))
                 return -EINVAL;
         needs_firmware = j->phase >= JOB_PHASE_ACCEPTED && j->phase <= JOB_PHASE_CONFIRMING;
-        if ((j->firmware_id && !id_field_valid(j->firmware_id)) ||
-            (j->deployment_id && !id_field_valid(j->deployment_id)) ||
+        if ((j->firmware_id && !job_id_field_valid(j->firmware_id)) ||
+            (j->deployment_id && !job_id_field_valid(j->deployment_id)) ||
             (needs_firmware && (!j->firmware_id || !j->deployment_id)))
                 return -EINVAL;
-        if (j->sha256 && !(sha256_hex_valid(j->sha256) && lower_hex(j->sha256)))
+        if (j->sha256 && !(job_sha256_valid(j->sha256) && lower_hex(j->sha256)))
                 return -EINVAL;
         if (j->execution_number < -1 || j->version_number < -1 || j->size < -1 ||
             j->offset > INT64_MAX || j->failed_offset > INT64_MAX ||
@@ -1168,8 +1023,8 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
 }
 
 /* An execution while idle: start it, reject it, or fail it as an orphan. */
-static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                                 const JobContext *c, JobDecision *d) {
+static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobContext *c,
+                                 JobDecision *d) {
         _cleanup_(job_journal_done) JobJournal n = JOB_JOURNAL_NULL;
         _cleanup_free_ char *reason = NULL;
         int r;
@@ -1181,7 +1036,7 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
         if (e->status == JOB_STATUS_IN_PROGRESS)
                 return decide_orphan(j, e->job_id, e->execution_number, e->version_number, c, d);
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
         r = journal_new(e->job_id, e->execution_number, e->version_number, c, &n);
@@ -1197,15 +1052,15 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
                 n.deployment_id = strdup(e->document.deployment_id);
                 if (!n.firmware_id || !n.deployment_id)
                         return -ENOMEM;
-                if (x && x->sha256) {
-                        n.sha256 = strdup(x->sha256);
+                if (e->document.sha256) {
+                        n.sha256 = strdup(e->document.sha256);
                         if (!n.sha256)
                                 return -ENOMEM;
                         for (char *p = n.sha256; *p; p++)
                                 if (*p >= 'A' && *p <= 'F')
                                         *p = (char) (*p - 'A' + 'a');
                 }
-                n.size = x ? x->size : -1;
+                n.size = e->document.size;
                 enter_phase(&n, JOB_PHASE_ACCEPTED, c, d);
                 r = decide_start(&n, d);
                 if (r < 0)
@@ -1216,8 +1071,8 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
         return 0;
 }
 
-static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                            const JobContext *c, JobDecision *d) {
+static int handle_execution(JobJournal *j, const JobExecution *e, const JobContext *c,
+                            JobDecision *d) {
         bool has = e && e->job_id;
         _cleanup_free_ char *reason = NULL;
         int r;
@@ -1225,7 +1080,7 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         if (has && !topic_job_id_valid(e->job_id))
                 return -EINVAL;
         if (!phase_active(j->phase))
-                return has ? handle_execution_idle(j, e, x, c, d) : 0;
+                return has ? handle_execution_idle(j, e, c, d) : 0;
 
         if (!has)
                 /* Nothing pending on the platform while we run a job: it was canceled. */
@@ -1243,16 +1098,16 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         if (j->phase != JOB_PHASE_DOWNLOADING || !j->want_url)
                 return 0; /* a repeat of what we know */
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
         if (reason)
                 return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d);
         if (!streq_ptr(e->document.firmware_id, j->firmware_id) ||
             !streq_ptr(e->document.deployment_id, j->deployment_id) ||
-            (x ? x->size : -1) != j->size ||
-            (j->sha256 ? !(x && x->sha256 && strcasecmp(x->sha256, j->sha256) == 0)
-                       : (x && x->sha256)))
+            e->document.size != j->size ||
+            (j->sha256 ? !(e->document.sha256 && strcasecmp(e->document.sha256, j->sha256) == 0)
+                       : e->document.sha256 != NULL))
                 return decide_final(j, JOB_STATUS_FAILED,
                                     "the job document changed while the job was running", NULL,
                                     c, d);
@@ -1392,7 +1247,7 @@ static int handle_unreadable(JobJournal *j, const char *job_id, int error, const
                 return 0; /* busy with a job: this one is looked at later */
         }
         /* A job without a document: REJECTED, with the reason it cannot be read. */
-        r = handle_execution_idle(j, &e, NULL, c, d);
+        r = handle_execution_idle(j, &e, c, d);
         if (r < 0 || d->action != JOB_ACTION_REPORT || j->phase != JOB_PHASE_REPORTING)
                 return r;
         r = job_report_set(&j->report, JOB_DETAIL_REASON, reason);
@@ -1408,7 +1263,7 @@ static int handle_get_rejected(JobJournal *j, const char *job_id, const char *co
 
         if (ours && streq_ptr(code, "ResourceNotFound"))
                 /* Our job is gone: the same as no execution pending. */
-                return handle_execution(j, NULL, NULL, c, d);
+                return handle_execution(j, NULL, c, d);
         d->backoff = true;
         if (ours && j->want_url) {
                 d->action = JOB_ACTION_GET_JOB;
@@ -1438,7 +1293,7 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
 
         switch (ev->type) {
         case JOB_EVENT_EXECUTION:
-                r = handle_execution(j, ev->execution, ev->extra, c, &d);
+                r = handle_execution(j, ev->execution, c, &d);
                 break;
 
         case JOB_EVENT_EXECUTION_UNREADABLE:

@@ -620,7 +620,6 @@ static void on_list(Jobs *s, const void *data, size_t len) {
 static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
                          size_t len) {
         _cleanup_(job_execution_done) JobExecution e = {};
-        _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
         JobEvent ev = { .type = JOB_EVENT_EXECUTION };
         int r;
 
@@ -629,11 +628,6 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 event_disarm(s->request_timer);
         }
         r = message_decode_job_execution(data, len, &e);
-        if (r > 0) {
-                int k = job_document_extra_decode(data, len, &x);
-                if (k < 0)
-                        r = k;
-        }
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
                         JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE,
@@ -669,7 +663,6 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 return;
         }
         ev.execution = r > 0 ? &e : NULL;
-        ev.extra = r > 0 ? &x : NULL;
         run_event(s, &ev);
 }
 
