@@ -225,6 +225,9 @@ typedef struct JobJournal {
                         .size = -1,                                                                \
                         .report = JOB_REPORT_NULL })
 
+/* A kernel boot id as the journal keeps it: 1 to 64 of [a-zA-Z0-9-]. */
+bool job_boot_id_valid(const char *s);
+
 /* Frees the contents and leaves JOB_JOURNAL_NULL. NULL-safe. */
 void job_journal_done(JobJournal *j);
 

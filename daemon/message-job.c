@@ -15,9 +15,12 @@ static const char *const job_status_table[_JOB_STATUS_MAX] = {
 
 DEFINE_STRING_TABLE_LOOKUP(job_status, JobStatus);
 
-static bool status_detail_key_valid(const char *s) {
-        size_t len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
+bool job_status_detail_key_valid(const char *s) {
+        size_t len;
 
+        if (!s)
+                return false;
+        len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
         if (len == 0 || len > JOB_STATUS_DETAIL_KEY_MAX)
                 return false;
         for (size_t i = 0; i < len; i++)
@@ -56,7 +59,7 @@ int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                 return -EINVAL;
         for (size_t i = 0; i < n; i++) {
                 if (!detail_keys[i] || !detail_values[i] ||
-                    !status_detail_key_valid(detail_keys[i]) ||
+                    !job_status_detail_key_valid(detail_keys[i]) ||
                     !status_detail_value_valid(detail_values[i]))
                         return -EINVAL;
                 for (size_t j = 0; j < i; j++)
@@ -83,7 +86,7 @@ int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                 }
         }
         if (expected_version >= 0) {
-                r = json_add(root, "expectedVersion", json_object_new_int64(expected_version));
+                r = json_add_int64(root, "expectedVersion", expected_version);
                 if (r < 0)
                         return r;
         }

@@ -141,6 +141,9 @@ JobStatus job_status_from_string(const char *s);
  * status is one a device may set: IN_PROGRESS, SUCCEEDED, FAILED or REJECTED. The details
  * follow the AWS rules above (n == 0 leaves statusDetails out); expected_version < 0 leaves
  * expectedVersion out. */
+/* A statusDetails key by the AWS rules above. */
+bool job_status_detail_key_valid(const char *s);
+
 int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                               const char *const *detail_values, size_t n,
                               int64_t expected_version, char **ret);
