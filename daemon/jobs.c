@@ -1,15 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-#include <dirent.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <time.h>
 
 #include "backoff.h"
 #include "event-util.h"
 #include "fileio.h"
+#include "firmware-download.h"
 #include "hook.h"
 #include "job.h"
 #include "jobs.h"
@@ -22,10 +18,7 @@
 /* Retries of requests the platform refused for a passing reason, and of the journal. */
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
-/* The download is made durable (fsync, journal offset) at least this often. */
-#define SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
-#define SYNC_USEC (UINT64_C(1) * 1000000)
-/* Room left free beside the firmware. */
+/* Room left free beside the firmware, the spool's room and the journal. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
 /* The reboot command gets this long to return. */
 #define REBOOT_COMMAND_TIMEOUT_USEC (UINT64_C(120) * 1000000)
@@ -83,12 +76,7 @@ struct Jobs {
         CheckWaiter waiters[JOBS_CHECK_WAITERS_MAX];
         size_t n_waiters;
 
-        /* The download. */
-        HttpTransfer *transfer;
-        int fd;
-        uint64_t pos, synced, total;
-        uint64_t synced_usec;
-        EVP_MD_CTX *sha;
+        FirmwareDownload *download;
 
         /* Hooks and the reboot. */
         Hook *hook;
@@ -772,282 +760,97 @@ static void set_progress(Jobs *s, unsigned percent, const char *step) {
 
 /* --- Download --- */
 
-static void download_close(Jobs *s) {
-        http_transfer_cancel(s->transfer);
-        s->transfer = NULL;
-        s->fd = safe_close(s->fd);
-        if (s->sha) {
-                EVP_MD_CTX_free(s->sha);
-                s->sha = NULL;
-        }
-}
-
 static void stop_download(Jobs *s) {
-        download_close(s);
+        s->download = firmware_download_free(s->download);
 }
 
-/* Makes what is written durable and records it, so that a crash resumes from here. */
-static int download_sync(Jobs *s) {
-        int r;
-
-        if (s->fd < 0 || s->pos == s->synced)
-                return 0;
-        if (fsync(s->fd) < 0)
-                return -errno;
-        r = job_journal_save_offset(s->dir, &s->journal, s->pos, now_realtime());
-        if (r < 0)
-                return r;
-        s->synced = s->pos;
-        s->synced_usec = event_now(s->event);
-        return 0;
-}
-
-static void download_failed(Jobs *s, JobDownloadError error, const char *message) {
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = error,
-                        .message = message };
-        uint64_t offset;
-
-        /* The bytes already here count on the next try. */
-        if (s->fd >= 0 && fsync(s->fd) >= 0)
-                s->synced = s->pos;
-        offset = s->synced;
-        download_close(s);
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the download stopped after %" PRIu64
-                  " bytes: %s.", job_id(s), offset, strempty(message));
-        ev.offset = offset;
-        run_event(s, &ev);
-}
-
-static void download_done(Jobs *s) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[2 * EVP_MAX_MD_SIZE + 1];
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
-        _cleanup_free_ char *msg = NULL;
-
-        if (s->journal.size >= 0 && s->pos != (uint64_t) s->journal.size) {
-                msg = strdup_printf("%" PRIu64 " bytes instead of %" PRId64, s->pos,
-                                    s->journal.size);
-                /* Start over: the bytes here are not the document's. */
-                s->pos = 0;
-                (void) ftruncate(s->fd, 0);
-                download_close(s);
-                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                  .download_error = JOB_DOWNLOAD_CORRUPT, .message = msg };
-                run_event(s, &ev);
-                return;
-        }
-        if (s->sha) {
-                if (EVP_DigestFinal_ex(s->sha, md, &md_len) != 1) {
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, "SHA-256 failed");
-                        return;
-                }
-                for (unsigned i = 0; i < md_len; i++)
-                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-                if (!streq(hex, s->journal.sha256)) {
-                        msg = strdup_printf("SHA-256 %s, the job document says %s", hex,
-                                            s->journal.sha256);
-                        (void) ftruncate(s->fd, 0);
-                        download_close(s);
-                        ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                          .download_error = JOB_DOWNLOAD_CORRUPT,
-                                          .message = msg };
-                        run_event(s, &ev);
-                        return;
-                }
-        }
-        if (fsync(s->fd) < 0) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, strerror(errno));
-                return;
-        }
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: firmware downloaded, %" PRIu64
-                  " bytes%s.", job_id(s), s->pos, s->sha ? ", SHA-256 verified" : "");
-        download_close(s);
-        run_event(s, &ev);
-}
-
-static unsigned download_percent(Jobs *s) {
-        uint64_t total = s->journal.size >= 0 ? (uint64_t) s->journal.size : s->total;
-
-        return total > 0 ? (unsigned) MIN(s->pos * 100 / total, UINT64_C(100)) : 0;
-}
-
-static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
-                   void *userdata) {
+static int on_download_synced(FirmwareDownload *d, uint64_t offset, void *userdata) {
         Jobs *s = userdata;
-        int r;
 
-        if (offset != s->pos) {
-                /* The server sent the whole file instead of the range: start over. */
-                if (offset != 0)
-                        return -EBADMSG;
-                if (ftruncate(s->fd, 0) < 0)
-                        return -errno;
-                s->pos = s->synced = 0;
-                if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        return -EIO;
-        }
-        if (s->journal.size >= 0 && s->pos + len > (uint64_t) s->journal.size)
-                return -EFBIG;
-        r = pwrite_full(s->fd, data, len, s->pos);
-        if (r < 0)
-                return r;
-        if (s->sha && EVP_DigestUpdate(s->sha, data, len) != 1)
-                return -EIO;
-        if (len > 0)
-                /* Progress: failures from here on are counted afresh. */
-                backoff_reset(&s->backoff);
-        s->pos += len;
-        if (s->pos - s->synced >= SYNC_BYTES ||
-            event_now(s->event) - s->synced_usec >= SYNC_USEC) {
-                r = download_sync(s);
-                if (r < 0)
-                        return r;
-        }
-        set_progress(s, download_percent(s), "downloading");
-        return 0;
+        return job_journal_save_offset(s->dir, &s->journal, offset, now_realtime());
 }
 
-static void on_download_progress(HttpTransfer *t, uint64_t done, uint64_t total,
+static void on_download_progress(FirmwareDownload *d, uint64_t done, uint64_t total,
                                  void *userdata) {
         Jobs *s = userdata;
 
-        s->total = total;
+        /* Progress: failures from here on are counted afresh. */
+        backoff_reset(&s->backoff);
+        set_progress(s, total > 0 ? (unsigned) MIN(done * 100 / total, UINT64_C(100)) : 0,
+                     "downloading");
 }
 
-static void on_download_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
+/* Free space the download must leave: what the observation spool may still take, the job
+ * journal (written twice over during an atomic replace) and a margin. */
+static uint64_t on_download_reserve(FirmwareDownload *d, void *userdata) {
         Jobs *s = userdata;
-        _cleanup_free_ char *msg = NULL;
+        uint64_t max = s->config->spool_max_bytes, used = 0;
 
-        s->transfer = NULL;
-        if (res->error < 0) {
-                msg = strdup_printf("%s", res->error_text ?: strerror(-res->error));
-                if (res->error == -EFBIG)
-                        download_failed(s, JOB_DOWNLOAD_CORRUPT,
-                                        "the server sent more bytes than the job document's "
-                                        "size");
-                else if (res->error == -ENOSPC || res->error == -EDQUOT)
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                else if (res->error == -EIO || res->error == -EBADF)
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                else
-                        download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-                return;
-        }
-        if (res->status >= 200 && res->status < 300) {
-                download_done(s);
-                return;
-        }
-        msg = strdup_printf("HTTP %ld", res->status);
-        if (res->status == 403)
-                download_failed(s, JOB_DOWNLOAD_EXPIRED, msg);
-        else if (res->status == 416 && s->pos > 0) {
-                /* Nothing past our offset: the file here is not what the server has. */
-                (void) ftruncate(s->fd, 0);
-                s->pos = s->synced = 0;
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-        } else if (res->status >= 400 && res->status < 500)
-                download_failed(s, JOB_DOWNLOAD_REFUSED, msg);
-        else
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+        if (s->cb.spool_used_bytes)
+                used = MIN(s->cb.spool_used_bytes(s->userdata), max);
+        return max - used + 2 * JOB_JOURNAL_SIZE_MAX + SPACE_MARGIN;
 }
 
-/* The SHA-256 of the bytes already here, when resuming. */
-static int hash_prefix(Jobs *s, uint64_t len) {
-        _cleanup_free_ char *buf = malloc(1024 * 1024);
-        uint64_t at = 0;
+static void on_download_finished(FirmwareDownload *d, const FirmwareDownloadResult *res,
+                                 void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *message = res->message ? strdup(res->message) : NULL;
+        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
 
-        if (!buf)
-                return -ENOMEM;
-        while (at < len) {
-                size_t n = (size_t) MIN(len - at, (uint64_t) 1024 * 1024);
-                int r = pread_full(s->fd, buf, n, at);
-
-                if (r < 0)
-                        return r;
-                if (EVP_DigestUpdate(s->sha, buf, n) != 1)
-                        return -EIO;
-                at += n;
+        if (res->complete)
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: firmware downloaded, %" PRIu64 " bytes%s.", job_id(s),
+                          res->offset, s->journal.sha256 ? ", SHA-256 verified" : "");
+        else {
+                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                  .download_error = res->error,
+                                  .offset = res->offset,
+                                  .message = message ?: "out of memory" };
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: the download stopped after %" PRIu64 " bytes: %s.",
+                          job_id(s), res->offset, strempty(message));
         }
-        return 0;
+        s->download = firmware_download_free(s->download); /* res goes with it */
+        run_event(s, &ev);
 }
+
+static const FirmwareDownloadCallbacks download_callbacks = {
+        .synced = on_download_synced,
+        .progress = on_download_progress,
+        .reserve = on_download_reserve,
+        .finished = on_download_finished,
+};
 
 static void start_download(Jobs *s, const char *url, uint64_t offset) {
-        _cleanup_free_ char *path = NULL, *msg = NULL;
-        struct statvfs sv;
-        struct stat st;
+        _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        FirmwareDownloadParams p = {
+                .path = path,
+                .url = url,
+                .offset = offset,
+                .size = s->journal.size,
+                .sha256 = s->journal.sha256,
+                .max_size = s->config->max_download_bytes,
+        };
         int r;
 
-        download_close(s);
-        path = strdup_printf("%s/%s", s->dir, s->journal.file);
-        if (!path) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, "out of memory");
-                return;
-        }
-        s->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (s->fd < 0 || fstat(s->fd, &st) < 0) {
-                msg = strdup_printf("cannot open %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        /* Only what the journal says is durable counts; the rest may be garbage. */
-        if ((uint64_t) st.st_size < offset)
-                offset = 0;
-        if (ftruncate(s->fd, (off_t) offset) < 0) {
-                msg = strdup_printf("cannot truncate %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        s->pos = s->synced = offset;
-        s->synced_usec = event_now(s->event);
-        s->total = 0;
-
-        if (fstatvfs(s->fd, &sv) >= 0 && s->journal.size >= 0) {
-                uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
-                uint64_t need = (uint64_t) s->journal.size - offset + SPACE_MARGIN;
-
-                if (avail < need) {
-                        msg = strdup_printf("%" PRIu64 " bytes needed in %s, %" PRIu64
-                                            " available", need, s->dir, avail);
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                        return;
-                }
-        }
-        if (s->journal.sha256) {
-                /* read access for the prefix hash */
-                s->fd = safe_close(s->fd);
-                s->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-                s->sha = EVP_MD_CTX_new();
-                r = s->fd < 0 ? -errno : !s->sha ? -ENOMEM : 0;
-                if (r >= 0 && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        r = -EIO;
-                if (r >= 0)
-                        r = hash_prefix(s, offset);
-                if (r < 0) {
-                        msg = strdup_printf("cannot hash %s: %s", path, strerror(-r));
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                        return;
-                }
-        }
-        if (s->journal.size >= 0 && offset == (uint64_t) s->journal.size && offset > 0) {
-                download_done(s); /* everything was here before the restart */
-                return;
-        }
+        stop_download(s);
         job_progress_reset(&s->throttle);
         s->has_percent = false;
         log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: downloading firmware %s%s.",
                   job_id(s), s->journal.firmware_id, offset > 0 ? " (resuming)" : "");
-        r = http_get(s->http, url, offset, on_data, on_download_progress, on_download_finished,
-                     s, &s->transfer);
+        r = path ? firmware_download_start(s->event, s->http, &p, &download_callbacks, s,
+                                           &s->download)
+                 : -ENOMEM;
         if (r < 0) {
-                msg = strdup_printf("cannot start the download: %s", strerror(-r));
-                download_failed(s, r == -EPROTONOSUPPORT || r == -EINVAL
-                                           ? JOB_DOWNLOAD_REFUSED
-                                           : JOB_DOWNLOAD_LOCAL,
-                                msg);
-                return;
+                JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                .download_error = JOB_DOWNLOAD_LOCAL,
+                                .offset = offset,
+                                .message = strerror(-r) };
+
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Job %s: cannot start the download: %s", job_id(s), strerror(-r));
+                run_event(s, &ev);
         }
-        set_progress(s, download_percent(s), "downloading");
 }
 
 /* --- Hooks --- */
@@ -1369,7 +1172,6 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 .userdata = userdata,
                 .journal = JOB_JOURNAL_NULL,
                 .retry_report = JOB_REPORT_NULL,
-                .fd = -EBADF,
         };
         backoff_init(&s->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
         s->dir = strdup_printf("%s/job", config->state_dir);
@@ -1413,7 +1215,7 @@ Jobs *jobs_free(Jobs *s) {
         if (!s)
                 return NULL;
         check_waiters_done(s, -ECANCELED);
-        download_close(s);
+        stop_download(s);
         s->hook = hook_free(s->hook, true);
         s->reboot_hook = hook_free(s->reboot_hook, false);
         for (size_t i = 0; i < s->n_out; i++)

@@ -193,10 +193,17 @@ static void job_updated(const char *job_id, const char *status, unsigned percent
                 m->observer->job_updated(job_id, status, percent, message, m->observer_userdata);
 }
 
+static uint64_t job_spool_used_bytes(void *userdata) {
+        Manager *m = userdata;
+
+        return m->delivery ? delivery_used_bytes(m->delivery) : 0;
+}
+
 static const JobsCallbacks jobs_callbacks = {
         .current_changed = job_current_changed,
         .inhibitors_changed = job_inhibitors_changed,
         .updated = job_updated,
+        .spool_used_bytes = job_spool_used_bytes,
 };
 
 static void provision_finished(Manager *m, const char *thing, const char *error) {
