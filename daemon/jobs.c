@@ -687,53 +687,75 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
         send_next_update(s);
 }
 
-static void on_message(const char *topic, const void *data, size_t len, void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *id = NULL;
+/* The job id a topic under a filter names; NULL when it names none or another kind. */
+static char *topic_job_id(Jobs *s, const char *topic, TopicKind want) {
+        char *id = NULL;
         TopicKind kind;
-        int r;
 
-        r = topic_classify(topic, s->thing, NULL, &kind, &id);
-        if (r < 0) {
-                log_debug("Message on %s that is no jobs answer, ignoring.", topic);
-                return;
+        if (topic_classify(topic, s->thing, NULL, &kind, &id) < 0 || kind != want) {
+                free(id);
+                log_debug("Message on %s is no %s, ignoring.", topic, topic_kind_to_string(want));
+                return NULL;
         }
-        log_debug("Jobs: %s (%zu bytes).", topic_kind_to_string(kind), len);
-        switch (kind) {
-        case TOPIC_JOBS_GET_ACCEPTED:
-                on_list(s, data, len);
-                break;
-        case TOPIC_JOBS_GET_REJECTED:
-        case TOPIC_JOB_GET_REJECTED: {
-                _cleanup_(platform_error_done) PlatformError err = {};
-                bool list = kind == TOPIC_JOBS_GET_REJECTED;
+        return id;
+}
 
-                (void) message_decode_error(data, len, &err);
-                log_warning("The platform rejected the request for %s: %s: %s",
-                            list ? "the job list" : strempty(id), strempty(err.error_code),
-                            strempty(err.error_message));
-                if (s->request_sent) {
-                        s->request_sent = outgoing_free(s->request_sent);
-                        event_disarm(s->request_timer);
-                }
-                if (list)
-                        check_waiters_done(s, -EIO);
-                JobEvent ev = { .type = JOB_EVENT_GET_REJECTED, .job_id = list ? NULL : id,
-                                .error_code = err.error_code };
-                run_event(s, &ev);
-                break;
+static void get_rejected(Jobs *s, const char *id, const void *data, size_t len) {
+        _cleanup_(platform_error_done) PlatformError err = {};
+        JobEvent ev = { .type = JOB_EVENT_GET_REJECTED, .job_id = id };
+
+        (void) message_decode_error(data, len, &err);
+        log_warning("The platform rejected the request for %s: %s: %s",
+                    id ? id : "the job list", strempty(err.error_code),
+                    strempty(err.error_message));
+        if (s->request_sent) {
+                s->request_sent = outgoing_free(s->request_sent);
+                event_disarm(s->request_timer);
         }
-        case TOPIC_JOBS_NOTIFY_NEXT:
-        case TOPIC_JOB_GET_ACCEPTED:
-                on_execution(s, kind, id, data, len);
-                break;
-        case TOPIC_JOB_UPDATE_ACCEPTED:
-        case TOPIC_JOB_UPDATE_REJECTED:
-                on_update_answer(s, kind == TOPIC_JOB_UPDATE_ACCEPTED, id, data, len);
-                break;
-        default:
-                break;
-        }
+        if (!id)
+                check_waiters_done(s, -EIO);
+        ev.error_code = err.error_code;
+        run_event(s, &ev);
+}
+
+static void on_notify_next(const char *topic, const void *data, size_t len, void *userdata) {
+        on_execution(userdata, TOPIC_JOBS_NOTIFY_NEXT, NULL, data, len);
+}
+
+static void on_list_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        on_list(userdata, data, len);
+}
+
+static void on_list_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        get_rejected(userdata, NULL, data, len);
+}
+
+static void on_job_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_ACCEPTED);
+
+        if (id)
+                on_execution(userdata, TOPIC_JOB_GET_ACCEPTED, id, data, len);
+}
+
+static void on_job_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_REJECTED);
+
+        if (id)
+                get_rejected(userdata, id, data, len);
+}
+
+static void on_update_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_ACCEPTED);
+
+        if (id)
+                on_update_answer(userdata, true, id, data, len);
+}
+
+static void on_update_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_REJECTED);
+
+        if (id)
+                on_update_answer(userdata, false, id, data, len);
 }
 
 /* --- Progress --- */
@@ -1058,7 +1080,9 @@ int jobs_check(Jobs *s, JobsCheckDone done, void *userdata) {
         return 0;
 }
 
-static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
+static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter,
+                     void (*handler)(const char *topic, const void *data, size_t len,
+                                     void *userdata)) {
         _cleanup_free_ char *t = NULL;
         int r;
 
@@ -1066,30 +1090,35 @@ static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
                    : topic_build(kind, s->thing, NULL, NULL, &t);
         if (r < 0)
                 return r;
-        return connection_subscribe(c, t, on_message, s);
+        return connection_subscribe(c, t, handler, s);
 }
 
 int jobs_attach(Jobs *s, Connection *c) {
+        static const struct {
+                TopicKind kind;
+                bool filter; /* <thing>/jobs/+/...: one filter for every job */
+                void (*handler)(const char *topic, const void *data, size_t len,
+                                void *userdata);
+        } topics[] = {
+                { TOPIC_JOBS_NOTIFY_NEXT, false, on_notify_next },
+                { TOPIC_JOBS_GET_ACCEPTED, false, on_list_accepted },
+                { TOPIC_JOBS_GET_REJECTED, false, on_list_rejected },
+                { TOPIC_JOB_GET_ACCEPTED, true, on_job_accepted },
+                { TOPIC_JOB_GET_REJECTED, true, on_job_rejected },
+                { TOPIC_JOB_UPDATE_ACCEPTED, true, on_update_accepted },
+                { TOPIC_JOB_UPDATE_REJECTED, true, on_update_rejected },
+        };
         int r;
 
         r = free_and_strdup(&s->thing, connection_thing_name(c));
         if (r < 0)
                 return r;
-        r = subscribe(s, c, TOPIC_JOBS_NOTIFY_NEXT, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_ACCEPTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_REJECTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_REJECTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_REJECTED, true);
-        if (r >= 0)
-                r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
+        for (size_t i = 0; i < ELEMENTSOF(topics); i++) {
+                r = subscribe(s, c, topics[i].kind, topics[i].filter, topics[i].handler);
+                if (r < 0)
+                        return r;
+        }
+        r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
         if (r < 0)
                 return r;
         s->connection = c;
