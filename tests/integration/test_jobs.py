@@ -40,6 +40,11 @@ confirm)
         while [ -f "$rec/hold-confirm" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
         exit $(cat "$rec/confirm-exit" 2>/dev/null || echo 0)
         ;;
+rollback)
+        env > "$rec/env-rollback"
+        echo "rollback: nothing armed any more" >&2
+        exit $(cat "$rec/rollback-exit" 2>/dev/null || echo 0)
+        ;;
 esac
 exit 3
 """
