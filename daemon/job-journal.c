@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The durable record of a firmware job: the journal (check, to and from JSON, load, save, the
- * download offset), the terminal report it keeps, and the name of the download file. */
+ * download offset), the names of its phases, the terminal report it keeps, and the name of the
+ * download file. */
 #include <json-c/json.h>
 #include <openssl/evp.h>
 
@@ -13,6 +14,22 @@
 /* Counters beyond this are not something this code wrote. */
 #define JOURNAL_COUNTER_MAX 100000U
 #define BOOT_ID_MAX 64U
+
+/* --- Phases --- */
+
+static const char *const job_phase_table[_JOB_PHASE_MAX] = {
+        [JOB_PHASE_NONE] = "none",
+        [JOB_PHASE_ACCEPTED] = "accepted",
+        [JOB_PHASE_DOWNLOADING] = "downloading",
+        [JOB_PHASE_INSTALLING] = "installing",
+        [JOB_PHASE_AWAITING_REBOOT] = "awaiting-reboot",
+        [JOB_PHASE_CONFIRMING] = "confirming",
+        [JOB_PHASE_ROLLING_BACK] = "rolling-back",
+        [JOB_PHASE_REPORTING] = "reporting",
+        [JOB_PHASE_DONE] = "done",
+};
+
+DEFINE_STRING_TABLE_LOOKUP(job_phase, JobPhase);
 
 /* --- Reports --- */
 

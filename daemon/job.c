@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* The decisions of the job state machine (the table in job.h), the names of phases and
- * actions, and the progress throttle. The journal and its reports are in job-journal.c. */
+/* The decisions of the job state machine (the table in job.h), the names of the actions, and
+ * the progress throttle. The journal, its reports and the names of the phases it records are
+ * in job-journal.c. */
 #include <stdarg.h>
 #include <strings.h>
 
@@ -9,20 +10,6 @@
 #include "util.h"
 
 /* --- Names --- */
-
-static const char *const job_phase_table[_JOB_PHASE_MAX] = {
-        [JOB_PHASE_NONE] = "none",
-        [JOB_PHASE_ACCEPTED] = "accepted",
-        [JOB_PHASE_DOWNLOADING] = "downloading",
-        [JOB_PHASE_INSTALLING] = "installing",
-        [JOB_PHASE_AWAITING_REBOOT] = "awaiting-reboot",
-        [JOB_PHASE_CONFIRMING] = "confirming",
-        [JOB_PHASE_ROLLING_BACK] = "rolling-back",
-        [JOB_PHASE_REPORTING] = "reporting",
-        [JOB_PHASE_DONE] = "done",
-};
-
-DEFINE_STRING_TABLE_LOOKUP(job_phase, JobPhase);
 
 static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_NONE] = "none",         [JOB_ACTION_GET_LIST] = "get-list",

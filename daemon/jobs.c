@@ -2,42 +2,23 @@
 #include <inttypes.h>
 #include <time.h>
 
-#include "backoff.h"
 #include "event-util.h"
 #include "fileio.h"
+#include "backoff.h"
 #include "firmware-download.h"
-#include "firmware-reboot.h"
-#include "hook.h"
 #include "job.h"
+#include "jobs-channel.h"
+#include "jobs-steps.h"
 #include "jobs.h"
 #include "log.h"
 #include "topic.h"
 #include "util.h"
 
-/* A request or update without an answer in this time is sent again. */
-#define ANSWER_TIMEOUT_USEC (UINT64_C(30) * 1000000)
 /* Retries of requests the platform refused for a passing reason, and of the journal. */
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
 /* Room left free beside the firmware, the spool's room and the journal. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
-/* Messages waiting for the channel: a list request, a job request, an update. */
-#define OUTGOING_MAX 8U
-
-typedef enum OutKind {
-        OUT_LIST,
-        OUT_JOB,
-        OUT_UPDATE,
-} OutKind;
-
-typedef struct Outgoing {
-        OutKind kind;
-        char *topic;
-        char *payload;
-        char *job_id;  /* OUT_UPDATE: the job it is for */
-        bool progress; /* OUT_UPDATE: a progress report */
-} Outgoing;
-
 typedef struct CheckWaiter {
         JobsCheckDone done;
         void *userdata;
@@ -56,14 +37,8 @@ struct Jobs {
         bool started; /* the start-up reconcile was done */
 
         Connection *connection;
-        Channel *channel;
+        JobsChannel *channel;
         char *thing;
-        Outgoing out[OUTGOING_MAX];
-        size_t n_out;
-        /* What waits for an answer: one request and one update at most. */
-        Outgoing *request_sent, *update_sent;
-        Outgoing *update_next; /* the update to send once the one sent is answered */
-        sd_event_source *request_timer, *update_timer;
 
         /* A GET_JOB or REPORT decided "with backoff". */
         Backoff backoff;
@@ -76,51 +51,13 @@ struct Jobs {
         size_t n_waiters;
 
         FirmwareDownload *download;
-
-        /* Hooks and the reboot. */
-        Hook *hook;
-        FirmwareReboot *reboot;
-        Inhibitors *inhibitors;
+        JobSteps *steps; /* the hooks and the reboot */
 
         unsigned percent;
         bool has_percent;
         JobProgressThrottle throttle;
         char percent_text[8];
 };
-
-static void outgoing_done(Outgoing *o) {
-        free(o->topic);
-        free(o->payload);
-        free(o->job_id);
-        *o = (Outgoing) {};
-}
-
-static Outgoing *outgoing_free(Outgoing *o) {
-        if (o) {
-                outgoing_done(o);
-                free(o);
-        }
-        return NULL;
-}
-
-/* A copy on the heap, NULL when out of memory. */
-static Outgoing *outgoing_copy(const Outgoing *o) {
-        Outgoing *c = calloc(1, sizeof(*c));
-
-        if (!c)
-                return NULL;
-        *c = (Outgoing) { .kind = o->kind, .progress = o->progress };
-        c->topic = strdup(o->topic);
-        c->payload = strdup(o->payload);
-        c->job_id = o->job_id ? strdup(o->job_id) : NULL;
-        if (!c->topic || !c->payload || (o->job_id && !c->job_id))
-                return outgoing_free(c);
-        return c;
-}
-
-static bool outgoing_same(const Outgoing *a, const Outgoing *b) {
-        return a && b && streq(a->topic, b->topic) && streq(a->payload, b->payload);
-}
 
 static uint64_t now_realtime(void) {
         struct timespec ts;
@@ -185,168 +122,28 @@ void jobs_current(Jobs *s, const char **ret_id, const char **ret_status,
                 *ret_percent = "";
 }
 
-/* --- Outgoing messages --- */
-
-/* Takes o over, also on failure. */
-static int queue_message(Jobs *s, Outgoing o) {
-        if (s->n_out >= OUTGOING_MAX) {
-                outgoing_done(&o);
-                return -ENOBUFS;
-        }
-        s->out[s->n_out++] = o;
-        if (s->channel)
-                channel_wake(s->channel);
-        return 0;
-}
-
-static bool queued_kind(Jobs *s, OutKind kind) {
-        for (size_t i = 0; i < s->n_out; i++)
-                if (s->out[i].kind == kind)
-                        return true;
-        return false;
-}
+/* --- Requests and updates --- */
 
 static void request_list(Jobs *s) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-
-        if (!s->connection || queued_kind(s, OUT_LIST) ||
-            (s->request_sent && s->request_sent->kind == OUT_LIST))
-                return;
-        if (topic_build(TOPIC_JOBS_GET, s->thing, NULL, NULL, &topic) < 0 ||
-            !(payload = strdup("{}"))) {
-                log_oom();
-                return;
-        }
-        (void) queue_message(s, (Outgoing) { .kind = OUT_LIST, .topic = TAKE_PTR(topic),
-                                             .payload = TAKE_PTR(payload) });
+        jobs_channel_request_list(s->channel);
 }
 
 static void request_job(Jobs *s, const char *id) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-
-        if (!s->connection)
-                return;
-        if (topic_build(TOPIC_JOB_GET, s->thing, NULL, id, &topic) < 0) {
-                log_error("Cannot build the request for job %s, ignoring.", id);
-                return;
-        }
-        for (size_t i = 0; i < s->n_out; i++)
-                if (s->out[i].kind == OUT_JOB && streq(s->out[i].topic, topic))
-                        return;
-        payload = strdup("{\"includeJobDocument\":true}");
-        if (!payload) {
-                log_oom();
-                return;
-        }
-        (void) queue_message(s, (Outgoing) { .kind = OUT_JOB, .topic = TAKE_PTR(topic),
-                                             .payload = TAKE_PTR(payload) });
+        jobs_channel_request_job(s->channel, id);
 }
 
-static void send_next_update(Jobs *s);
-
-/* The update on its way: handed to the channel, or sent and waiting for its answer. */
-static const Outgoing *update_in_flight(Jobs *s) {
-        if (s->update_sent)
-                return s->update_sent;
-        for (size_t i = 0; i < s->n_out; i++)
-                if (s->out[i].kind == OUT_UPDATE)
-                        return &s->out[i];
-        return NULL;
-}
-
-/* Updates go one at a time: an answer on <job>/update/accepted carries no token, so it can
- * only be matched to the one update that is waiting (by its job). A newer update replaces one
- * not yet sent: the last word is the one that counts. */
 static void queue_update(Jobs *s, const JobReport *report, bool progress) {
-        _cleanup_(outgoing_done) Outgoing o = { .kind = OUT_UPDATE, .progress = progress };
-        Outgoing *n;
+        _cleanup_free_ char *payload = NULL;
         int r;
 
         if (!job_id(s))
                 return;
-        r = topic_build(TOPIC_JOB_UPDATE, s->thing, NULL, job_id(s), &o.topic);
+        r = job_report_encode(report, &payload);
         if (r >= 0)
-                r = job_report_encode(report, &o.payload);
-        if (r >= 0 && !(o.job_id = strdup(job_id(s))))
-                r = -ENOMEM;
-        if (r < 0) {
-                log_event(LOG_ERR, NULL, job_id(s), NULL,
-                          "Cannot encode the status update of the job: %s", strerror(-r));
-                return;
-        }
-        /* A progress report never replaces a status change still to be sent. */
-        if (progress && s->update_next && !s->update_next->progress)
-                return;
-        /* The same update on its way already (a job that came both through notify-next and
-         * the list, a report re-sent at a reconnect): it is sent again if its answer does not
-         * come, never twice while it may. */
-        if (!s->update_next && outgoing_same(update_in_flight(s), &o)) {
-                log_debug("Jobs: the same update is on its way already.");
-                return;
-        }
-        n = outgoing_copy(&o);
-        if (!n) {
-                log_oom();
-                return;
-        }
-        outgoing_free(s->update_next);
-        s->update_next = n;
-        send_next_update(s);
-}
-
-static void send_next_update(Jobs *s) {
-        Outgoing *o;
-
-        if (update_in_flight(s) || !s->update_next || !s->connection)
-                return;
-        o = TAKE_PTR(s->update_next);
-        /* Marked as sent when the channel takes it (see channel_next()). */
-        (void) queue_message(s, *o);
-        free(o);
-}
-
-static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata);
-static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata);
-
-static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing o, *copy;
-        int r;
-
-        if (s->n_out == 0)
-                return 0;
-        log_debug("Jobs: publishing to %s.", s->out[0].topic);
-        o = s->out[0];
-        memmove(s->out, s->out + 1, (s->n_out - 1) * sizeof(Outgoing));
-        s->n_out--;
-
-        /* Kept until answered, to send again when the answer does not come. */
-        copy = outgoing_copy(&o);
-        if (o.kind == OUT_UPDATE) {
-                outgoing_free(s->update_sent);
-                s->update_sent = copy;
-                r = event_arm_timer(s->event, &s->update_timer, ANSWER_TIMEOUT_USEC, 0, false,
-                                    on_update_timeout, s, "job-update-timeout");
-        } else {
-                outgoing_free(s->request_sent);
-                s->request_sent = copy;
-                r = event_arm_timer(s->event, &s->request_timer, ANSWER_TIMEOUT_USEC, 0, false,
-                                    on_request_timeout, s, "job-request-timeout");
-        }
+                r = jobs_channel_update(s->channel, job_id(s), payload, progress);
         if (r < 0)
-                log_error_errno(r, "Failed to arm the job answer timer: %m");
-        free(o.job_id);
-        /* The connection owns topic and payload from here on. */
-        *ret = (ChannelMessage) {
-                .topic = o.topic,
-                .data = o.payload,
-                .len = strlen(o.payload),
-        };
-        return 1;
-}
-
-static void channel_acked(Channel *ch, uint64_t cookie, void *userdata) {
-        /* The answer topics say what came of it. */
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Cannot queue the status update of the job: %s", strerror(-r));
 }
 
 static void check_waiters_done(Jobs *s, int error) {
@@ -359,68 +156,31 @@ static void check_waiters_done(Jobs *s, int error) {
                 w[i].done(error, w[i].userdata);
 }
 
-static void channel_online(Channel *ch, void *userdata) {
-        Jobs *s = userdata;
-
+static void on_channel_online(void *userdata) {
         /* Every (re)connect: what happened while away is in the list. */
-        request_list(s);
-        send_next_update(s);
+        request_list(userdata);
 }
 
-static void channel_offline(Channel *ch, void *userdata) {
-        Jobs *s = userdata;
-
-        check_waiters_done(s, -ENOTCONN);
+static void on_channel_offline(void *userdata) {
+        check_waiters_done(userdata, -ENOTCONN);
 }
 
-static const ChannelOps channel_ops = {
-        .next = channel_next,
-        .acked = channel_acked,
-        .online = channel_online,
-        .offline = channel_offline,
+static void on_list_timeout(void *userdata) {
+        check_waiters_done(userdata, -ETIMEDOUT);
+}
+
+static const JobsChannelCallbacks channel_callbacks = {
+        .online = on_channel_online,
+        .offline = on_channel_offline,
+        .list_timeout = on_list_timeout,
 };
-
-static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing *o = TAKE_PTR(s->request_sent);
-
-        if (!o)
-                return 0;
-        log_debug("No answer to %s, asking again.", o->topic);
-        if (o->kind == OUT_LIST)
-                check_waiters_done(s, -ETIMEDOUT);
-        if (queue_message(s, *o) < 0)
-                log_debug("Job request queue full, dropping the request.");
-        free(o);
-        return 0;
-}
-
-static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing *o = TAKE_PTR(s->update_sent);
-
-        if (!o)
-                return 0;
-        if (o->progress || s->update_next) {
-                /* Superseded or only progress: the next one says more. */
-                outgoing_free(o);
-                send_next_update(s);
-                return 0;
-        }
-        log_event(LOG_INFO, NULL, o->job_id, NULL,
-                  "No answer to the status update of job %s; sending it again.", o->job_id);
-        s->update_next = o;
-        send_next_update(s);
-        return 0;
-}
 
 /* --- Applying decisions --- */
 
 static void apply(Jobs *s, JobPhase before, JobDecision *d);
 static void stop_download(Jobs *s);
 static void start_download(Jobs *s, const char *url, uint64_t offset);
-static void run_hook(Jobs *s, JobAction which);
-static void start_reboot(Jobs *s, uint64_t delay_usec);
+static void set_progress(Jobs *s, unsigned percent, const char *step);
 
 static void run_event(Jobs *s, const JobEvent *ev) {
         _cleanup_(job_decision_done) JobDecision d = {};
@@ -498,6 +258,15 @@ static void log_finished(Jobs *s) {
 
 /* before: the phase the journal had before the decision changed it. */
 static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
+        _cleanup_free_ char *file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        const JobStepsJob steps_job = {
+                .job_id = job_id(s),
+                .firmware_id = s->journal.firmware_id,
+                .deployment_id = s->journal.deployment_id,
+                .thing = s->thing,
+                .file = file,
+                .reboot_tries = s->journal.reboot_tries,
+        };
         int r;
 
         if (d->save) {
@@ -554,10 +323,13 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         case JOB_ACTION_INSTALL:
         case JOB_ACTION_CONFIRM:
         case JOB_ACTION_ROLLBACK:
-                run_hook(s, d->action);
+                job_progress_reset(&s->throttle);
+                s->has_percent = false;
+                job_steps_run_hook(s->steps, d->action, &steps_job);
                 break;
         case JOB_ACTION_REBOOT:
-                start_reboot(s, d->delay_usec);
+                s->has_percent = false;
+                job_steps_reboot(s->steps, d->delay_usec, &steps_job);
                 break;
         case JOB_ACTION_ABANDON:
                 log_event(LOG_NOTICE, LODEV_MESSAGE_JOB_FINISHED, d->job_id, NULL,
@@ -575,7 +347,7 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
 
         /* A reboot asked for while rebooting was the plan; not after. */
         if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT)
-                firmware_reboot_cancel(s->reboot);
+                job_steps_cancel_reboot(s->steps);
 
         /* JobUpdated for a change of phase, and the property. */
         if (s->journal.phase != phase) {
@@ -614,10 +386,7 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         _cleanup_(job_list_done) JobList list = {};
         int r;
 
-        if (s->request_sent && s->request_sent->kind == OUT_LIST) {
-                s->request_sent = outgoing_free(s->request_sent);
-                event_disarm(s->request_timer);
-        }
+        jobs_channel_request_answered(s->channel, true);
         r = message_decode_job_list(data, len, &list);
         if (r < 0) {
                 log_warning("The platform's job list cannot be decoded (%s), ignoring.",
@@ -635,10 +404,8 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
         JobEvent ev = { .type = JOB_EVENT_EXECUTION };
         int r;
 
-        if (kind == TOPIC_JOB_GET_ACCEPTED && s->request_sent && s->request_sent->kind == OUT_JOB) {
-                s->request_sent = outgoing_free(s->request_sent);
-                event_disarm(s->request_timer);
-        }
+        if (kind == TOPIC_JOB_GET_ACCEPTED)
+                jobs_channel_request_answered(s->channel, false);
         r = message_decode_job_execution(data, len, &e);
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
@@ -685,14 +452,11 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
 
         /* Matched by job: an answer for another job's update (one re-sent, say, after the
          * next job began) still frees the way for the next update. */
-        if (!s->update_sent || !streq_ptr(topic_job, s->update_sent->job_id)) {
+        if (!jobs_channel_update_answered(s->channel, topic_job, &ev.progress)) {
                 log_debug("An update answer for job %s that nothing waits for, ignoring.",
                           strempty(topic_job));
                 return;
         }
-        ev.progress = s->update_sent->progress;
-        s->update_sent = outgoing_free(s->update_sent);
-        event_disarm(s->update_timer);
 
         if (accepted)
                 ev.type = JOB_EVENT_UPDATE_ACCEPTED;
@@ -709,7 +473,6 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
                           topic_job, strempty(err.error_code), strempty(err.error_message));
         }
         run_event(s, &ev);
-        send_next_update(s);
 }
 
 /* The job id a topic under a filter names; NULL when it names none or another kind. */
@@ -733,10 +496,7 @@ static void get_rejected(Jobs *s, const char *id, const void *data, size_t len) 
         log_warning("The platform rejected the request for %s: %s: %s",
                     id ? id : "the job list", strempty(err.error_code),
                     strempty(err.error_message));
-        if (s->request_sent) {
-                s->request_sent = outgoing_free(s->request_sent);
-                event_disarm(s->request_timer);
-        }
+        jobs_channel_requests_answered(s->channel);
         if (!id)
                 check_waiters_done(s, -EIO);
         ev.error_code = err.error_code;
@@ -900,177 +660,14 @@ static void start_download(Jobs *s, const char *url, uint64_t offset) {
         }
 }
 
-/* --- Hooks --- */
+/* --- Hooks and the reboot --- */
 
-static const char *hook_verb(Jobs *s) {
-        switch (s->journal.phase) {
-        case JOB_PHASE_INSTALLING:
-                return "install";
-        case JOB_PHASE_CONFIRMING:
-                return "confirm";
-        default:
-                return "rollback";
-        }
+static void on_step_ended(const JobEvent *ev, void *userdata) {
+        run_event(userdata, ev);
 }
 
-static void on_hook_progress(Hook *h, unsigned percent, void *userdata) {
-        Jobs *s = userdata;
-
-        set_progress(s, percent, s->journal.phase == JOB_PHASE_INSTALLING ? "installing"
-                                 : s->journal.phase == JOB_PHASE_CONFIRMING ? "confirming"
-                                                                            : "rolling back");
-}
-
-static void on_hook_line(Hook *h, const char *line, void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *e = escape_control(line);
-
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "installer %s: %s", hook_verb(s),
-                  strempty(e));
-}
-
-static void on_hook_ended(Hook *h, HookEnd end, int code, const char *last_line,
-                          void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *line = last_line ? strdup(last_line) : NULL;
-        JobEvent ev = { .code = code, .message = line };
-
-        s->hook = hook_free(s->hook, false);
-        ev.type = end == HOOK_EXITED   ? JOB_EVENT_HOOK_EXITED
-                  : end == HOOK_KILLED ? JOB_EVENT_HOOK_KILLED
-                                       : JOB_EVENT_HOOK_TIMEOUT;
-        log_event(end == HOOK_EXITED ? LOG_INFO : LOG_WARNING, NULL, job_id(s), NULL,
-                  "Job %s: INSTALLER %s %s %d.", job_id(s), hook_verb(s),
-                  end == HOOK_EXITED   ? "exited with status"
-                  : end == HOOK_KILLED ? "was killed by signal"
-                                       : "did not finish in time, signal",
-                  end == HOOK_TIMEOUT ? SIGTERM : code);
-        run_event(s, &ev);
-}
-
-static const HookCallbacks hook_callbacks = {
-        .progress = on_hook_progress,
-        .line = on_hook_line,
-        .ended = on_hook_ended,
-};
-
-/* INSTALLER install FILE, confirm or rollback, with the job's environment (SPEC §6). */
-static void run_hook(Jobs *s, JobAction which) {
-        _cleanup_free_ char *file = NULL, *e_job = NULL, *e_fw = NULL, *e_dep = NULL,
-                            *e_thing = NULL;
-        const char *installer = s->config->installer;
-        const char *verb = which == JOB_ACTION_INSTALL   ? "install"
-                           : which == JOB_ACTION_CONFIRM ? "confirm"
-                                                         : "rollback";
-        JobEvent ev = { .type = JOB_EVENT_HOOK_EXITED, .code = 127 };
-        int r;
-
-        s->hook = hook_free(s->hook, false);
-        file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
-        e_job = strdup_printf("LODEV_JOB_ID=%s", job_id(s));
-        e_fw = strdup_printf("LODEV_FIRMWARE_ID=%s", strempty(s->journal.firmware_id));
-        e_dep = strdup_printf("LODEV_DEPLOYMENT_ID=%s", strempty(s->journal.deployment_id));
-        e_thing = strdup_printf("LODEV_THING_NAME=%s", strempty(s->thing));
-        if (!file || !e_job || !e_fw || !e_dep || !e_thing) {
-                log_oom();
-                ev.message = "out of memory";
-                run_event(s, &ev);
-                return;
-        }
-        char *argv[] = { (char *) installer, (char *) verb,
-                         which == JOB_ACTION_INSTALL ? file : NULL, NULL };
-        char *env[] = { e_job, e_fw, e_dep, e_thing, (char *) "LODEV_PROGRESS_FD=3", NULL };
-
-        job_progress_reset(&s->throttle);
-        s->has_percent = false;
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: running %s %s.", job_id(s),
-                  installer, verb);
-        r = hook_spawn(s->event, argv, env, (uint64_t) s->config->install_timeout * 1000000,
-                       true, &hook_callbacks, s, &s->hook);
-        if (r < 0) {
-                _cleanup_free_ char *msg = strdup_printf("cannot run %s: %s", installer,
-                                                          strerror(-r));
-
-                ev.message = msg;
-                log_event(LOG_ERR, NULL, job_id(s), NULL, "Job %s: %s", job_id(s),
-                          strempty(msg));
-                run_event(s, &ev);
-        }
-}
-
-/* --- Reboot --- */
-
-static void on_reboot_state(FirmwareReboot *r, FirmwareRebootState state, void *userdata) {
-        Jobs *s = userdata;
-
-        switch (state) {
-        case FIRMWARE_REBOOT_DELAYED:
-                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                          "Job %s: the reboot command runs again shortly (try %u of %u).",
-                          job_id(s), s->journal.reboot_tries, s->config->max_reboot_tries);
-                break;
-        case FIRMWARE_REBOOT_INHIBITED:
-                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                          "Job %s: the reboot waits for %zu inhibitor(s), at most %u s.",
-                          job_id(s), inhibitors_count(s->inhibitors),
-                          s->config->max_reboot_delay);
-                break;
-        case FIRMWARE_REBOOT_RUNNING_ANYWAY:
-                log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                          "Job %s: reboot inhibitors still held after firmware.max_reboot_delay "
-                          "(%u s); rebooting anyway.",
-                          job_id(s), s->config->max_reboot_delay);
-                _fallthrough_;
-        case FIRMWARE_REBOOT_RUNNING:
-                log_event(LOG_NOTICE, NULL, job_id(s), NULL, "Job %s: rebooting with \"%s\".",
-                          job_id(s), s->config->reboot_command);
-                break;
-        case FIRMWARE_REBOOT_WAITING:
-                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                          "Job %s: reboot requested; the job is confirmed after the restart "
-                          "(still this boot in %u s: the command runs again).",
-                          job_id(s), s->config->reboot_timeout);
-                break;
-        default:
-                break;
-        }
-}
-
-static void on_reboot_failed(FirmwareReboot *r, bool timed_out, const char *message,
-                             void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *copy = message ? strdup(message) : NULL;
-        JobEvent ev = { .type = timed_out ? JOB_EVENT_REBOOT_TIMEOUT : JOB_EVENT_REBOOT_FAILED,
-                        .code = (int) s->config->reboot_timeout,
-                        .message = copy };
-
-        if (timed_out)
-                log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                          "Job %s: still the same boot %u s after the reboot command.",
-                          job_id(s), s->config->reboot_timeout);
-        else
-                log_event(LOG_WARNING, NULL, job_id(s), NULL, "Job %s: the reboot failed: %s.",
-                          job_id(s), strempty(copy));
-        run_event(s, &ev);
-}
-
-static const FirmwareRebootCallbacks reboot_callbacks = {
-        .state_changed = on_reboot_state,
-        .failed = on_reboot_failed,
-};
-
-static void start_reboot(Jobs *s, uint64_t delay_usec) {
-        int r;
-
-        s->has_percent = false;
-        r = firmware_reboot_request(s->reboot, s->config->reboot_command, delay_usec,
-                                    (uint64_t) s->config->max_reboot_delay * 1000000,
-                                    (uint64_t) s->config->reboot_timeout * 1000000);
-        if (r < 0) {
-                JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED, .message = strerror(-r) };
-
-                run_event(s, &ev);
-        }
+static void on_step_progress(unsigned percent, const char *step, void *userdata) {
+        set_progress(userdata, percent, step);
 }
 
 static void on_inhibitors_changed(void *userdata) {
@@ -1078,16 +675,17 @@ static void on_inhibitors_changed(void *userdata) {
 
         if (s->cb.inhibitors_changed)
                 s->cb.inhibitors_changed(s->userdata);
-        if (firmware_reboot_state(s->reboot) == FIRMWARE_REBOOT_INHIBITED &&
-            inhibitors_count(s->inhibitors) == 0)
-                log_event(LOG_INFO, NULL, job_id(s), NULL,
-                          "Job %s: the last reboot inhibitor was released.", job_id(s));
-        firmware_reboot_inhibitors_changed(s->reboot);
 }
+
+static const JobStepsCallbacks steps_callbacks = {
+        .ended = on_step_ended,
+        .progress = on_step_progress,
+        .inhibitors_changed = on_inhibitors_changed,
+};
 
 int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *owner,
                         int *ret_fd) {
-        int r = inhibitors_add(s->inhibitors, who, why, owner, ret_fd);
+        int r = inhibitors_add(job_steps_inhibitors(s->steps), who, why, owner, ret_fd);
         _cleanup_free_ char *e_who = NULL, *e_why = NULL;
 
         if (r < 0)
@@ -1100,7 +698,7 @@ int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *o
 }
 
 const Inhibitors *jobs_inhibitors(const Jobs *s) {
-        return s->inhibitors;
+        return job_steps_inhibitors(s->steps);
 }
 
 /* --- Lifecycle --- */
@@ -1153,7 +751,7 @@ int jobs_attach(Jobs *s, Connection *c) {
                 if (r < 0)
                         return r;
         }
-        r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
+        r = jobs_channel_attach(s->channel, c, s->thing);
         if (r < 0)
                 return r;
         s->connection = c;
@@ -1170,17 +768,7 @@ int jobs_attach(Jobs *s, Connection *c) {
 
 void jobs_detach(Jobs *s) {
         check_waiters_done(s, -ENOTCONN);
-        for (size_t i = 0; i < s->n_out; i++)
-                outgoing_done(&s->out[i]);
-        s->n_out = 0;
-        /* An update waiting for its answer is sent again on the next connection. */
-        if (s->update_sent && !s->update_sent->progress && !s->update_next)
-                s->update_next = TAKE_PTR(s->update_sent);
-        s->update_sent = outgoing_free(s->update_sent);
-        s->request_sent = outgoing_free(s->request_sent);
-        event_disarm(s->request_timer);
-        event_disarm(s->update_timer);
-        s->channel = NULL;
+        jobs_channel_detach(s->channel);
         s->connection = NULL;
 }
 
@@ -1241,9 +829,9 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 jobs_free(s);
                 return log_oom();
         }
-        r = inhibitors_new(event, on_inhibitors_changed, s, &s->inhibitors);
+        r = jobs_channel_new(event, &channel_callbacks, s, &s->channel);
         if (r >= 0)
-                r = firmware_reboot_new(event, s->inhibitors, &reboot_callbacks, s, &s->reboot);
+                r = job_steps_new(event, config, &steps_callbacks, s, &s->steps);
         if (r < 0) {
                 jobs_free(s);
                 return log_oom();
@@ -1298,17 +886,9 @@ Jobs *jobs_free(Jobs *s) {
                 return NULL;
         check_waiters_done(s, -ECANCELED);
         stop_download(s);
-        s->hook = hook_free(s->hook, true);
-        s->reboot = firmware_reboot_free(s->reboot);
-        for (size_t i = 0; i < s->n_out; i++)
-                outgoing_done(&s->out[i]);
-        outgoing_free(s->request_sent);
-        outgoing_free(s->update_sent);
-        outgoing_free(s->update_next);
-        sd_event_source_disable_unref(s->request_timer);
-        sd_event_source_disable_unref(s->update_timer);
+        s->steps = job_steps_free(s->steps);
+        jobs_channel_free(s->channel);
         sd_event_source_disable_unref(s->retry_timer);
-        inhibitors_free(s->inhibitors);
         job_report_done(&s->retry_report);
         free(s->retry_job_id);
         job_journal_done(&s->journal);
