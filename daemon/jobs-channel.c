@@ -152,6 +152,12 @@ static const Outgoing *update_in_flight(JobsChannel *c) {
 static void send_next_update(JobsChannel *c) {
         Outgoing *o;
 
+        if (c->update_sent && c->update_next &&
+            !streq_ptr(c->update_sent->job_id, c->update_next->job_id)) {
+                /* Another job's: not waited for (see jobs_channel_update()). */
+                c->update_sent = outgoing_free(c->update_sent);
+                event_disarm(c->update_timer);
+        }
         if (update_in_flight(c) || !c->update_next || !c->connection)
                 return;
         o = TAKE_PTR(c->update_next);
@@ -174,6 +180,10 @@ int jobs_channel_update(JobsChannel *c, const char *job_id, const char *payload,
         o.job_id = strdup(job_id);
         if (!o.payload || !o.job_id)
                 return -ENOMEM;
+        /* An update of another job on its way is not waited for (send_next_update()): its
+         * answer, when it comes, names its job and is not taken for this one's. */
+        if (c->update_next && !streq_ptr(c->update_next->job_id, job_id))
+                c->update_next = outgoing_free(c->update_next);
         /* A progress report never replaces a status change still to be sent. */
         if (progress && c->update_next && !c->update_next->progress)
                 return 0;

@@ -24,6 +24,7 @@ echo "$1|$2|$LODEV_JOB_ID|$LODEV_FIRMWARE_ID|$LODEV_DEPLOYMENT_ID|$LODEV_THING_N
 ls /proc/self/fd > "$rec/fds-$1"
 case "$1" in
 install)
+        echo $$ > "$rec/install.pid"
         cp "$2" "$rec/installed-$LODEV_JOB_ID"
         for p in 10 40 70 100; do echo $p >&3; done
         if [ -f "$rec/grandchild" ]; then
@@ -41,6 +42,7 @@ confirm)
         exit $(cat "$rec/confirm-exit" 2>/dev/null || echo 0)
         ;;
 rollback)
+        date +%s.%N >> "$rec/rollback-times"
         env > "$rec/env-rollback"
         echo "rollback: nothing armed any more" >&2
         exit $(cat "$rec/rollback-exit" 2>/dev/null || echo 0)
@@ -51,6 +53,7 @@ exit 3
 
 REBOOT = """#!/bin/sh
 echo reboot >> "{rec}/reboots"
+exit $(cat "{rec}/reboot-exit" 2>/dev/null || echo 0)
 """
 
 
@@ -108,6 +111,13 @@ class Device:
         except FileNotFoundError:
             return []
         return [l for l in lines if kind is None or l[0] == kind]
+
+    def rollback_times(self):
+        try:
+            with open(os.path.join(self.rec, "rollback-times")) as f:
+                return [float(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return []
 
     def reboots(self):
         try:
@@ -185,6 +195,20 @@ def device_terminals(platform, thing, job):
 
 
 LAST_DEVICE = []
+
+
+def failed_after_rollback(platform, device, job):
+    """The job's FAILED came after exactly one INSTALLER rollback (SPEC §6: never FAILED while
+    the firmware may still be armed), with how the rollback ended in statusDetails."""
+    hist = platform.job_history(device.thing, job)
+    failed = [h for h in hist if h["status"] == "FAILED"]
+    assert len(failed) == 1, hist
+    rollbacks = device.rollback_times()
+    assert len(rollbacks) == 1, (rollbacks, device.calls())
+    assert rollbacks[0] < failed[0]["time"], (rollbacks, failed)
+    assert "rollback exited with status 0" in failed[0]["statusDetails"].get("rollback", ""), \
+        failed
+    return failed[0]
 
 
 def wait_status(platform, thing, job, want, timeout=60):
@@ -316,6 +340,7 @@ def test_restarts_without_reboot_are_bounded(device, platform):
     ex = wait_status(platform, d.thing, job, "FAILED")
     assert "restarted" in ex["statusDetails"]["reason"]
     assert d.reboots() == 3 and len(d.calls("install")) == 1
+    failed_after_rollback(platform, d, job)
 
 
 @pytest.mark.parametrize("phase", ["downloading", "installing", "awaiting-reboot", "confirming"])
@@ -355,7 +380,11 @@ def test_sigkill_in_each_phase(device, platform, phase):
     want = "FAILED" if phase == "installing" else "SUCCEEDED"
     ex = wait_status(platform, d.thing, job, want, timeout=90)
     if phase == "installing":
+        # RAUC's service finishes an install its client left: rolled back first.
         assert "interrupted" in ex["statusDetails"]["reason"]
+        failed_after_rollback(platform, d, job)
+    else:
+        assert d.rollback_times() == []
     time.sleep(1)
     assert device_terminals(platform, d.thing, job) == [want]
     assert len(d.calls("install")) == 1
@@ -369,12 +398,81 @@ def test_sigkill_in_each_phase(device, platform, phase):
 
 
 def test_hook_timeout_fails_with_stderr(device, platform):
+    """A timed-out install may have armed the new firmware: rolled back before FAILED."""
     d = device(firmware={"install_timeout": 2}).start()
     d.flag("hold-install")
     fw, data = firmware(platform, 64 * 1024)
     job = platform.queue_job(d.thing, document=document(fw, data))
     ex = wait_status(platform, d.thing, job, "FAILED", timeout=40)
     assert "did not finish in time" in ex["statusDetails"]["reason"]
+    failed = failed_after_rollback(platform, d, job)
+    # The rollback's own words go with it, not as the installer's.
+    assert failed["statusDetails"]["rollback"].endswith(": rollback: nothing armed any more")
+    assert "rollback" not in ex["statusDetails"].get("stderr", "")
+
+
+def test_killed_installer_rolled_back_before_failed(device, platform):
+    d = device().start()
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: os.path.exists(os.path.join(d.rec, "install.pid")), 30,
+               what="the installer")
+    with open(os.path.join(d.rec, "install.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "killed by signal 9" in ex["statusDetails"]["reason"], ex
+    failed_after_rollback(platform, d, job)
+    d.unflag("hold-install")
+
+
+def test_reboot_command_fails_retried_then_rolled_back(device, platform):
+    """reboot_command fails after an install that exited 100: run again with a growing
+    wait, up to max_reboot_tries (3 by default), then INSTALLER rollback, then FAILED;
+    never FAILED with the slot armed. The next job then runs."""
+    d = device().start()
+    d.flag("install-exit", "100")
+    d.flag("reboot-exit", "1")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    t0 = time.monotonic()
+    ex = wait_status(platform, d.thing, job, "FAILED", timeout=90)
+    assert d.reboots() == 3, d.reboots()
+    # The waits between the tries: 2 s, then 4 s.
+    assert time.monotonic() - t0 >= 6
+    assert "could not be rebooted into the new firmware (3 tries)" in \
+        ex["statusDetails"]["reason"], ex
+    failed_after_rollback(platform, d, job)
+    assert d.calls("confirm") == []
+    assert device_terminals(platform, d.thing, job) == ["FAILED"]
+    d.unflag("install-exit")
+    d.unflag("reboot-exit")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
+
+
+def test_reboot_that_does_not_happen_runs_again(device, platform):
+    """reboot_command exits 0 but the device stays in the same boot: after reboot_timeout it
+    runs again, and after max_reboot_tries the install is rolled back and the job FAILED; the
+    device is not stuck in awaiting-reboot, and the next job runs."""
+    d = device(firmware={"reboot_timeout": 10, "max_reboot_tries": 2}).start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    t1 = time.monotonic()
+    assert d.jobs()["status"] == "awaiting-reboot"
+    wait_until(lambda: d.reboots() == 2, 30, what="the reboot command again")
+    assert time.monotonic() - t1 >= 10
+    ex = wait_status(platform, d.thing, job, "FAILED", timeout=40)
+    assert "still the same boot 10 s after the reboot command" in ex["statusDetails"]["reason"]
+    failed_after_rollback(platform, d, job)
+    wait_until(lambda: d.jobs()["id"] == "", 10, what="lodevd to be idle")
+    d.unflag("install-exit")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
 
 
 def test_hook_failure_reports_last_stderr_line(device, platform):
@@ -393,6 +491,143 @@ def test_unknown_operation_rejected(device, platform):
     ex = wait_status(platform, d.thing, job, "REJECTED")
     assert "not supported" in ex["statusDetails"]["reason"]
     assert d.calls() == []
+
+
+def job_errors(platform, job):
+    return [e for e in platform.errors() if "/jobs/%s/" % job in e["topic"]]
+
+
+def test_job_queued_at_startup_answered_once(device, platform):
+    """A job queued while lodevd is down reaches it twice at the next start: notify-next
+    (kept for the persistent session) and the list it asks for. It is decided and reported
+    once: no second REJECTED that the platform would refuse."""
+    for _ in range(3):
+        d = device().start()
+        d.stop()
+        job = platform.queue_job(d.thing, document={"operation": "reboot_now"})
+        d.start()
+        ex = wait_status(platform, d.thing, job, "REJECTED")
+        assert "not supported" in ex["statusDetails"]["reason"]
+        time.sleep(2)
+        assert device_terminals(platform, d.thing, job) == ["REJECTED"]
+        assert job_errors(platform, job) == [], job_errors(platform, job)
+        d.stop()
+
+
+def test_next_job_not_held_by_the_last_ones_update(device, platform):
+    """The previous job's final update was carried out but its answers were lost, and it is
+    being sent again when the next job starts: the next job's first update does not wait
+    behind it (30 s), and goes out within 2 s of lodevd learning the previous one is over."""
+    d = device().start()
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.jobs()["status"] == "installing", 30, what="the install")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    time.sleep(1)  # the progress report of the install is answered
+    # SUCCEEDED is recorded, and its answer and that of the copy sent after the reconnect
+    # are lost.
+    platform.lose_next_answer("jobs-update", 2)
+    d.unflag("hold-install")
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    time.sleep(1)
+    t0 = time.time()
+    platform.drop_client(d.thing)
+    wait_status(platform, d.thing, job2, "SUCCEEDED", timeout=90)
+    started = [h["time"] for h in platform.job_history(d.thing, job2)
+               if h["status"] == "IN_PROGRESS"]
+    assert started[0] - t0 < 5.0, (t0, started, d.daemon.output()[-3000:])
+    assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
+
+
+FAULT_INJECT = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
+
+
+def test_journal_that_cannot_be_saved_ends_the_job(device, platform, workdir):
+    """The disk is full for the job journal (ENOSPC from the LD_PRELOAD shim): a new job is
+    REJECTED once with the reason, from memory, and not retried in a loop; one under way
+    is FAILED. Once the disk has room again, the next job runs."""
+    flag = os.path.join(workdir, "journal-fault")
+    d = device(transfers={"max_rate": 1024 * 1024})
+    d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
+                              "LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_FLAG": flag,
+                              "LODEV_FAULT_PATH": "/job/current.tmp", "LODEV_FAULT_ERRNO": "28"})
+    d.daemon.wait_online()
+    d.thing = d.daemon.status()["thing_name"]
+    open(flag, "w").close()
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "REJECTED")
+    assert "the job journal cannot be saved: No space left on device" in \
+        ex["statusDetails"]["reason"], ex
+    time.sleep(3)
+    assert statuses(platform, d.thing, job) == ["QUEUED", "REJECTED"]
+    assert job_errors(platform, job) == []
+    assert d.daemon.proc.poll() is None
+    assert d.calls() == []
+
+    # Full again half-way through a download: FAILED, reported from memory.
+    os.unlink(flag)
+    fw2, data2 = firmware(platform, 4 * 1024 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_until(lambda: d.journal().get("offset", 0) > 0, 30, what="a durable part")
+    open(flag, "w").close()
+    ex = wait_status(platform, d.thing, job2, "FAILED", timeout=60)
+    assert "No space left on device" in ex["statusDetails"]["reason"], ex
+    assert device_terminals(platform, d.thing, job2) == ["FAILED"]
+    assert d.calls() == []
+
+    os.unlink(flag)
+    fw3, data3 = firmware(platform, 64 * 1024)
+    job3 = platform.queue_job(d.thing, document=document(fw3, data3))
+    wait_status(platform, d.thing, job3, "SUCCEEDED")
+
+
+def test_older_journal_confirmed(device, platform):
+    """The journal of an older lodevd (version 1, what the firmware before this one wrote) in
+    awaiting-reboot: an update that brings a new journal format is still confirmed after its
+    reboot."""
+    d = device().start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    path = os.path.join(d.workdir, "state", "job", "current")
+    with open(path) as f:
+        journal = json.load(f)
+    assert journal["version"] == 2 and journal["phase"] == "awaiting-reboot"
+    journal["version"] = 1
+    del journal["rebootTries"]
+    with open(path, "w") as f:
+        json.dump(journal, f)
+    d.new_boot()
+    d.start()
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    assert len(d.calls("confirm")) == 1
+
+
+def test_newer_journal_kept(device, platform):
+    """A journal written by a newer lodevd (after a fallback to older firmware, say) is not
+    read and not deleted; the job it was about is failed as one without a record."""
+    d = device().start()
+    d.flag("hold-install")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_until(lambda: d.calls("install"), 30, what="the install")
+    path = os.path.join(d.workdir, "state", "job", "current")
+    d.stop(signal.SIGKILL)
+    d.unflag("hold-install")
+    newer = '{"version": 99, "phase": "something new", "jobId": "%s"}\n' % job2
+    with open(path, "w") as f:
+        f.write(newer)
+    d.start()
+    ex = wait_status(platform, d.thing, job2, "FAILED")
+    assert "unreadable" in ex["statusDetails"]["reason"], ex
+    with open(path + ".newer") as f:
+        assert f.read() == newer
+    assert "written by a newer lodevd" in d.daemon.output()
 
 
 def test_sha256_mismatch_fails(device, platform):
