@@ -24,6 +24,7 @@ echo "$1|$2|$LODEV_JOB_ID|$LODEV_FIRMWARE_ID|$LODEV_DEPLOYMENT_ID|$LODEV_THING_N
 ls /proc/self/fd > "$rec/fds-$1"
 case "$1" in
 install)
+        tr '\0' '\n' < /proc/$$/environ > "$rec/env-install"
         echo $$ > "$rec/install.pid"
         cp "$2" "$rec/installed-$LODEV_JOB_ID"
         for p in 10 40 70 100; do echo $p >&3; done
@@ -409,6 +410,54 @@ def test_hook_timeout_fails_with_stderr(device, platform):
     # The rollback's own words go with it, not as the installer's.
     assert failed["statusDetails"]["rollback"].endswith(": rollback: nothing armed any more")
     assert "rollback" not in ex["statusDetails"].get("stderr", "")
+
+
+NO_CLOSE_RANGE = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-no-close-range.so")
+
+
+def test_hook_environment_and_descriptors(device, platform, workdir):
+    """The hook's environment is an allow-list of lodevd's plus the job's variables (SPEC §6):
+    a LODEV_JOB_ID lodevd got does not shadow the job's, and NOTIFY_SOCKET, WATCHDOG_* and
+    other LODEV_* stay out. Where close_range() fails, the descriptors are closed another way:
+    one leaked without close-on-exec does not reach the hook."""
+    d = device()
+    d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
+                              "LODEV_JOB_ID": "job-forged", "LODEV_SECRET": "s3cret",
+                              "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
+                              "LANG": "C.UTF-8", "LC_TIME": "C", "SOMETHING_ELSE": "x",
+                              "LD_PRELOAD": NO_CLOSE_RANGE,
+                              "LODEV_LEAK_FLAG": os.path.join(workdir, "leak")})
+    d.daemon.wait_online()
+    d.thing = d.daemon.status()["thing_name"]
+    open(os.path.join(workdir, "leak"), "w").close()
+    leaked = "/proc/%d/fd/77" % d.daemon.proc.pid
+    wait_until(lambda: os.path.exists(leaked), 10, what="the leaked descriptor")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    env = {}
+    # The environment the hook was started with (/proc/PID/environ), before the shell made
+    # one variable of two.
+    with open(os.path.join(d.rec, "env-install")) as f:
+        for line in f:
+            if "=" in line:  # the first of a name wins, as getenv() takes it
+                env.setdefault(*line.rstrip("\n").split("=", 1))
+    assert env["LODEV_JOB_ID"] == job, env
+    assert env["LODEV_FIRMWARE_ID"] == fw and env["LODEV_DEPLOYMENT_ID"] == "dep-" + fw
+    assert env["LODEV_THING_NAME"] == d.thing and env["LODEV_PROGRESS_FD"] == "3"
+    lodev = sorted(k for k in env if k.startswith("LODEV_"))
+    assert lodev == ["LODEV_DEPLOYMENT_ID", "LODEV_FIRMWARE_ID", "LODEV_JOB_ID",
+                     "LODEV_PROGRESS_FD", "LODEV_THING_NAME"], lodev
+    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SOMETHING_ELSE",
+              "LD_PRELOAD", "LODEV_LEAK_FLAG"):
+        assert k not in env, (k, env)
+    assert env["LANG"] == "C.UTF-8" and env["LC_TIME"] == "C" and env["PATH"], env
+    assert env["DBUS_SYSTEM_BUS_ADDRESS"] == d.bus.address
+    with open(os.path.join(d.rec, "fds-install")) as f:
+        fds = sorted(int(x) for x in f.read().split())
+    assert 77 not in fds and fds[:4] == [0, 1, 2, 3] and len(fds) <= 5, fds
+    # lodevd itself still holds the leaked descriptor: the hook did not miss it by chance.
+    assert os.path.exists(leaked)
 
 
 def test_killed_installer_rolled_back_before_failed(device, platform):
