@@ -275,7 +275,18 @@ static void on_finished(HttpTransfer *t, const HttpResult *res, void *userdata) 
                 verify(d);
                 return;
         }
-        if (res->error < 0) {
+        if (res->error == -EFBIG && !d->message) {
+                /* The answer announced more than the cap (CURLOPT_MAXFILESIZE_LARGE). */
+                if (d->size < 0) {
+                        set_message(d, "the firmware is larger than "
+                                    "firmware.max_download_bytes, %" PRIu64 " bytes",
+                                    d->max_size);
+                        finish(d, false, JOB_DOWNLOAD_NO_SPACE);
+                        return;
+                }
+                set_message(d, "the server announces more than the job document's size, %" PRId64
+                            " bytes", d->size);
+        } else if (res->error < 0) {
                 /* Our own reason (data() stopped it) says more than curl's. */
                 if (!d->message || res->error == -ECONNRESET || res->error == -ETIMEDOUT)
                         set_message(d, "%s", res->error_text ?: strerror(-res->error));
@@ -450,4 +461,68 @@ FirmwareDownload *firmware_download_free(FirmwareDownload *d) {
         sd_event_unref(d->event);
         free(d);
         return NULL;
+}
+
+/* --- Removal --- */
+
+typedef struct Removal {
+        int fd;
+        uint64_t size;
+} Removal;
+
+static void removal_free(void *userdata) {
+        Removal *r = userdata;
+
+        safe_close(r->fd);
+        free(r);
+}
+
+static int on_remove_step(sd_event_source *s, void *userdata) {
+        Removal *r = userdata;
+
+        r->size = r->size > FIRMWARE_DOWNLOAD_REMOVE_STEP ? r->size - FIRMWARE_DOWNLOAD_REMOVE_STEP
+                                                          : 0;
+        if (r->size > 0 && ftruncate(r->fd, (off_t) r->size) >= 0)
+                return 0;
+        /* Done, or the file system does not shrink it (close() frees the rest). Dropping the
+         * loop's reference frees the source, after this call, and the Removal with it. */
+        (void) sd_event_source_set_floating(s, false);
+        return 0;
+}
+
+int firmware_download_remove(sd_event *event, const char *path) {
+        _cleanup_close_ int fd = -EBADF;
+        sd_event_source *s = NULL;
+        struct stat st;
+        Removal *r;
+        int k;
+
+        fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0 && errno == ENOENT)
+                return 0;
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                /* Not ours to shrink: the name goes, the rest as the kernel does it. */
+                return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+        if (unlink(path) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if ((uint64_t) st.st_size <= FIRMWARE_DOWNLOAD_REMOVE_STEP)
+                return 0; /* small: closing it now costs nothing */
+        r = calloc(1, sizeof(*r));
+        if (!r)
+                return 0; /* the name is gone; closing frees the blocks */
+        r->fd = TAKE_FD(fd);
+        r->size = (uint64_t) st.st_size;
+        k = event_add_idle(event, &s, on_remove_step, r, "firmware-remove");
+        if (k >= 0)
+                k = sd_event_source_set_destroy_callback(s, removal_free);
+        if (k < 0) {
+                sd_event_source_disable_unref(s);
+                removal_free(r);
+                return 0;
+        }
+        /* The loop owns it from here; it goes with the loop at the latest. */
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
+        (void) sd_event_source_set_floating(s, true);
+        sd_event_source_unref(s);
+        return 0;
 }

@@ -27,6 +27,8 @@
 /* The resume hash: a step reads this much at a time and stops after the time budget. */
 #define FIRMWARE_DOWNLOAD_HASH_CHUNK (256U * 1024U)
 #define FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC (UINT64_C(4) * 1000)
+/* The blocks of a removed download given back per step. */
+#define FIRMWARE_DOWNLOAD_REMOVE_STEP (UINT64_C(32) * 1024 * 1024)
 
 typedef struct FirmwareDownload FirmwareDownload;
 
@@ -64,6 +66,12 @@ int firmware_download_start(sd_event *event, HttpClient *http, const FirmwareDow
                             FirmwareDownload **ret);
 /* Stops at once, without callbacks; what is in the file stays. NULL-safe. */
 FirmwareDownload *firmware_download_free(FirmwareDownload *d);
+
+/* Removes the file at path without holding the loop: the name goes at once, the blocks are
+ * given back a FIRMWARE_DOWNLOAD_REMOVE_STEP at a time from an idle-priority source (freeing a
+ * gigabyte in one unlink() takes the better part of a second on a busy disk). 0 when there was
+ * none; -errno of the unlink() (the file stays), -ENOMEM. */
+int firmware_download_remove(sd_event *event, const char *path);
 
 /* How an HTTP transfer's end is taken (pure): error is HttpResult.error, status its HTTP
  * status. A refused scheme, a redirect loop, 404 and the other 4xx but 403, 408 and 429 cannot

@@ -235,13 +235,16 @@ static void later(Jobs *s, JobAction a, const char *id, const JobReport *report)
 
 static void remove_download(Jobs *s) {
         _cleanup_free_ char *path = NULL;
+        int r;
 
         if (!s->journal.file)
                 return;
         path = strdup_printf("%s/%s", s->dir, s->journal.file);
-        if (path && unlink(path) < 0 && errno != ENOENT)
+        r = path ? firmware_download_remove(s->event, path) : -ENOMEM;
+        if (r < 0)
                 log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                          "Failed to remove the firmware download %s, ignoring: %m", path);
+                          "Failed to remove the firmware download %s, ignoring: %s",
+                          strempty(path), strerror(-r));
 }
 
 static void log_finished(Jobs *s) {
@@ -802,7 +805,9 @@ static void remove_stale_downloads(Jobs *s) {
                     (s->journal.phase == JOB_PHASE_DOWNLOADING ||
                      s->journal.phase == JOB_PHASE_INSTALLING))
                         continue;
-                (void) unlinkat(dirfd(d), de->d_name, 0);
+                _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, de->d_name);
+                if (path)
+                        (void) firmware_download_remove(s->event, path);
         }
 }
 

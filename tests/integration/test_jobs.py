@@ -679,6 +679,135 @@ def test_newer_journal_kept(device, platform):
     assert "written by a newer lodevd" in d.daemon.output()
 
 
+class Server:
+    """A small HTTP server of the test's own on loopback: answer(path) -> (status, headers,
+    body) for each GET; the paths asked for are kept."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.paths.append(self.path)
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.paths = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("answer, words", [
+    ((302, [("Location", "file:///etc/passwd")], b""), "firmware download was refused"),
+    ((404, [], b"no such firmware"), "HTTP 404"),
+])
+def test_permanent_download_errors_fail_at_once(device, platform, answer, words):
+    """What cannot pass is not retried: a redirect to a scheme lodevd refuses, a 404."""
+    server = Server(lambda path: answer)
+    try:
+        d = device().start()
+        job = platform.queue_job(d.thing, document={
+            "operation": "firmware_update", "deploymentId": "dep-x", "firmwareId": "fw-x",
+            "firmwareUrl": server.url + "/fw.bin"})
+        t0 = time.monotonic()
+        ex = wait_status(platform, d.thing, job, "FAILED")
+        assert time.monotonic() - t0 < 10
+        assert words in ex["statusDetails"]["reason"], ex
+        assert server.paths == ["/fw.bin"], server.paths
+        assert d.calls() == []
+    finally:
+        server.stop()
+
+
+def test_download_keeps_the_spools_room(device, platform):
+    """The observation spool may take up to spool.max_bytes: a download that would leave less
+    free than what the spool may still take fails, with a reason that says so, without a
+    byte fetched."""
+    d = device(spool={"max_bytes": 1 << 40}).start()
+    fw, data = firmware(platform, 256 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    reason = ex["statusDetails"]["reason"]
+    assert "not enough space for the firmware" in reason, ex
+    assert "must stay free for the observation spool and the job journal" in reason, ex
+    assert not [x for x in platform.downloads() if x["path"] == "/firmware/" + fw]
+    assert d.calls() == []
+
+
+def test_download_capped_without_a_size(device, platform):
+    """Without a size in the document a download takes at most firmware.max_download_bytes;
+    with one, at most that size (a server that sends more is not what the document says)."""
+    d = device(firmware={"max_download_bytes": 1024 * 1024}).start()
+    fw, data = firmware(platform, 3 * 1024 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw))
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "larger than firmware.max_download_bytes, 1048576 bytes" in \
+        ex["statusDetails"]["reason"], ex
+    doc = document(fw, data)
+    doc["size"] = 1024 * 1024
+    doc["sha256"] = hashlib.sha256(data[:1024 * 1024]).hexdigest()
+    job2 = platform.queue_job(d.thing, document=doc)
+    ex = wait_status(platform, d.thing, job2, "FAILED")
+    assert "does not match the job document" in ex["statusDetails"]["reason"], ex
+    wait_until(lambda: d.downloads_dir() == [], 10, what="the download to be removed")
+    assert d.calls() == []
+
+
+def test_resume_hash_does_not_hold_the_loop(device, platform, workdir):
+    """A download cut near the end of 1 GiB resumes: the bytes already there are hashed again
+    from the loop in short steps, so the watchdog (WATCHDOG_USEC 200 ms, pinged from the loop)
+    never waits long; hashing them in one go held the loop for a second or more."""
+    size = 1024 * 1024 * 1024
+    fw_id = "big-" + uuid.uuid4().hex[:8]
+    path = os.path.join(platform.workdir, "firmware", fw_id)
+    digest = hashlib.sha256()
+    chunk = os.urandom(4 * 1024 * 1024)
+    with open(path, "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+            digest.update(chunk)
+    try:
+        d = device()
+        d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
+                                  "WATCHDOG_USEC": "200000"})
+        d.daemon.wait_online()
+        d.thing = d.daemon.status()["thing_name"]
+        platform.cut_next_download(size - 1024 * 1024)
+        job = platform.queue_job(d.thing, document={
+            "operation": "firmware_update", "deploymentId": "dep", "firmwareId": fw_id,
+            "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id,
+            "sha256": digest.hexdigest(), "size": size})
+        wait_until(lambda: any(x["path"] == "/firmware/" + fw_id and x.get("cut")
+                               for x in platform.downloads()), 120, what="the cut download")
+        t0 = time.monotonic()
+        wait_status(platform, d.thing, job, "SUCCEEDED", timeout=300)
+        dl = [x for x in platform.downloads() if x["path"] == "/firmware/" + fw_id]
+        assert dl[-1]["status"] == 206 and dl[-1]["range"] == \
+            "bytes=%d-" % (size - 1024 * 1024), dl
+        ticks = [t for t in d.daemon.notify.watchdog if t >= t0]
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        assert len(ticks) > 10, ticks
+        assert max(gaps) < 0.5, "the loop stood still for %.3f s" % max(gaps)
+    finally:
+        os.unlink(path)
+
+
 def test_sha256_mismatch_fails(device, platform):
     d = device().start()
     fw, data = firmware(platform, 256 * 1024)
