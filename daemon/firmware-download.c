@@ -10,6 +10,7 @@
 #include "event-util.h"
 #include "fileio.h"
 #include "firmware-download.h"
+#include "log.h"
 #include "util.h"
 
 struct FirmwareDownload {
@@ -24,6 +25,8 @@ struct FirmwareDownload {
         int fd;
         uint64_t offset;      /* where the transfer starts */
         uint64_t hashed;      /* of the first offset bytes, re-hashed before the transfer */
+        unsigned hash_steps;
+        uint64_t hash_longest_usec, hash_longest_cpu_usec; /* a step, in wall and CPU time */
         uint64_t pos, synced; /* bytes written, bytes durable */
         uint64_t synced_usec;
         uint64_t total;       /* as the server announced it, 0 unknown */
@@ -39,11 +42,15 @@ struct FirmwareDownload {
         char *message;       /* of end, or why data() stopped the transfer */
 };
 
-static uint64_t now_usec(void) {
+static uint64_t clock_usec(clockid_t clock) {
         struct timespec ts;
 
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        (void) clock_gettime(clock, &ts);
         return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static uint64_t now_usec(void) {
+        return clock_usec(CLOCK_MONOTONIC);
 }
 
 JobDownloadError firmware_download_classify(int error, long status) {
@@ -327,7 +334,7 @@ static void begin_transfer(FirmwareDownload *d) {
 /* Hashes the bytes kept from before, a few milliseconds at a time. */
 static int on_idle(sd_event_source *s, void *userdata) {
         FirmwareDownload *d = userdata;
-        uint64_t start = now_usec();
+        uint64_t start = now_usec(), cpu = clock_usec(CLOCK_THREAD_CPUTIME_ID);
 
         if (d->ending) {
                 finish(d, false, d->end.error);
@@ -335,6 +342,10 @@ static int on_idle(sd_event_source *s, void *userdata) {
         }
         if (!d->hashing)
                 return 0;
+        d->hash_steps++;
+        /* The kernel reads the next stretch meanwhile, so that a step waits for no disk. */
+        (void) posix_fadvise(d->fd, (off_t) d->hashed, (off_t) FIRMWARE_DOWNLOAD_READAHEAD,
+                             POSIX_FADV_WILLNEED);
         while (d->hashed < d->offset) {
                 size_t n = (size_t) MIN(d->offset - d->hashed, (uint64_t) FIRMWARE_DOWNLOAD_HASH_CHUNK);
                 int r = pread_full(d->fd, d->chunk, n, d->hashed);
@@ -347,8 +358,18 @@ static int on_idle(sd_event_source *s, void *userdata) {
                 }
                 d->hashed += n;
                 if (now_usec() - start >= FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC)
-                        return 0; /* the rest at the next idle moment */
+                        break;
         }
+        d->hash_longest_usec = MAX(d->hash_longest_usec, now_usec() - start);
+        d->hash_longest_cpu_usec = MAX(d->hash_longest_cpu_usec,
+                                       clock_usec(CLOCK_THREAD_CPUTIME_ID) - cpu);
+        if (d->hashed < d->offset)
+                return 0; /* the rest at the next idle moment */
+        if (d->offset > 0 && d->sha)
+                log_debug("Re-hashed the %" PRIu64 " bytes of %s already here in %u steps, the "
+                          "longest %" PRIu64 " us (CPU %" PRIu64 " us).",
+                          d->offset, d->path, d->hash_steps, d->hash_longest_usec,
+                          d->hash_longest_cpu_usec);
         d->hashing = false;
         (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
         d->chunk = mfree(d->chunk);

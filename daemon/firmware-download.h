@@ -27,6 +27,8 @@
 /* The resume hash: a step reads this much at a time and stops after the time budget. */
 #define FIRMWARE_DOWNLOAD_HASH_CHUNK (256U * 1024U)
 #define FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC (UINT64_C(4) * 1000)
+/* Read ahead of the hashing, asked of the kernel at each step. */
+#define FIRMWARE_DOWNLOAD_READAHEAD (UINT64_C(16) * 1024 * 1024)
 /* The blocks of a removed download given back per step. */
 #define FIRMWARE_DOWNLOAD_REMOVE_STEP (UINT64_C(32) * 1024 * 1024)
 
