@@ -75,14 +75,6 @@ static JobStatus journal_listed(const JobJournal *j, const JobList *list) {
         return _JOB_STATUS_INVALID;
 }
 
-static unsigned max_attempts(const JobContext *c) {
-        return MAX(c->max_attempts, 1U);
-}
-
-static unsigned max_reboot_tries(const JobContext *c) {
-        return MAX(c->max_reboot_tries, 1U);
-}
-
 /* The journal changed within its phase: save it before acting. */
 static void touch(JobJournal *j, const JobContext *c, JobDecision *d) {
         j->updated_usec = c->now_usec;
@@ -192,21 +184,35 @@ static int decide_resend(JobJournal *j, JobDecision *d) {
         return 0;
 }
 
-/* The terminal status is decided: save it in REPORTING, then send it. */
-static int decide_final(JobJournal *j, JobStatus status, const char *reason,
-                        const char *stderr_line, const JobContext *c, JobDecision *d) {
+/* The terminal report is decided and saved in phase: REPORTING, to be sent now, or
+ * ROLLING_BACK, to be sent after INSTALLER rollback (status < 0 there: the job ends without
+ * a report). */
+static int decide_outcome(JobJournal *j, JobPhase phase, JobStatus status, const char *reason,
+                          const char *stderr_line, const JobContext *c, JobDecision *d) {
         _cleanup_(job_report_done) JobReport r = JOB_REPORT_NULL;
         int k;
 
-        k = report_make(status, reason, stderr_line, &r);
-        if (k < 0)
-                return k;
-        enter_phase(j, JOB_PHASE_REPORTING, c, d);
+        if (status >= 0) {
+                k = report_make(status, reason, stderr_line, &r);
+                if (k < 0)
+                        return k;
+        }
+        enter_phase(j, phase, c, d);
         job_report_done(&j->report);
         j->report = r;
         r = JOB_REPORT_NULL;
         d->remove_download = true;
+        d->job_id = j->job_id;
+        if (phase == JOB_PHASE_ROLLING_BACK) {
+                d->action = JOB_ACTION_ROLLBACK;
+                return 0;
+        }
         return decide_resend(j, d);
+}
+
+static int decide_final(JobJournal *j, JobStatus status, const char *reason,
+                        const char *stderr_line, const JobContext *c, JobDecision *d) {
+        return decide_outcome(j, JOB_PHASE_REPORTING, status, reason, stderr_line, c, d);
 }
 
 static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_line,
@@ -226,15 +232,13 @@ static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_lin
 }
 
 /* The install may have armed the new firmware: INSTALLER rollback before the FAILED report
- * (saved now, sent after the rollback); without a reason, the job ends without a report. */
+ * (fmt: its reason); without fmt, the job ends without a report. */
 static int decide_rollback(JobJournal *j, const char *stderr_line, const JobContext *c,
                            JobDecision *d, const char *fmt, ...) _printf_(5, 6);
 static int decide_rollback(JobJournal *j, const char *stderr_line, const JobContext *c,
                            JobDecision *d, const char *fmt, ...) {
-        _cleanup_(job_report_done) JobReport r = JOB_REPORT_NULL;
         _cleanup_free_ char *reason = NULL;
         va_list ap;
-        int k;
 
         if (fmt) {
                 va_start(ap, fmt);
@@ -242,18 +246,10 @@ static int decide_rollback(JobJournal *j, const char *stderr_line, const JobCont
                 va_end(ap);
                 if (!reason)
                         return -ENOMEM;
-                k = report_make(JOB_STATUS_FAILED, reason, stderr_line, &r);
-                if (k < 0)
-                        return k;
         }
-        enter_phase(j, JOB_PHASE_ROLLING_BACK, c, d);
-        job_report_done(&j->report);
-        j->report = r;
-        r = JOB_REPORT_NULL;
-        d->action = JOB_ACTION_ROLLBACK;
-        d->remove_download = true;
-        d->job_id = j->job_id;
-        return 0;
+        return decide_outcome(j, JOB_PHASE_ROLLING_BACK,
+                              fmt ? JOB_STATUS_FAILED : _JOB_STATUS_INVALID, reason, stderr_line,
+                              c, d);
 }
 
 /* IN_PROGRESS at 0 %: the job is ours now. */
@@ -401,13 +397,13 @@ static bool attempt_exceeded(JobJournal *j, const JobContext *c, JobDecision *d)
         j->attempts++;
         touch(j, c, d);
         d->job_id = j->job_id;
-        return j->attempts > max_attempts(c);
+        return j->attempts > MAX(c->max_attempts, 1U); /* 0 is taken as 1 */
 }
 
 /* R1, R2: reboot_command once more, after a delay that grows, or roll back. */
 static int decide_reboot_retry(JobJournal *j, bool wait, const char *why, const JobContext *c,
                                JobDecision *d) {
-        if (j->reboot_tries >= max_reboot_tries(c))
+        if (j->reboot_tries >= MAX(c->max_reboot_tries, 1U))
                 return decide_rollback(j, NULL, c, d,
                                        "the device could not be rebooted into the new firmware "
                                        "(%u tries): %s",

@@ -80,49 +80,70 @@ NO_SHA = False
 RATE = 0  # bytes per second for both, 0 = loopback at full speed
 
 
+class BenchDevice:
+    """A lodevd of its own (private bus, the recording hook), online, for one measure."""
+
+    def __init__(self, platform, scratch, rate=0, verbose=False, extra_env=None):
+        self.work = tempfile.mkdtemp(prefix="lodev-bench-fw-", dir=scratch)
+        self.rec = os.path.join(self.work, "rec")
+        os.makedirs(self.rec)
+        hook = os.path.join(self.work, "hook")
+        with open(hook, "w") as f:
+            f.write(HOOK.format(rec=self.rec))
+        os.chmod(hook, 0o755)
+        self.bus = lodevtest.Bus()
+        config = os.path.join(self.work, "lodevd.conf")
+        lodevtest.write_device_config(config, self.work, platform,
+                                      firmware={"installer": hook, "reboot_command": "/bin/true"},
+                                      transfers={"max_rate": rate})
+        self.d = lodevtest.Daemon(self.bus, self.work, config, verbose=verbose)
+        try:
+            self.d.start(extra_env=extra_env)
+            self.d.wait_online()
+            self.thing = self.d.status()["thing_name"]
+        except BaseException:
+            self.stop()
+            raise
+
+    def installer_started(self):
+        """When the installer started (its own clock), waiting for it."""
+        started = os.path.join(self.rec, "started")
+        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
+                             interval=0.01, what="the installer")
+        with open(started) as f:
+            return float(f.read())
+
+    def succeeded(self, platform, job):
+        lodevtest.wait_until(
+            lambda: platform.job_execution(self.thing, job)["status"] == "SUCCEEDED", 60,
+            what="SUCCEEDED")
+
+    def stop(self):
+        self.d.stop()
+        self.bus.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def run_size(platform, size, scratch):
     fw_id, sha = make_firmware(platform, size)
     out = os.path.join(scratch, "curl.out")
     base = min(curl_seconds(platform.firmware_url(fw_id), out) for _ in range(2))
     os.unlink(out)
 
-    work = tempfile.mkdtemp(prefix="lodev-bench-fw-", dir=scratch)
-    rec = os.path.join(work, "rec")
-    os.makedirs(rec)
-    hook = os.path.join(work, "hook")
-    with open(hook, "w") as f:
-        f.write(HOOK.format(rec=rec))
-    os.chmod(hook, 0o755)
-    bus = lodevtest.Bus()
-    config = os.path.join(work, "lodevd.conf")
-    lodevtest.write_device_config(config, work, platform,
-                                  firmware={"installer": hook, "reboot_command": "/bin/true"},
-                                  transfers={"max_rate": RATE})
-    d = lodevtest.Daemon(bus, work, config, verbose=False)
+    dev = BenchDevice(platform, scratch, rate=RATE)
     try:
-        d.start()
-        d.wait_online()
-        thing = d.status()["thing_name"]
-        idle = vm_hwm_kib(d.proc.pid)
+        idle = vm_hwm_kib(dev.d.proc.pid)
         doc = {"operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
                "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size}
         if not NO_SHA:
             doc["sha256"] = sha
         t0 = time.time()
-        job = platform.queue_job(thing, document=doc)
-        started = os.path.join(rec, "started")
-        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
-                             interval=0.01, what="the installer")
-        with open(started) as f:
-            t1 = float(f.read())
-        lodevtest.wait_until(
-            lambda: platform.job_execution(thing, job)["status"] == "SUCCEEDED", 60,
-            what="SUCCEEDED")
-        peak = vm_hwm_kib(d.proc.pid)
+        job = platform.queue_job(dev.thing, document=doc)
+        t1 = dev.installer_started()
+        dev.succeeded(platform, job)
+        peak = vm_hwm_kib(dev.d.proc.pid)
     finally:
-        d.stop()
-        bus.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        dev.stop()
         os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
     mib = size / 1048576
     took = t1 - t0
@@ -138,44 +159,24 @@ def run_size(platform, size, scratch):
 
 def run_resume(platform, size, scratch):
     fw_id, sha = make_firmware(platform, size)
-    work = tempfile.mkdtemp(prefix="lodev-bench-resume-", dir=scratch)
-    rec = os.path.join(work, "rec")
-    os.makedirs(rec)
-    hook = os.path.join(work, "hook")
-    with open(hook, "w") as f:
-        f.write(HOOK.format(rec=rec))
-    os.chmod(hook, 0o755)
-    bus = lodevtest.Bus()
-    config = os.path.join(work, "lodevd.conf")
-    lodevtest.write_device_config(config, work, platform,
-                                  firmware={"installer": hook, "reboot_command": "/bin/true"})
-    d = lodevtest.Daemon(bus, work, config, verbose=True)
+    dev = BenchDevice(platform, scratch, verbose=True, extra_env={"WATCHDOG_USEC": "100000"})
     try:
-        d.start(extra_env={"WATCHDOG_USEC": "100000"})
-        d.wait_online()
-        thing = d.status()["thing_name"]
         platform.cut_next_download(size - 1024 * 1024)
-        job = platform.queue_job(thing, document={
+        job = platform.queue_job(dev.thing, document={
             "operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
             "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size, "sha256": sha})
         lodevtest.wait_until(lambda: any(x["path"] == "/firmware/" + fw_id and x.get("cut")
                                          for x in platform.downloads()), 600, interval=0.01,
                              what="the cut download")
         t0 = time.monotonic()
-        started = os.path.join(rec, "started")
-        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
-                             interval=0.01, what="the installer")
+        dev.installer_started()
         t1 = time.monotonic()
-        lodevtest.wait_until(
-            lambda: platform.job_execution(thing, job)["status"] == "SUCCEEDED", 60,
-            what="SUCCEEDED")
-        ticks = [t for t in d.notify.watchdog if t0 <= t <= t1]
+        dev.succeeded(platform, job)
+        ticks = [t for t in dev.d.notify.watchdog if t0 <= t <= t1]
         steps = re.findall(r"Re-hashed the (\d+) bytes .* in (\d+) steps, the longest (\d+) us "
-                           r"\(CPU (\d+) us\)", d.output())
+                           r"\(CPU (\d+) us\)", dev.d.output())
     finally:
-        d.stop()
-        bus.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        dev.stop()
         os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
     if steps:
         hashed, n, longest, cpu = steps[-1]
