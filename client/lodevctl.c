@@ -5,14 +5,12 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <math.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 #include <stdlib.h>
-#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,11 +25,25 @@ enum {
         EXIT_UNREACHABLE = 3,
 };
 
-static bool arg_json;
+typedef enum JsonMode {
+        JSON_OFF,
+        JSON_SHORT,
+        JSON_PRETTY,
+} JsonMode;
+
+/* Options, wherever they stand on the line; each command reads its own. */
+static JsonMode arg_json = JSON_OFF;
+static bool arg_legend = true;
+static bool arg_force, arg_check, arg_wait;
+static lodev_observation arg_observation;
+static const char *arg_value;
+static const char *arg_name, *arg_content_type;
+static const char *arg_timeout;
+static const char *arg_who = "lodevctl", *arg_why = "a command is running";
 
 static void help(void) {
-        printf("Usage: lodevctl [--json] COMMAND [OPTIONS]\n\n"
-               "Control lodevd, the LifeOmic device agent.\n\n"
+        printf("Usage: lodevctl [OPTIONS] COMMAND [ARGUMENTS]\n\n"
+               "Control lodevd, the LifeOmic device agent. Options may stand anywhere.\n\n"
                "Commands:\n"
                "  status                     show state, thing name, queues, job, last error\n"
                "  provision [--force]        provision now and print the thing name\n"
@@ -48,9 +60,12 @@ static void help(void) {
                "  inhibit-reboot [--who W] [--why Y] COMMAND [ARG...]\n"
                "                             hold off a firmware reboot while COMMAND runs\n\n"
                "Options:\n"
-               "  -j --json      print one JSON document\n"
-               "  -h --help      show this help\n"
-               "     --version   show the version\n\n"
+               "  -j --json[=MODE]  print JSON: pretty (the default of --json), short (one\n"
+               "                    line) or off (text)\n"
+               "     --no-legend    tables without header and footer\n"
+               "     --no-pager     accepted for scripts; lodevctl never pages\n"
+               "  -h --help         show this help\n"
+               "     --version      show the version\n\n"
                "Exit status: 0 success, 1 failure, 2 usage error, 3 lodevd not reachable.\n");
 }
 
@@ -91,9 +106,13 @@ static int call_failed(lodev *l, const char *what, int r) {
         return fail(l, what, r);
 }
 
+/* One JSON document in the chosen mode; takes o. */
 static void print_json(json_object *o) {
-        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
-                                                                 JSON_C_TO_STRING_NOSLASHESCAPE));
+        int flags = JSON_C_TO_STRING_NOSLASHESCAPE |
+                    (arg_json == JSON_PRETTY ? JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
+                                             : JSON_C_TO_STRING_PLAIN);
+
+        printf("%s\n", json_object_to_json_string_ext(o, flags));
         json_object_put(o);
 }
 
@@ -142,10 +161,6 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
         size_t n_inh = 0;
         int r;
 
-        if (argc > 1) {
-                fprintf(stderr, "lodevctl: status takes no arguments\n");
-                return EXIT_USAGE;
-        }
         r = lodev_get_status(l, &s);
         if (r < 0)
                 return call_failed(l, "status", r);
@@ -166,7 +181,7 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
                                        json_object_new_int64(s->queued_transfers));
                 json_object_object_add(job, "id", json_object_new_string(s->job_id));
                 json_object_object_add(job, "status", json_object_new_string(s->job_status));
-                json_object_object_add(job, "percent", json_object_new_string(s->job_percent));
+                json_object_object_add(job, "percent", json_object_new_int64(s->job_percent));
                 json_object_object_add(o, "current_job", job);
                 json_object_object_add(o, "last_error", json_object_new_string(s->last_error));
                 json_object_object_add(o, "reboot_inhibitors", inhibitors_json(inh, n_inh));
@@ -177,52 +192,26 @@ static int cmd_status(lodev *l, int argc, char *argv[]) {
                 printf("    Endpoint: %s\n", s->endpoint);
                 printf("Observations: %u queued\n", s->queued_observations);
                 printf("   Transfers: %u queued\n", s->queued_transfers);
-                if (*s->job_id)
-                        printf("         Job: %s %s%s%s\n", s->job_id, s->job_status,
-                               *s->job_percent ? " " : "", s->job_percent);
-                else
+                if (!*s->job_id)
                         printf("         Job: -\n");
+                else if (s->job_percent > 0)
+                        printf("         Job: %s %s %u%%\n", s->job_id, s->job_status,
+                               s->job_percent);
+                else
+                        printf("         Job: %s %s\n", s->job_id, s->job_status);
                 printf("  Last error: %s\n", *s->last_error ? s->last_error : "-");
                 print_inhibitors(inh, n_inh);
         }
-        lodev_inhibitors_free(inh, n_inh);
-        lodev_status_free(s);
+        inh = lodev_inhibitors_free(inh, n_inh);
+        s = lodev_status_free(s);
         return EXIT_OK;
-}
-
-/* The arguments of a command whose one option is the flag --NAME (-SHORT): 0, or
- * EXIT_USAGE after saying what is wrong. */
-static int parse_flag(int argc, char *argv[], const char *command, const char *name,
-                      char short_name, bool *ret) {
-        const struct option options[] = {
-                { name, no_argument, NULL, short_name },
-                {},
-        };
-        const char shorts[] = { short_name, '\0' };
-        int c;
-
-        optind = 1;
-        while ((c = getopt_long(argc, argv, shorts, options, NULL)) >= 0) {
-                if (c != short_name)
-                        return EXIT_USAGE;
-                *ret = true;
-        }
-        if (optind < argc) {
-                fprintf(stderr, "lodevctl: %s: unexpected argument '%s'\n", command, argv[optind]);
-                return EXIT_USAGE;
-        }
-        return 0;
 }
 
 static int cmd_provision(lodev *l, int argc, char *argv[]) {
         char *thing = NULL;
-        bool force = false;
         int r;
 
-        r = parse_flag(argc, argv, "provision", "force", 'f', &force);
-        if (r != 0)
-                return r;
-        r = lodev_provision(l, force, &thing);
+        r = lodev_provision(l, arg_force, &thing);
         if (r < 0)
                 return call_failed(l, "provision", r);
         print_result("thing_name", thing);
@@ -242,61 +231,27 @@ static int parse_double(const char *s, double *ret) {
         return 0;
 }
 
-static int cmd_observe(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "code", required_argument, NULL, 'c' },
-                { "code-system", required_argument, NULL, 's' },
-                { "code-display", required_argument, NULL, 'd' },
-                { "value", required_argument, NULL, 'V' },
-                { "unit", required_argument, NULL, 'u' },
-                { "patient-id", required_argument, NULL, 'p' },
-                {},
-        };
-        lodev_observation o = {};
-        const char *value = NULL;
-        char *id = NULL;
-        int c, r;
-
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
-                switch (c) {
-                case 'c':
-                        o.code = optarg;
-                        break;
-                case 's':
-                        o.code_system = optarg;
-                        break;
-                case 'd':
-                        o.code_display = optarg;
-                        break;
-                case 'V':
-                        value = optarg;
-                        break;
-                case 'u':
-                        o.unit = optarg;
-                        break;
-                case 'p':
-                        o.patient_id = optarg;
-                        break;
-                default:
-                        return EXIT_USAGE;
-                }
-        }
-        if (optind < argc) {
-                fprintf(stderr, "lodevctl: observe: unexpected argument '%s'\n", argv[optind]);
-                return EXIT_USAGE;
-        }
-        if (!o.code || !o.code_system || !value || !o.unit) {
+/* Before anything is sent: the options observe needs, and a number for --value. */
+static int check_observe(void) {
+        if (!arg_observation.code || !arg_observation.code_system || !arg_value ||
+            !arg_observation.unit) {
                 fprintf(stderr, "lodevctl: observe: --code, --code-system, --value and --unit "
                                 "are required\n");
                 return EXIT_USAGE;
         }
-        if (parse_double(value, &o.value) < 0) {
+        if (parse_double(arg_value, &arg_observation.value) < 0) {
                 fprintf(stderr, "lodevctl: observe: --value: '%s' is not a finite number\n",
-                        value);
+                        arg_value);
                 return EXIT_USAGE;
         }
-        r = lodev_submit_observation(l, &o, &id);
+        return EXIT_OK;
+}
+
+static int cmd_observe(lodev *l, int argc, char *argv[]) {
+        char *id = NULL;
+        int r;
+
+        r = lodev_submit_observation(l, &arg_observation, &id);
         if (r < 0)
                 return call_failed(l, "observe", r);
         print_result("id", id);
@@ -304,37 +259,29 @@ static int cmd_observe(lodev *l, int argc, char *argv[]) {
         return EXIT_OK;
 }
 
-static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "timeout", required_argument, NULL, 't' },
-                {},
-        };
-        uint64_t timeout = UINT64_MAX;
-        const char *timeout_text = NULL;
-        int c, r;
+static uint64_t timeout_usec = UINT64_MAX;
 
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "t:", options, NULL)) >= 0) {
-                double t;
-                if (c != 't')
-                        return EXIT_USAGE;
-                if (parse_double(optarg, &t) < 0 || t < 0) {
-                        fprintf(stderr, "lodevctl: wait-online: --timeout: '%s' is not a "
-                                        "number of seconds\n",
-                                optarg);
-                        return EXIT_USAGE;
-                }
-                timeout = (uint64_t) (t * 1e6);
-                timeout_text = optarg;
-        }
-        if (optind < argc) {
-                fprintf(stderr, "lodevctl: wait-online: unexpected argument '%s'\n", argv[optind]);
+static int check_wait_online(void) {
+        double t;
+
+        if (!arg_timeout)
+                return EXIT_OK;
+        if (parse_double(arg_timeout, &t) < 0 || t < 0) {
+                fprintf(stderr, "lodevctl: wait-online: --timeout: '%s' is not a number of "
+                                "seconds\n",
+                        arg_timeout);
                 return EXIT_USAGE;
         }
-        r = lodev_wait_online(l, timeout);
+        timeout_usec = (uint64_t) (t * 1e6);
+        return EXIT_OK;
+}
+
+static int cmd_wait_online(lodev *l, int argc, char *argv[]) {
+        int r;
+
+        r = lodev_wait_online(l, timeout_usec);
         if (r == -ETIMEDOUT) {
-                fprintf(stderr, "lodevctl: wait-online: not online after %s s\n",
-                        timeout_text);
+                fprintf(stderr, "lodevctl: wait-online: not online after %s s\n", arg_timeout);
                 return EXIT_FAIL;
         }
         if (r < 0)
@@ -357,6 +304,21 @@ static void catch_stop_signals(void) {
         sigemptyset(&sa.sa_mask);
         (void) sigaction(SIGINT, &sa, NULL);
         (void) sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Dispatches until *done or SIGINT/SIGTERM; 0, or the error that ended it. */
+static int dispatch_until(lodev *l, const bool *done) {
+        int r = 0;
+
+        catch_stop_signals();
+        while (!*done && !arg_stop) {
+                r = lodev_dispatch(l);
+                if (r >= 0 && !*done)
+                        r = lodev_wait(l, 1000000);
+                if (r < 0 && r != -EINTR)
+                        return r;
+        }
+        return 0;
 }
 
 static uint64_t now_usec(void) {
@@ -430,40 +392,11 @@ static void upload_finished(lodev *l, const char *id, int ok, const char *messag
 }
 
 static int cmd_upload(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "name", required_argument, NULL, 'n' },
-                { "content-type", required_argument, NULL, 't' },
-                { "wait", no_argument, NULL, 'w' },
-                {},
-        };
-        const char *name = NULL, *type = "", *path;
+        const char *name = arg_name, *path = argv[1];
         UploadWait w = {};
-        bool wait = false;
         char *id = NULL;
-        int c, fd, r;
+        int fd, r;
 
-        /* 0, not 1: getopt starts afresh and permutes, so options may follow FILE. */
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
-                switch (c) {
-                case 'n':
-                        name = optarg;
-                        break;
-                case 't':
-                        type = optarg;
-                        break;
-                case 'w':
-                        wait = true;
-                        break;
-                default:
-                        return EXIT_USAGE;
-                }
-        }
-        if (argc - optind != 1) {
-                fprintf(stderr, "lodevctl: upload: exactly one FILE is required\n");
-                return EXIT_USAGE;
-        }
-        path = argv[optind];
         if (!name) {
                 name = strrchr(path, '/');
                 name = name ? name + 1 : path;
@@ -474,19 +407,23 @@ static int cmd_upload(lodev *l, int argc, char *argv[]) {
                 fprintf(stderr, "lodevctl: upload: %s: %s\n", path, strerror(errno));
                 return EXIT_FAIL;
         }
-        if (wait) {
+        if (arg_wait) {
+                /* Subscribed before the call: no signal of the new transfer is missed, and
+                 * those that come while UploadFile runs are dispatched after it answered. */
                 w.tty = isatty(STDERR_FILENO) && !arg_json;
-                r = lodev_set_transfer_callbacks(l, upload_progress, upload_finished, &w);
+                r = lodev_add_transfer_progress_callback(l, NULL, upload_progress, &w);
+                if (r >= 0)
+                        r = lodev_add_transfer_finished_callback(l, NULL, upload_finished, &w);
                 if (r < 0) {
                         close(fd);
                         return call_failed(l, "upload", r);
                 }
         }
-        r = lodev_upload_file(l, fd, name, type, &id);
+        r = lodev_upload_file(l, fd, name, arg_content_type, &id);
         close(fd);
         if (r < 0)
                 return call_failed(l, "upload", r);
-        if (!wait) {
+        if (!arg_wait) {
                 print_result("id", id);
                 free(id);
                 return EXIT_OK;
@@ -497,15 +434,10 @@ static int cmd_upload(lodev *l, int argc, char *argv[]) {
         }
         w.id = id;
         w.start = now_usec();
-        catch_stop_signals();
-        while (!w.finished && !arg_stop) {
-                r = lodev_dispatch(l);
-                if (r >= 0 && !w.finished)
-                        r = lodev_wait(l, 1000000);
-                if (r < 0 && r != -EINTR) {
-                        free(id);
-                        return call_failed(l, "upload", r);
-                }
+        r = dispatch_until(l, &w.finished);
+        if (r < 0) {
+                free(id);
+                return call_failed(l, "upload", r);
         }
         if (w.tty)
                 fputc('\n', stderr);
@@ -535,10 +467,6 @@ static int cmd_transfers(lodev *l, int argc, char *argv[]) {
         size_t n = 0;
         int r;
 
-        if (argc > 1) {
-                fprintf(stderr, "lodevctl: transfers takes no arguments\n");
-                return EXIT_USAGE;
-        }
         r = lodev_list_transfers(l, &t, &n);
         if (r < 0)
                 return call_failed(l, "transfers", r);
@@ -557,10 +485,13 @@ static int cmd_transfers(lodev *l, int argc, char *argv[]) {
                         json_object_array_add(a, o);
                 }
                 print_json(a);
-        } else if (n == 0)
-                printf("No transfers.\n");
-        else {
-                printf("%-36s  %-9s  %10s  %10s  %s\n", "ID", "STATE", "DONE", "SIZE", "NAME");
+        } else if (n == 0) {
+                if (arg_legend)
+                        printf("No transfers.\n");
+        } else {
+                if (arg_legend)
+                        printf("%-36s  %-9s  %10s  %10s  %s\n", "ID", "STATE", "DONE", "SIZE",
+                               "NAME");
                 for (size_t i = 0; i < n; i++) {
                         char d[32], s[32];
 
@@ -569,18 +500,16 @@ static int cmd_transfers(lodev *l, int argc, char *argv[]) {
                         printf("%-36s  %-9s  %10s  %10s  %s\n", t[i].id, t[i].state, d, s,
                                t[i].file_name);
                 }
+                if (arg_legend)
+                        printf("\n%zu transfer%s listed.\n", n, n == 1 ? "" : "s");
         }
-        lodev_transfers_free(t, n);
+        t = lodev_transfers_free(t, n);
         return EXIT_OK;
 }
 
 static int cmd_cancel(lodev *l, int argc, char *argv[]) {
         int r;
 
-        if (argc != 2) {
-                fprintf(stderr, "lodevctl: cancel: exactly one transfer ID is required\n");
-                return EXIT_USAGE;
-        }
         r = lodev_cancel_transfer(l, argv[1]);
         if (r < 0)
                 return call_failed(l, "cancel", r);
@@ -611,6 +540,7 @@ static void monitor_event(lodev *l, const lodev_event *ev, void *userdata) {
                         json_object_object_add(o, "value", ev->value ? json_object_new_string(ev->value)
                                                                      : NULL);
                 }
+                /* One object a line in every mode: a stream that readers split on newlines. */
                 printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
                 json_object_put(o);
@@ -630,23 +560,14 @@ static void monitor_event(lodev *l, const lodev_event *ev, void *userdata) {
 }
 
 static int cmd_monitor(lodev *l, int argc, char *argv[]) {
+        bool never = false;
         int r;
 
-        if (argc > 1) {
-                fprintf(stderr, "lodevctl: monitor takes no arguments\n");
-                return EXIT_USAGE;
-        }
-        catch_stop_signals();
-        r = lodev_set_event_callback(l, monitor_event, NULL);
+        r = lodev_add_event_callback(l, NULL, monitor_event, NULL);
+        if (r >= 0)
+                r = dispatch_until(l, &never);
         if (r < 0)
                 return call_failed(l, "monitor", r);
-        while (!arg_stop) {
-                r = lodev_dispatch(l);
-                if (r >= 0)
-                        r = lodev_wait(l, 1000000);
-                if (r < 0 && r != -EINTR)
-                        return call_failed(l, "monitor", r);
-        }
         return EXIT_OK;
 }
 
@@ -654,13 +575,9 @@ static int cmd_jobs(lodev *l, int argc, char *argv[]) {
         lodev_inhibitor *inh = NULL;
         lodev_status *s = NULL;
         size_t n_inh = 0;
-        bool check = false;
         int r;
 
-        r = parse_flag(argc, argv, "jobs", "check", 'c', &check);
-        if (r != 0)
-                return r;
-        if (check) {
+        if (arg_check) {
                 r = lodev_check_jobs(l);
                 if (r < 0)
                         return call_failed(l, "jobs --check", r);
@@ -676,51 +593,41 @@ static int cmd_jobs(lodev *l, int argc, char *argv[]) {
                 json_object *o = json_object_new_object();
                 json_object_object_add(o, "id", json_object_new_string(s->job_id));
                 json_object_object_add(o, "status", json_object_new_string(s->job_status));
-                json_object_object_add(o, "percent", json_object_new_string(s->job_percent));
+                json_object_object_add(o, "percent", json_object_new_int64(s->job_percent));
                 json_object_object_add(o, "reboot_inhibitors", inhibitors_json(inh, n_inh));
                 print_json(o);
-        } else if (!*s->job_id) {
-                printf("No firmware job.\n");
-                print_inhibitors(inh, n_inh);
         } else {
-                printf("     Job: %s\n", s->job_id);
-                printf("   Phase: %s\n", s->job_status);
-                if (*s->job_percent)
-                        printf("Progress: %s%%\n", s->job_percent);
-                print_inhibitors(inh, n_inh);
+                /* A table of the one current job: the id first, for scripts (and the shell
+                 * completion) that read it with --no-legend. */
+                int width = *s->job_id && strlen(s->job_id) > 3 ? (int) strlen(s->job_id) : 3;
+                char percent[16] = "-";
+
+                if (s->job_percent > 0)
+                        snprintf(percent, sizeof(percent), "%u%%", s->job_percent);
+                if (arg_legend && *s->job_id)
+                        printf("%-*s  %-15s  %s\n", width, "JOB", "STATUS", "PROGRESS");
+                if (*s->job_id)
+                        printf("%-*s  %-15s  %s\n", width, s->job_id, s->job_status, percent);
+                else if (arg_legend)
+                        printf("No firmware job.\n");
+                if (arg_legend) {
+                        if (n_inh > 0)
+                                printf("\n");
+                        print_inhibitors(inh, n_inh);
+                }
         }
-        lodev_inhibitors_free(inh, n_inh);
-        lodev_status_free(s);
+        inh = lodev_inhibitors_free(inh, n_inh);
+        s = lodev_status_free(s);
         return EXIT_OK;
 }
 
 /* As systemd-inhibit: the hold lasts while COMMAND runs; the command does not inherit the
  * descriptor, so it cannot outlive lodevctl's hold by accident. */
 static int cmd_inhibit_reboot(lodev *l, int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "who", required_argument, NULL, 'w' },
-                { "why", required_argument, NULL, 'y' },
-                {},
-        };
-        const char *who = "lodevctl", *why = "a command is running";
-        int c, r, fd = -1, status;
+        int r, fd = -1, status;
         pid_t pid;
 
-        optind = 1;
-        /* "+": the options of COMMAND are its own. */
-        while ((c = getopt_long(argc, argv, "+", options, NULL)) >= 0) {
-                if (c == 'w')
-                        who = optarg;
-                else if (c == 'y')
-                        why = optarg;
-                else
-                        return EXIT_USAGE;
-        }
-        if (optind >= argc) {
-                fprintf(stderr, "lodevctl: inhibit-reboot: COMMAND is required\n");
-                return EXIT_USAGE;
-        }
-        r = lodev_inhibit_reboot(l, who, why, &fd);
+        r = lodev_inhibit_reboot(l, arg_who, arg_why, &fd);
         if (r < 0)
                 return call_failed(l, "inhibit-reboot", r);
         pid = fork();
@@ -730,9 +637,8 @@ static int cmd_inhibit_reboot(lodev *l, int argc, char *argv[]) {
                 return EXIT_FAIL;
         }
         if (pid == 0) {
-                execvp(argv[optind], argv + optind);
-                fprintf(stderr, "lodevctl: inhibit-reboot: %s: %s\n", argv[optind],
-                        strerror(errno));
+                execvp(argv[1], argv + 1);
+                fprintf(stderr, "lodevctl: inhibit-reboot: %s: %s\n", argv[1], strerror(errno));
                 _exit(127);
         }
         while (waitpid(pid, &status, 0) < 0)
@@ -744,64 +650,278 @@ static int cmd_inhibit_reboot(lodev *l, int argc, char *argv[]) {
         return WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_FAIL;
 }
 
-static const struct {
-        const char *name;
-        int (*run)(lodev *l, int argc, char *argv[]);
-} commands[] = {
-        { "status", cmd_status },
-        { "provision", cmd_provision },
-        { "observe", cmd_observe },
-        { "wait-online", cmd_wait_online },
-        { "jobs", cmd_jobs },
-        { "inhibit-reboot", cmd_inhibit_reboot },
-        { "upload", cmd_upload },
-        { "transfers", cmd_transfers },
-        { "cancel", cmd_cancel },
-        { "monitor", cmd_monitor },
+/* --- The command line --- */
+
+enum {
+        ARG_VERSION = 0x100,
+        ARG_NO_LEGEND,
+        ARG_NO_PAGER,
+        ARG_CODE,
+        ARG_CODE_SYSTEM,
+        ARG_CODE_DISPLAY,
+        ARG_VALUE,
+        ARG_UNIT,
+        ARG_PATIENT_ID,
+        ARG_NAME,
+        ARG_CONTENT_TYPE,
+        ARG_WAIT,
+        ARG_WHO,
+        ARG_WHY,
 };
 
-int main(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100 };
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, ARG_VERSION },
-                {},
-        };
-        lodev *l = NULL;
-        int c, r;
+static const struct option options[] = {
+        { "json", optional_argument, NULL, 'j' },
+        { "no-legend", no_argument, NULL, ARG_NO_LEGEND },
+        { "no-pager", no_argument, NULL, ARG_NO_PAGER },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, ARG_VERSION },
+        { "force", no_argument, NULL, 'f' },
+        { "code", required_argument, NULL, ARG_CODE },
+        { "code-system", required_argument, NULL, ARG_CODE_SYSTEM },
+        { "code-display", required_argument, NULL, ARG_CODE_DISPLAY },
+        { "value", required_argument, NULL, ARG_VALUE },
+        { "unit", required_argument, NULL, ARG_UNIT },
+        { "patient-id", required_argument, NULL, ARG_PATIENT_ID },
+        { "name", required_argument, NULL, ARG_NAME },
+        { "content-type", required_argument, NULL, ARG_CONTENT_TYPE },
+        { "wait", no_argument, NULL, ARG_WAIT },
+        { "timeout", required_argument, NULL, 't' },
+        { "check", no_argument, NULL, 'c' },
+        { "who", required_argument, NULL, ARG_WHO },
+        { "why", required_argument, NULL, ARG_WHY },
+        {},
+};
 
-        /* "+" stops at the first non-option: the rest belongs to the command. */
-        while ((c = getopt_long(argc, argv, "+jh", options, NULL)) >= 0) {
+/* Options every command takes. */
+static const int global_options[] = { 'j', ARG_NO_LEGEND, ARG_NO_PAGER, 'h', ARG_VERSION, 0 };
+
+static const struct command {
+        const char *name;
+        int (*run)(lodev *l, int argc, char *argv[]);
+        int (*check)(void); /* usage checks of its options, before lodevd is asked */
+        int min_args, max_args; /* after the command's name; -1: no limit */
+        const char *args;       /* what the arguments are, for the error */
+        int options[7];         /* its own options, 0-terminated */
+} commands[] = {
+        { "status", cmd_status, NULL, 0, 0, NULL, {} },
+        { "provision", cmd_provision, NULL, 0, 0, NULL, { 'f' } },
+        { "observe", cmd_observe, check_observe, 0, 0, NULL,
+          { ARG_CODE, ARG_CODE_SYSTEM, ARG_CODE_DISPLAY, ARG_VALUE, ARG_UNIT, ARG_PATIENT_ID } },
+        { "wait-online", cmd_wait_online, check_wait_online, 0, 0, NULL, { 't' } },
+        { "jobs", cmd_jobs, NULL, 0, 0, NULL, { 'c' } },
+        { "inhibit-reboot", cmd_inhibit_reboot, NULL, 1, -1, "COMMAND", { ARG_WHO, ARG_WHY } },
+        { "upload", cmd_upload, NULL, 1, 1, "exactly one FILE",
+          { ARG_NAME, ARG_CONTENT_TYPE, ARG_WAIT } },
+        { "transfers", cmd_transfers, NULL, 0, 0, NULL, {} },
+        { "cancel", cmd_cancel, NULL, 1, 1, "exactly one transfer ID", {} },
+        { "monitor", cmd_monitor, NULL, 0, 0, NULL, {} },
+};
+
+static bool option_in(int code, const int *list) {
+        for (; *list; list++)
+                if (*list == code)
+                        return true;
+        return false;
+}
+
+static const char *option_name(int code) {
+        for (const struct option *o = options; o->name; o++)
+                if (o->val == code)
+                        return o->name;
+        return "?";
+}
+
+static int parse_json_mode(const char *mode) {
+        if (!mode || strcmp(mode, "pretty") == 0)
+                arg_json = JSON_PRETTY;
+        else if (strcmp(mode, "short") == 0)
+                arg_json = JSON_SHORT;
+        else if (strcmp(mode, "off") == 0)
+                arg_json = JSON_OFF;
+        else if (strcmp(mode, "help") == 0) {
+                printf("pretty\nshort\noff\n");
+                return 0;
+        } else {
+                fprintf(stderr, "lodevctl: --json: unknown mode '%s' (pretty, short or off)\n",
+                        mode);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+typedef struct Line {
+        char **args; /* the command's name and its arguments, in order */
+        int n_args;
+        int seen[sizeof(options) / sizeof(options[0])]; /* option codes given, in order */
+        int n_seen;
+        bool help, version, listed; /* listed: --json=help printed the modes */
+} Line;
+
+/* Reads every option wherever it stands (as systemctl does), and the arguments in their
+ * order. What follows inhibit-reboot's COMMAND is COMMAND's own and left alone.
+ * EXIT_OK, or EXIT_USAGE after saying what is wrong. */
+static int parse_line(int argc, char *argv[], Line *line) {
+        int c;
+
+        /* "-": arguments come back in order as option 1, so the end of ours can be seen. */
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "-jhfct:", options, NULL)) >= 0) {
+                bool known = false;
+
                 switch (c) {
-                case 'j':
-                        arg_json = true;
-                        break;
-                case 'h':
-                        help();
-                        return EXIT_OK;
-                case ARG_VERSION:
-                        printf("lodevctl %s\n", LODEV_VERSION);
-                        return EXIT_OK;
-                default:
-                        return EXIT_USAGE;
-                }
-        }
-        if (optind >= argc) {
-                fprintf(stderr, "lodevctl: missing command (see lodevctl --help)\n");
-                return EXIT_USAGE;
-        }
-
-        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-                if (strcmp(argv[optind], commands[i].name) != 0)
+                case 1:
+                        line->args[line->n_args++] = optarg;
+                        if (line->n_args == 2 && strcmp(line->args[0], "inhibit-reboot") == 0)
+                                while (optind < argc)
+                                        line->args[line->n_args++] = argv[optind++];
                         continue;
-                r = open_daemon(&l);
-                if (r != EXIT_OK)
-                        return r;
-                r = commands[i].run(l, argc - optind, argv + optind);
-                lodev_close(l);
+                case 'j': {
+                        int r = parse_json_mode(optarg);
+
+                        if (r < 0)
+                                return EXIT_USAGE;
+                        if (r == 0)
+                                line->listed = true;
+                        break;
+                }
+                case 'h':
+                        line->help = true;
+                        break;
+                case ARG_VERSION:
+                        line->version = true;
+                        break;
+                case ARG_NO_LEGEND:
+                        arg_legend = false;
+                        break;
+                case ARG_NO_PAGER:
+                        break;
+                case 'f':
+                        arg_force = true;
+                        break;
+                case 'c':
+                        arg_check = true;
+                        break;
+                case 't':
+                        arg_timeout = optarg;
+                        break;
+                case ARG_CODE:
+                        arg_observation.code = optarg;
+                        break;
+                case ARG_CODE_SYSTEM:
+                        arg_observation.code_system = optarg;
+                        break;
+                case ARG_CODE_DISPLAY:
+                        arg_observation.code_display = optarg;
+                        break;
+                case ARG_VALUE:
+                        arg_value = optarg;
+                        break;
+                case ARG_UNIT:
+                        arg_observation.unit = optarg;
+                        break;
+                case ARG_PATIENT_ID:
+                        arg_observation.patient_id = optarg;
+                        break;
+                case ARG_NAME:
+                        arg_name = optarg;
+                        break;
+                case ARG_CONTENT_TYPE:
+                        arg_content_type = optarg;
+                        break;
+                case ARG_WAIT:
+                        arg_wait = true;
+                        break;
+                case ARG_WHO:
+                        arg_who = optarg;
+                        break;
+                case ARG_WHY:
+                        arg_why = optarg;
+                        break;
+                default:
+                        return EXIT_USAGE; /* getopt said what */
+                }
+                for (int i = 0; i < line->n_seen; i++)
+                        known = known || line->seen[i] == c;
+                if (!known)
+                        line->seen[line->n_seen++] = c;
+        }
+        /* After "--": arguments only. */
+        while (optind < argc)
+                line->args[line->n_args++] = argv[optind++];
+        return EXIT_OK;
+}
+
+/* The command of the line with its options and arguments checked; NULL after saying why. */
+static const struct command *line_command(const Line *line) {
+        const struct command *cmd = NULL;
+        int n;
+
+        if (line->n_args == 0) {
+                fprintf(stderr, "lodevctl: missing command (see lodevctl --help)\n");
+                return NULL;
+        }
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                if (strcmp(line->args[0], commands[i].name) == 0)
+                        cmd = &commands[i];
+        if (!cmd) {
+                fprintf(stderr, "lodevctl: unknown command '%s' (see lodevctl --help)\n",
+                        line->args[0]);
+                return NULL;
+        }
+        for (int i = 0; i < line->n_seen; i++)
+                if (!option_in(line->seen[i], global_options) &&
+                    !option_in(line->seen[i], cmd->options)) {
+                        fprintf(stderr, "lodevctl: %s: --%s does not apply to this command\n",
+                                cmd->name, option_name(line->seen[i]));
+                        return NULL;
+                }
+        n = line->n_args - 1;
+        if (cmd->max_args >= 0 && n > cmd->max_args) {
+                fprintf(stderr, "lodevctl: %s: unexpected argument '%s'\n", cmd->name,
+                        line->args[1 + cmd->max_args]);
+                return NULL;
+        }
+        if (n < cmd->min_args) {
+                fprintf(stderr, "lodevctl: %s: %s is required\n", cmd->name, cmd->args);
+                return NULL;
+        }
+        if (cmd->check && cmd->check() != EXIT_OK)
+                return NULL;
+        return cmd;
+}
+
+int main(int argc, char *argv[]) {
+        const struct command *cmd;
+        Line line = {};
+        lodev *l = NULL;
+        int r;
+
+        line.args = calloc((size_t) argc + 1, sizeof(char *));
+        if (!line.args) {
+                fprintf(stderr, "lodevctl: out of memory\n");
+                return EXIT_FAIL;
+        }
+        r = parse_line(argc, argv, &line);
+        if (r == EXIT_OK && line.help)
+                help();
+        else if (r == EXIT_OK && line.version)
+                printf("lodevctl %s\n", LODEV_VERSION);
+        if (r != EXIT_OK || line.help || line.version || line.listed) {
+                free(line.args);
                 return r;
         }
-        fprintf(stderr, "lodevctl: unknown command '%s' (see lodevctl --help)\n", argv[optind]);
-        return EXIT_USAGE;
+        cmd = line_command(&line);
+        if (!cmd) {
+                free(line.args);
+                return EXIT_USAGE;
+        }
+        r = open_daemon(&l);
+        if (r != EXIT_OK) {
+                free(line.args);
+                return r;
+        }
+        r = cmd->run(l, line.n_args, line.args);
+        l = lodev_close(l);
+        free(line.args);
+        return r;
 }

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <inttypes.h>
+#include <sys/resource.h>
 
 #include "bus.h"
 #include "log.h"
@@ -8,12 +10,35 @@
 
 /* Provision() callers waiting at once; each holds a message. */
 #define PROVISION_WAITERS_MAX 64
+/* Connections whose UID is remembered after their last pending call: a unique bus name is
+ * never reused, and a caller that waits for each answer before its next call would otherwise
+ * cost a query to the bus for every call. */
+#define KNOWN_NAMES_MAX 64
 
-/* A caller with calls waiting for an answer. */
+/* A connection with calls waiting for an answer. */
 typedef struct Client {
         char *name; /* unique bus name */
+        uid_t uid;
         unsigned pending;
 } Client;
+
+/* What one user's calls hold: the bounds of SPEC §4 are per UID. */
+typedef struct UserUsage {
+        uid_t uid;
+        unsigned pending; /* calls waiting for an answer */
+        unsigned fds;     /* descriptors those calls make lodevd hold */
+} UserUsage;
+
+typedef struct KnownName {
+        char *name;
+        uid_t uid;
+} KnownName;
+
+/* Whose a reboot hold is: inhibit.c knows its owner's bus name, the bounds are per UID. */
+typedef struct HoldOwner {
+        char *name;
+        uid_t uid;
+} HoldOwner;
 
 struct Bus {
         sd_bus *bus;
@@ -21,15 +46,24 @@ struct Bus {
         Manager *manager;
         Client *clients;
         size_t n_clients;
+        UserUsage *users;
+        size_t n_users;
+        KnownName known[KNOWN_NAMES_MAX]; /* a ring */
+        size_t known_next;
         unsigned n_pending; /* of all clients */
+        unsigned n_fds;     /* of all clients */
+        unsigned fds_max;   /* from RLIMIT_NOFILE */
         sd_bus_message **provision_waiters;
         size_t n_provision_waiters;
+        HoldOwner *hold_owners;
+        size_t n_hold_owners;
 };
 
-/* A call answered later: the message and the bus that answers it. */
+/* A call answered later: the message, the bus that answers it, the descriptors it holds. */
 typedef struct PendingCall {
         Bus *bus;
         sd_bus_message *msg;
+        unsigned fds;
 } PendingCall;
 
 static Client *client_find(Bus *b, const char *name) {
@@ -39,73 +73,165 @@ static Client *client_find(Bus *b, const char *name) {
         return NULL;
 }
 
-/* Counts a call of msg's sender as pending; -EUSERS when it has too many already. */
-static int client_hold(Bus *b, sd_bus_message *msg) {
-        const char *name = sd_bus_message_get_sender(msg);
-        Client *c, *a;
+static UserUsage *user_find(Bus *b, uid_t uid) {
+        for (size_t i = 0; i < b->n_users; i++)
+                if (b->users[i].uid == uid)
+                        return &b->users[i];
+        return NULL;
+}
 
-        if (!name)
-                return 0; /* a direct connection: nothing to tell callers apart */
-        if (b->n_pending >= BUS_PENDING_MAX)
-                return -EUSERS;
-        c = client_find(b, name);
-        if (c) {
-                if (c->pending >= BUS_PENDING_PER_CLIENT_MAX)
-                        return -EUSERS;
-                c->pending++;
-                b->n_pending++;
-                return 0;
+/* The effective UID of msg's sender. From the bus the first time a connection calls (a
+ * query to dbus-daemon), remembered while it has calls pending and for a while after. */
+static int sender_uid(Bus *b, sd_bus_message *msg, uid_t *ret) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const char *name = sd_bus_message_get_sender(msg);
+        const Client *c;
+        KnownName *k;
+        uid_t uid;
+        int r;
+
+        if (name) {
+                c = client_find(b, name);
+                if (c) {
+                        *ret = c->uid;
+                        return 0;
+                }
+                for (size_t i = 0; i < KNOWN_NAMES_MAX; i++)
+                        if (b->known[i].name && streq(b->known[i].name, name)) {
+                                *ret = b->known[i].uid;
+                                return 0;
+                        }
         }
-        a = realloc(b->clients, (b->n_clients + 1) * sizeof(*a));
-        if (!a)
-                return -ENOMEM;
-        b->clients = a;
-        a[b->n_clients] = (Client) { .name = strdup(name), .pending = 1 };
-        if (!a[b->n_clients].name)
-                return -ENOMEM;
-        b->n_clients++;
-        b->n_pending++;
+        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0)
+                return r;
+        if (name) {
+                k = &b->known[b->known_next];
+                b->known_next = (b->known_next + 1) % KNOWN_NAMES_MAX;
+                free(k->name);
+                *k = (KnownName) { .name = strdup(name), .uid = uid };
+        }
+        *ret = uid;
         return 0;
 }
 
-static void client_release(Bus *b, sd_bus_message *msg) {
+/* The caller's effective UID, or AccessDenied when it cannot be told. */
+static int caller_uid(Bus *b, sd_bus_message *msg, sd_bus_error *error, uid_t *ret) {
+        int r;
+
+        r = sender_uid(b, msg, ret);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "cannot tell who is calling: %s", strerror(-r));
+        return 0;
+}
+
+/* Counts a call of msg's sender as pending, holding fds descriptors until it is answered.
+ * Past a bound, sets LimitsExceeded in error naming it and returns its negative value: the
+ * call is refused before lodevd takes anything of it. */
+static int client_hold(Bus *b, sd_bus_message *msg, unsigned fds, sd_bus_error *error) {
+        const char *name = sd_bus_message_get_sender(msg);
+        UserUsage *u, *ua;
+        Client *c, *a;
+        uid_t uid;
+        int r;
+
+        if (!name)
+                return 0; /* a direct connection: nothing to tell callers apart */
+        r = sender_uid(b, msg, &uid);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "cannot tell who is calling: %s", strerror(-r));
+        c = client_find(b, name);
+        u = user_find(b, uid);
+        if (b->n_pending >= BUS_PENDING_MAX || (c && c->pending >= BUS_PENDING_PER_CLIENT_MAX) ||
+            (u && u->pending >= BUS_PENDING_PER_UID_MAX))
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many calls waiting for an answer (at most %u per "
+                                         "client connection, %u per user, %u in all)",
+                                         BUS_PENDING_PER_CLIENT_MAX, BUS_PENDING_PER_UID_MAX,
+                                         BUS_PENDING_MAX);
+        if (fds > 0 && (b->n_fds + fds > b->fds_max ||
+                        (u && u->fds + fds > BUS_FDS_PER_UID_MAX)))
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many files being spooled at once (their "
+                                         "descriptors: at most %u per user, %u in all); wait "
+                                         "for an answer first",
+                                         BUS_FDS_PER_UID_MAX, b->fds_max);
+
+        if (!u) {
+                ua = reallocarray(b->users, b->n_users + 1, sizeof(UserUsage));
+                if (!ua)
+                        return -ENOMEM;
+                b->users = ua;
+                u = &ua[b->n_users++];
+                *u = (UserUsage) { .uid = uid };
+        }
+        if (!c) {
+                char *copy = strdup(name);
+
+                a = copy ? reallocarray(b->clients, b->n_clients + 1, sizeof(Client)) : NULL;
+                if (!a) {
+                        free(copy);
+                        if (u->pending == 0 && u->fds == 0)
+                                *u = b->users[--b->n_users];
+                        return -ENOMEM;
+                }
+                b->clients = a;
+                c = &a[b->n_clients++];
+                *c = (Client) { .name = copy, .uid = uid };
+        }
+        c->pending++;
+        u->pending++;
+        u->fds += fds;
+        b->n_pending++;
+        b->n_fds += fds;
+        return 0;
+}
+
+static void client_release(Bus *b, sd_bus_message *msg, unsigned fds) {
         const char *name = sd_bus_message_get_sender(msg);
         Client *c = name ? client_find(b, name) : NULL;
+        UserUsage *u;
 
         if (!c)
                 return;
+        u = user_find(b, c->uid);
+        assert(u);
         b->n_pending--;
+        b->n_fds -= fds;
+        u->pending--;
+        u->fds -= fds;
+        if (u->pending == 0 && u->fds == 0)
+                *u = b->users[--b->n_users];
         if (--c->pending > 0)
                 return;
         free(c->name);
         *c = b->clients[--b->n_clients];
 }
 
-static int pending_call_new(Bus *b, sd_bus_message *msg, sd_bus_error *error,
+static int pending_call_new(Bus *b, sd_bus_message *msg, unsigned fds, sd_bus_error *error,
                             PendingCall **ret) {
         PendingCall *p;
         int r;
 
-        r = client_hold(b, msg);
-        if (r == -EUSERS)
-                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
-                                         "too many calls waiting for an answer (at most %u "
-                                         "per client, %u in all)",
-                                         BUS_PENDING_PER_CLIENT_MAX, BUS_PENDING_MAX);
+        r = client_hold(b, msg, fds, error);
         if (r < 0)
                 return r;
         p = malloc(sizeof(*p));
         if (!p) {
-                client_release(b, msg);
+                client_release(b, msg, fds);
                 return -ENOMEM;
         }
-        *p = (PendingCall) { .bus = b, .msg = sd_bus_message_ref(msg) };
+        *p = (PendingCall) { .bus = b, .msg = sd_bus_message_ref(msg), .fds = fds };
         *ret = p;
         return 0;
 }
 
 static void pending_call_free(PendingCall *p) {
-        client_release(p->bus, p->msg);
+        client_release(p->bus, p->msg, p->fds);
         sd_bus_message_unref(p->msg);
         free(p);
 }
@@ -198,13 +324,17 @@ static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *
         PendingCall *p = NULL;
         int r;
 
-        r = pending_call_new(b, msg, error, &p);
+        r = pending_call_new(b, msg, 0, error, &p);
         if (r < 0)
                 return r;
         r = jobs_check(b->manager->jobs, jobs_checked, p);
         if (r >= 0)
                 return 1;
         pending_call_free(p);
+        if (r == -ENOTCONN && !b->manager->identity.thing_name)
+                return sd_bus_error_setf(error, LODEV_ERROR_NOT_PROVISIONED,
+                                         "the device is not provisioned yet (%s)",
+                                         device_state_to_string(b->manager->state));
         if (r == -ENOTCONN)
                 return sd_bus_error_setf(error, LODEV_ERROR_OFFLINE,
                                          "the device is not online (%s)",
@@ -215,16 +345,67 @@ static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *
         return r;
 }
 
+/* The reboot holds of uid now; forgets the owners that hold none any more. */
+static unsigned holds_of_uid(Bus *b, uid_t uid) {
+        const Inhibitors *in = jobs_inhibitors(b->manager->jobs);
+        unsigned n = 0;
+
+        for (size_t o = 0; o < b->n_hold_owners;) {
+                const HoldOwner *h = &b->hold_owners[o];
+                unsigned held = 0;
+                const Inhibitor *i;
+
+                for (size_t k = 0; (i = inhibitors_get(in, k)); k++)
+                        if (streq(i->owner, h->name))
+                                held++;
+                if (held == 0) {
+                        free(b->hold_owners[o].name);
+                        b->hold_owners[o] = b->hold_owners[--b->n_hold_owners];
+                        continue;
+                }
+                if (h->uid == uid)
+                        n += held;
+                o++;
+        }
+        return n;
+}
+
+static void hold_owner_add(Bus *b, const char *name, uid_t uid) {
+        HoldOwner *a;
+
+        for (size_t o = 0; o < b->n_hold_owners; o++)
+                if (streq(b->hold_owners[o].name, name))
+                        return;
+        a = reallocarray(b->hold_owners, b->n_hold_owners + 1, sizeof(HoldOwner));
+        if (!a)
+                return; /* its holds go uncounted for this user: bounded per owner and in all */
+        b->hold_owners = a;
+        a[b->n_hold_owners] = (HoldOwner) { .name = strdup(name), .uid = uid };
+        if (a[b->n_hold_owners].name)
+                b->n_hold_owners++;
+}
+
 static int method_inhibit_reboot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Bus *b = userdata;
-        const char *who, *why;
+        const char *who, *why, *sender = sd_bus_message_get_sender(msg);
         _cleanup_close_ int fd = -EBADF;
+        uid_t uid;
         int r;
 
         r = sd_bus_message_read(msg, "ss", &who, &why);
         if (r < 0)
                 return r;
-        r = jobs_inhibit_reboot(b->manager->jobs, who, why, sd_bus_message_get_sender(msg), &fd);
+        r = caller_uid(b, msg, error, &uid);
+        if (r < 0)
+                return r;
+        /* Each hold is a descriptor lodevd keeps: bounded per user, before one is made. */
+        if (holds_of_uid(b, uid) >= BUS_HOLDS_PER_UID_MAX)
+                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
+                                         "too many reboot inhibitors (at most %u per user)",
+                                         BUS_HOLDS_PER_UID_MAX);
+        r = jobs_inhibit_reboot(b->manager->jobs, who, why, sender, &fd);
+        if (r >= 0 && sender)
+                hold_owner_add(b, sender, uid);
         if (r == -EINVAL)
                 return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
                                          "who and why must be 1 to %u bytes of text without "
@@ -284,7 +465,7 @@ static void provision_waiters_reply(Bus *b, const char *thing, const char *error
                         r = sd_bus_reply_method_errorf(msg, LODEV_ERROR_FAILED, "%s", error);
                 if (r < 0)
                         log_debug_errno(r, "Failed to answer Provision(), ignoring: %m");
-                client_release(b, msg);
+                client_release(b, msg, 0);
                 sd_bus_message_unref(msg);
         }
         b->provision_waiters = (free(b->provision_waiters), NULL);
@@ -309,17 +490,13 @@ static int provision_option(const char *key, sd_bus_message *msg, void *userdata
 
 /* Replacing the identity gives the gateway a new thing name and contacts the platform
  * with the fleet's claim certificate: root only, whatever the bus policy allows. */
-static int check_root(sd_bus_message *msg, sd_bus_error *error) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+static int check_root(Bus *b, sd_bus_message *msg, sd_bus_error *error) {
         uid_t uid;
         int r;
 
-        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
-        if (r >= 0)
-                r = sd_bus_creds_get_euid(creds, &uid);
+        r = caller_uid(b, msg, error, &uid);
         if (r < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                         "cannot tell who is calling: %s", strerror(-r));
+                return r;
         if (uid != 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                                          "options: 'force' is allowed to root only");
@@ -337,7 +514,7 @@ static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *e
         if (r < 0)
                 return r;
         if (force) {
-                r = check_root(msg, error);
+                r = check_root(b, msg, error);
                 if (r < 0)
                         return r;
         }
@@ -355,15 +532,15 @@ static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *e
                                          "provisioning is already running (%s)",
                                          provision_step_to_string(
                                                  provisioner_step(b->manager->provisioner)));
+        if (r == -ENOKEY)
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "%s",
+                                         b->manager->last_error);
         if (r < 0)
                 return r;
         if (r == 0)
                 return sd_bus_reply_method_return(msg, "s", thing);
 
-        r = client_hold(b, msg);
-        if (r == -EUSERS)
-                return sd_bus_error_setf(error, LODEV_ERROR_LIMITS_EXCEEDED,
-                                         "too many calls waiting for an answer");
+        r = client_hold(b, msg, 0, error);
         if (r < 0)
                 return r;
         w[b->n_provision_waiters++] = sd_bus_message_ref(msg);
@@ -387,7 +564,54 @@ static int observation_option(const char *key, sd_bus_message *msg, void *userda
         return 0;
 }
 
+/* NoSpace (SPEC §4): which file system is full, and how full. */
+static int set_no_space(sd_bus_error *error, const char *what, const char *dir,
+                        const StateDirSpace *space) {
+        if (!isempty(space->mount_point))
+                return sd_bus_error_setf(error, LODEV_ERROR_NO_SPACE,
+                                         "%s: the file system on %s (%s, holding %s) is full, "
+                                         "%" PRIu64 " bytes free",
+                                         what, space->mount_point, strempty(space->type), dir,
+                                         space->free_bytes);
+        return sd_bus_error_setf(error, LODEV_ERROR_NO_SPACE,
+                                 "%s: the file system holding %s is full, %" PRIu64
+                                 " bytes free",
+                                 what, dir, space->free_bytes);
+}
+
+/* Why an observation was not stored: QueueFull for the budget, NoSpace for the disk. */
+static int set_observation_error(Bus *b, sd_bus_error *error, int r) {
+        Delivery *d = b->manager->delivery;
+        StateDirSpace space = {};
+
+        switch (r) {
+        case -E2BIG:
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
+                                         "observation: encoded payload exceeds %u bytes",
+                                         MESSAGE_SIZE_MAX);
+        case -EDQUOT:
+                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
+                                         "the observation queue is full (%" PRIu64
+                                         " bytes of spool.max_bytes %" PRIu64 ")",
+                                         delivery_used_bytes(d),
+                                         b->manager->config.spool_max_bytes);
+        case -ENOSPC:
+                (void) delivery_space(d, &space);
+                return set_no_space(error, "cannot store the observation", delivery_dir(d),
+                                    &space);
+        case -EAGAIN:
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                         "cannot store the observation: the spool %s cannot be "
+                                         "opened now; lodevd tries again",
+                                         delivery_dir(d));
+        default:
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                         "cannot store the observation: %s", strerror(-r));
+        }
+}
+
 static void observation_submitted(uint64_t seq, int error, void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         PendingCall *p = userdata;
         char id[24];
         int r;
@@ -395,10 +619,10 @@ static void observation_submitted(uint64_t seq, int error, void *userdata) {
         snprintf(id, sizeof(id), "%" PRIu64, seq);
         if (error >= 0)
                 r = sd_bus_reply_method_return(p->msg, "s", id);
-        else
-                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
-                                               "cannot store the observation: %s",
-                                               strerror(-error));
+        else {
+                (void) set_observation_error(p->bus, &e, error);
+                r = sd_bus_reply_method_error(p->msg, &e);
+        }
         if (r < 0)
                 log_debug_errno(r, "Failed to answer SubmitObservation(), ignoring: %m");
         pending_call_free(p);
@@ -454,25 +678,14 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
                                                  : "must be valid UTF-8 of at most 4096 bytes"
                                                    " (code and system non-empty)");
 
-        r = pending_call_new(b, msg, error, &p);
+        r = pending_call_new(b, msg, 0, error, &p);
         if (r < 0)
                 return r;
         r = delivery_submit(d, &o, observation_submitted, p);
         if (r >= 0)
                 return 1; /* answered after the fsync */
         pending_call_free(p);
-        if (r == -E2BIG)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "observation: encoded payload exceeds %u bytes",
-                                         MESSAGE_SIZE_MAX);
-        if (r == -ENOSPC)
-                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
-                                         "the observation queue is full (%" PRIu64
-                                         " bytes of spool.max_bytes %" PRIu64 ")",
-                                         delivery_used_bytes(d),
-                                         b->manager->config.spool_max_bytes);
-        return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot store the observation: %s",
-                                 strerror(-r));
+        return set_observation_error(b, error, r);
 }
 
 /* --- File transfers: UploadFile, CancelTransfer, ListTransfers --- */
@@ -483,15 +696,45 @@ static int upload_option(const char *key, sd_bus_message *msg, void *userdata,
                                  key);
 }
 
+/* Why a file was not spooled, as an error name of its own for each errno. */
+static int set_upload_error(Bus *b, sd_bus_error *error, int r, const char *reason) {
+        Uploads *u = b->manager->uploads;
+        StateDirSpace space = {};
+
+        switch (r) {
+        case -EINVAL:
+        case -EBADF:
+        case -EFBIG:  /* over 5 GiB, or a pseudo-file over what lodevd reads */
+        case -ESPIPE: /* a stream with no end */
+                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s",
+                                         reason ?: strerror(-r));
+        case -E2BIG:
+        case -EDQUOT:
+                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
+                                         "%s (%" PRIu64 " of transfers.max_bytes %" PRIu64
+                                         " bytes in use)",
+                                         reason ?: strerror(-r), uploads_used_bytes(u),
+                                         uploads_max_bytes(u));
+        case -ENOSPC:
+                (void) uploads_space(u, &space);
+                return set_no_space(error, "cannot spool the file", uploads_dir(u), &space);
+        default:
+                return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot spool the file: %s",
+                                         reason ?: strerror(-r));
+        }
+}
+
 static void upload_added(const char *id, int error, const char *reason, void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         PendingCall *p = userdata;
         int r;
 
         if (error >= 0)
                 r = sd_bus_reply_method_return(p->msg, "s", id);
-        else
-                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
-                                               "cannot spool the file: %s", reason ?: strerror(-error));
+        else {
+                (void) set_upload_error(p->bus, &e, error, reason);
+                r = sd_bus_reply_method_error(p->msg, &e);
+        }
         if (r < 0)
                 log_debug_errno(r, "Failed to answer UploadFile(), ignoring: %m");
         pending_call_free(p);
@@ -502,6 +745,7 @@ static int method_upload_file(sd_bus_message *msg, void *userdata, sd_bus_error 
         Uploads *u = b->manager->uploads;
         const char *name, *type, *reason = NULL;
         PendingCall *p = NULL;
+        uid_t uid;
         int fd, r;
 
         r = sd_bus_message_read(msg, "hss", &fd, &name, &type);
@@ -510,40 +754,43 @@ static int method_upload_file(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = read_options(msg, upload_option, NULL, error);
         if (r < 0)
                 return r;
-        r = pending_call_new(b, msg, error, &p);
+        /* The bounds come before anything of the call is taken: refused, the message and the
+         * descriptor it carries are freed at once. */
+        r = pending_call_new(b, msg, UPLOAD_FDS_HELD, error, &p);
         if (r < 0)
                 return r;
-        /* fd belongs to msg; the service takes a duplicate. */
-        r = uploads_add(u, fd, name, type, upload_added, p, &reason);
+        r = caller_uid(b, msg, error, &uid);
+        if (r >= 0)
+                /* fd belongs to msg; the service takes a duplicate. */
+                r = uploads_add(u, fd, name, type, uid, upload_added, p, &reason);
         if (r >= 0)
                 return 1; /* answered once the copy is durable */
         pending_call_free(p);
-        if (r == -EINVAL || r == -EBADF)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s",
-                                         reason ?: strerror(-r));
-        if (r == -EFBIG && reason && strstr(reason, "5 GiB"))
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s", reason);
-        if (r == -EFBIG || r == -ENOSPC)
-                return sd_bus_error_setf(error, LODEV_ERROR_QUEUE_FULL,
-                                         "%s (%" PRIu64 " of transfers.max_bytes %" PRIu64
-                                         " bytes in use)",
-                                         reason ?: strerror(-r), uploads_used_bytes(u),
-                                         uploads_max_bytes(u));
-        return sd_bus_error_setf(error, LODEV_ERROR_FAILED, "cannot spool the file: %s",
-                                 reason ?: strerror(-r));
+        if (sd_bus_error_is_set(error))
+                return r;
+        return set_upload_error(b, error, r, reason);
 }
 
 static int method_cancel_transfer(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Bus *b = userdata;
         const char *id;
+        uid_t uid;
         int r;
 
         r = sd_bus_message_read(msg, "s", &id);
         if (r < 0)
                 return r;
-        r = uploads_cancel(b->manager->uploads, id);
+        r = caller_uid(b, msg, error, &uid);
+        if (r < 0)
+                return r;
+        r = uploads_cancel(b->manager->uploads, id, uid);
         if (r == -ENOENT)
                 return sd_bus_error_setf(error, LODEV_ERROR_NOT_FOUND, "no transfer '%s'", id);
+        if (r == -EPERM)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "transfer '%s' belongs to another user: only its owner "
+                                         "or root may cancel it",
+                                         id);
         if (r < 0)
                 return r;
         return sd_bus_reply_method_return(msg, "");
@@ -685,6 +932,16 @@ static const ManagerObserver observer = {
         .job_updated = on_job_updated,
 };
 
+/* A quarter of the descriptors lodevd may have (main() raised the soft limit to the hard
+ * one), at most BUS_FDS_MAX. */
+static unsigned bus_fds_max(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return BUS_FDS_MAX;
+        return (unsigned) MIN((rlim_t) BUS_FDS_MAX, rl.rlim_cur / 4);
+}
+
 int bus_new(Manager *m, Bus **ret) {
         Bus *b;
         int r;
@@ -693,6 +950,7 @@ int bus_new(Manager *m, Bus **ret) {
         if (!b)
                 return log_oom();
         b->manager = m;
+        b->fds_max = bus_fds_max();
 
         /* sd_bus_open_system() honours DBUS_SYSTEM_BUS_ADDRESS, which is how tests point
          * lodevd at a private bus. */
@@ -737,6 +995,12 @@ Bus *bus_free(Bus *b) {
         for (size_t i = 0; i < b->n_clients; i++)
                 free(b->clients[i].name);
         free(b->clients);
+        free(b->users);
+        for (size_t i = 0; i < KNOWN_NAMES_MAX; i++)
+                free(b->known[i].name);
+        for (size_t i = 0; i < b->n_hold_owners; i++)
+                free(b->hold_owners[i].name);
+        free(b->hold_owners);
         free(b);
         return NULL;
 }

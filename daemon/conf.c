@@ -10,10 +10,13 @@
 
 #include "config.h"
 #include "conf.h"
+#include "fileio.h"
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(config_t *, config_destroy);
 
+/* A provisioning parameter read from a file ("file:PATH") is at most this long. */
+#define PARAMETER_FILE_MAX 4096U
 #define WRITABLE_ERROR "is writable by group or others; refusing to start (chmod go-w it)"
 
 typedef enum KeyType {
@@ -152,7 +155,7 @@ int config_init_defaults(Config *c) {
         d.state_dir = strdup(LODEV_STATE_DIR);
         d.http_proxy = strdup("");
         d.installer = strdup(LODEV_INSTALLER);
-        d.reboot_command = strdup("systemctl reboot");
+        d.reboot_command = strdup(LODEV_REBOOT_COMMAND);
         d.parameters = calloc(ELEMENTSOF(default_parameters), sizeof(ConfigParameter));
         if (d.parameters) {
                 d.n_parameters = ELEMENTSOF(default_parameters);
@@ -528,8 +531,8 @@ int config_check_permissions(const Config *c, bool need_claim, char **ret_error)
 int config_parameter_resolve(const Config *c, const ConfigParameter *p, char **ret,
                              char **ret_error) {
         _cleanup_free_ char *key = strdup_printf("provisioning.parameters.%s", p->name);
-        _cleanup_fclose_ FILE *f = NULL;
-        char buf[4097];
+        _cleanup_free_ char *buf = NULL;
+        const char *path;
         size_t n;
         char *v;
         int r;
@@ -544,27 +547,48 @@ int config_parameter_resolve(const Config *c, const ConfigParameter *p, char **r
                 return 0;
         }
 
-        f = fopen(p->value + 5, "re");
-        if (!f) {
-                r = -errno;
-                file_error(ret_error, c, p->line, key, p->value + 5, strerror(-r));
+        path = p->value + 5;
+        r = read_file(path, PARAMETER_FILE_MAX, &buf, &n);
+        if (r == -EFBIG)
+                return file_error(ret_error, c, p->line, key, path, "longer than 4096 bytes");
+        if (r == -EBADFD)
+                return file_error(ret_error, c, p->line, key, path, "not a regular file");
+        if (r < 0) {
+                file_error(ret_error, c, p->line, key, path, strerror(-r));
                 return r;
         }
-        n = fread(buf, 1, sizeof(buf) - 1, f);
-        if (ferror(f))
-                return file_error(ret_error, c, p->line, key, p->value + 5, "read error");
-        if (n == sizeof(buf) - 1)
-                return file_error(ret_error, c, p->line, key, p->value + 5,
-                                  "longer than 4096 bytes");
+        /* A device tree property such as /proc/device-tree/serial-number is a C string: its
+         * one terminating NUL is not part of the value. */
+        if (n > 0 && buf[n - 1] == '\0')
+                n--;
         if (memchr(buf, '\0', n))
-                return file_error(ret_error, c, p->line, key, p->value + 5, "contains NUL");
-        buf[n] = '\0';
+                return file_error(ret_error, c, p->line, key, path, "contains a NUL byte");
         strstrip(buf);
         if (!utf8_is_valid(buf, strlen(buf)))
-                return file_error(ret_error, c, p->line, key, p->value + 5, "not valid UTF-8");
-        v = strdup(buf);
-        if (!v)
-                return -ENOMEM;
-        *ret = v;
+                return file_error(ret_error, c, p->line, key, path, "not valid UTF-8");
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+int config_check_provisioning(const Config *c, char **ret_error) {
+        int r;
+
+        assert(c);
+
+        r = config_check_file(c, "provisioning.claim_cert", c->claim_cert, c->line_claim_cert,
+                              ret_error);
+        if (r < 0)
+                return r;
+        r = config_check_file(c, "provisioning.claim_key", c->claim_key, c->line_claim_key,
+                              ret_error);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->n_parameters; i++) {
+                _cleanup_free_ char *v = NULL;
+
+                r = config_parameter_resolve(c, &c->parameters[i], &v, ret_error);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }

@@ -100,3 +100,9 @@ ProvisionMethod provision_method_from_string(const char *s);
  * that file (at most 4 KiB) and trimmed. Sets *ret_error on failure. */
 int config_parameter_resolve(const Config *c, const ConfigParameter *p, char **ret,
                              char **ret_error);
+
+/* Checks what provisioning needs from the operator before it asks anything of the platform:
+ * the claim certificate and key are readable regular files, and every "file:" parameter
+ * resolves. On failure *ret_error names the first file that does not do ("FILE:LINE: key:
+ * PATH: reason"). */
+int config_check_provisioning(const Config *c, char **ret_error);

@@ -55,11 +55,14 @@ struct Delivery {
         Channel *channel; /* NULL while detached */
         uint64_t cursor;  /* last record handed to the connection */
         unsigned unflushed_acks;
+        int flush_error; /* of the last spool_flush() */
         PendingSubmit *pending; /* confirmations waiting for the next fsync */
         size_t n_pending, n_pending_alloc;
         Recent recent[RECENT_MAX]; /* a ring: recent_head, n_recent */
         size_t recent_head, n_recent, recent_bytes;
         Backoff read_backoff;
+        Backoff open_backoff;
+        sd_event_source *open_timer; /* opens a spool that could not be opened */
         sd_event_source *commit_event;
         sd_event_source *commit_timer;
         sd_event_source *ack_timer;
@@ -90,9 +93,13 @@ static int flush_acks(Delivery *d) {
 
         d->unflushed_acks = 0;
         r = spool_flush(d->spool);
-        if (r < 0)
+        /* Once per spell of failures, not once per flush: the next flush retries. */
+        if (r < 0 && d->flush_error != r)
                 log_warning_errno(r, "Failed to persist delivery state in %s, will retry: %m",
                                   d->dir);
+        else if (r >= 0 && d->flush_error < 0)
+                log_info("Delivery state in %s persisted again.", d->dir);
+        d->flush_error = MIN(r, 0);
         return r;
 }
 
@@ -353,6 +360,8 @@ int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, v
         size_t len;
         int r;
 
+        if (!d->spool)
+                return -EAGAIN; /* not opened yet: being retried */
         r = message_encode_observation(o, &json);
         if (r < 0)
                 return r;
@@ -395,6 +404,14 @@ uint64_t delivery_used_bytes(const Delivery *d) {
         return spool_used_bytes(d->spool);
 }
 
+const char *delivery_dir(const Delivery *d) {
+        return d->dir;
+}
+
+int delivery_space(const Delivery *d, StateDirSpace *ret) {
+        return spool_space(d->spool, ret);
+}
+
 /* What recovery skipped at start-up: damaged bytes in the spool, and the observations
  * that were in them. Reported at every start until the segment file is gone. */
 static void log_recovery(Delivery *d) {
@@ -435,6 +452,53 @@ static void log_recovery(Delivery *d) {
                             total - (int) n);
 }
 
+static int on_open_retry(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Opens the spool. Recovery deletes only what fails its checksum; any other error (EIO,
+ * EACCES, EMFILE, ...) proves nothing: nothing is deleted, and the spool is opened again with
+ * backoff while SubmitObservation answers that it cannot take readings. -EBUSY (another
+ * process has it) is not retried. */
+static int open_spool(Delivery *d) {
+        uint64_t delay;
+        int r;
+
+        r = spool_open(d->dir, d->max_bytes, &d->spool);
+        if (r == -EBUSY)
+                return r;
+        if (r < 0) {
+                delay = backoff_next(&d->open_backoff, random_u64());
+                log_event(LOG_ERR, LODEV_MESSAGE_SPOOL_UNREADABLE, NULL, NULL,
+                          "Cannot open the observation spool %s: %s; nothing is deleted, trying "
+                          "again in %.1f s.",
+                          d->dir, strerror(-r), (double) delay / 1e6);
+                r = event_arm_timer(d->event, &d->open_timer, delay, 0, false, on_open_retry, d,
+                                    "spool-open-retry");
+                if (r < 0)
+                        log_error_errno(r, "Failed to arm the spool retry timer: %m");
+                return 0;
+        }
+        if (backoff_attempts(&d->open_backoff) > 0)
+                log_info("Observation spool %s opened.", d->dir);
+        backoff_reset(&d->open_backoff);
+        log_recovery(d);
+        if (delivery_queued(d) > 0) {
+                log_info("%u observations queued from before.", delivery_queued(d));
+                queued_changed(d);
+        }
+        if (d->channel)
+                channel_wake(d->channel);
+        return 0;
+}
+
+static int on_open_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Delivery *d = userdata;
+
+        if (open_spool(d) == -EBUSY)
+                log_error("The observation spool %s is in use by another process; trying again "
+                          "later.", d->dir);
+        return 0;
+}
+
 int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
                  const DeliveryCallbacks *cb, void *userdata, Delivery **ret) {
         Delivery *d;
@@ -448,25 +512,25 @@ int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
         d->cb = *cb;
         d->userdata = userdata;
         backoff_init(&d->read_backoff, READ_RETRY_MIN_USEC, READ_RETRY_MAX_USEC);
+        backoff_init(&d->open_backoff, READ_RETRY_MIN_USEC, READ_RETRY_MAX_USEC);
         d->dir = strdup_printf("%s/spool", state_dir);
         if (!d->dir || topic_build(TOPIC_FHIR_INGEST, NULL, NULL, NULL, &d->topic) < 0) {
                 delivery_free(d);
                 return log_oom();
         }
-        r = spool_open(d->dir, max_bytes, &d->spool);
-        if (r < 0) {
-                log_error_errno(r, "Failed to open the observation spool %s: %m", d->dir);
-                delivery_free(d);
-                return r;
-        }
-        log_recovery(d);
         r = event_add_idle(event, &d->commit_event, on_commit, d, "spool-commit");
         if (r < 0) {
                 delivery_free(d);
                 return log_error_errno(r, "Failed to set up the commit source: %m");
         }
-        if (delivery_queued(d) > 0)
-                log_info("%u observations queued from before.", delivery_queued(d));
+        r = open_spool(d);
+        if (r == -EBUSY) {
+                /* Another lodevd has it: this one must not run. */
+                log_error_errno(r, "The observation spool %s is in use by another process: %m",
+                                d->dir);
+                delivery_free(d);
+                return r;
+        }
         *ret = d;
         return 0;
 }
@@ -482,6 +546,7 @@ Delivery *delivery_free(Delivery *d) {
         sd_event_source_disable_unref(d->ack_timer);
         sd_event_source_disable_unref(d->queued_timer);
         sd_event_source_disable_unref(d->retry_timer);
+        sd_event_source_disable_unref(d->open_timer);
         if (d->spool) {
                 int r = spool_flush(d->spool);
 

@@ -12,6 +12,7 @@
 
 #include "connection.h"
 #include "message.h"
+#include "state-dir.h"
 
 typedef struct Delivery Delivery;
 
@@ -26,6 +27,10 @@ typedef struct DeliveryCallbacks {
         void (*rejected)(const char *code, const char *message, void *userdata);
 } DeliveryCallbacks;
 
+/* Opens the spool in STATE_DIR/spool; when it cannot be opened now for an error that may pass
+ * (EIO, EACCES, EMFILE, ...), the service starts without it and opens it again with backoff
+ * (LODEV_MESSAGE_SPOOL_UNREADABLE), refusing submissions with -EAGAIN meanwhile. Fails with
+ * -EBUSY when another process holds the spool. */
 int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
                  const DeliveryCallbacks *callbacks, void *userdata, Delivery **ret);
 /* Confirms what is appended first (a confirmation promises durability), then closes the
@@ -39,8 +44,12 @@ void delivery_detach(Delivery *d);
 
 /* Appends o (already validated) and calls done() after the commit. Returns 0 when done()
  * will be called, or without calling it: -E2BIG (the encoded observation is too large),
- * -ENOSPC (spool.max_bytes reached), another negative errno. */
+ * -EDQUOT (spool.max_bytes reached), -ENOSPC (the file system is full), -EAGAIN (the spool
+ * is not open yet), another negative errno. done() may also get -ENOSPC. */
 int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, void *userdata);
 
 unsigned delivery_queued(const Delivery *d);
 uint64_t delivery_used_bytes(const Delivery *d);
+/* The spool directory, and its file system (for error messages). */
+const char *delivery_dir(const Delivery *d);
+int delivery_space(const Delivery *d, StateDirSpace *ret);

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -166,13 +167,19 @@ fail:
         return r;
 }
 
+/* Where reading a file whose size says nothing starts. */
+#define READ_FILE_CHUNK 4096U
+
 int read_file(const char *path, size_t max_len, char **ret, size_t *ret_len) {
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ char *buf = NULL;
         struct stat st;
-        size_t len = 0;
+        size_t len = 0, cap;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        assert(max_len < SIZE_MAX / 2);
+
+        /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
                 return -errno;
         if (fstat(fd, &st) < 0)
@@ -181,11 +188,30 @@ int read_file(const char *path, size_t max_len, char **ret, size_t *ret_len) {
                 return -EBADFD;
         if ((uint64_t) st.st_size > max_len)
                 return -EFBIG;
-        buf = malloc((size_t) st.st_size + 1);
+        if (fcntl(fd, F_SETFL, 0) < 0)
+                return -errno;
+        /* The size is only a first guess: files in /proc and /sys report 0 (or a page) whatever
+         * they hold, and a file may grow while it is read. What counts is what read() returns
+         * up to EOF, one byte past max_len at most. */
+        cap = MIN(st.st_size > 0 ? (size_t) st.st_size + 1 : READ_FILE_CHUNK, max_len + 1);
+        buf = malloc(cap + 1);
         if (!buf)
                 return -ENOMEM;
-        while (len <= (size_t) st.st_size) {
-                ssize_t n = read(fd, buf + len, (size_t) st.st_size + 1 - len);
+        for (;;) {
+                ssize_t n;
+
+                if (len == cap) {
+                        char *p;
+
+                        if (len > max_len)
+                                return -EFBIG;
+                        cap = MIN(cap * 2, max_len + 1);
+                        p = realloc(buf, cap + 1);
+                        if (!p)
+                                return -ENOMEM;
+                        buf = p;
+                }
+                n = read(fd, buf + len, cap - len);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -195,8 +221,6 @@ int read_file(const char *path, size_t max_len, char **ret, size_t *ret_len) {
                         break;
                 len += (size_t) n;
         }
-        if (len > (size_t) st.st_size)
-                return -EFBIG; /* grew while reading */
         buf[len] = '\0';
         *ret = TAKE_PTR(buf);
         if (ret_len)

@@ -28,8 +28,9 @@ int pwritev_full(int fd, struct iovec *iov, size_t n_iov, uint64_t offset);
  * fsync of the directory. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
-/* Reads a whole file of at most max_len bytes into a NUL-terminated buffer.
- * -EFBIG when larger. */
+/* Reads a whole regular file of at most max_len bytes into a NUL-terminated buffer, to EOF
+ * whatever its size says (pseudo-files in /proc and /sys say 0). -EFBIG when larger,
+ * -EBADFD when not a regular file. */
 int read_file(const char *path, size_t max_len, char **ret, size_t *ret_len);
 
 /* fsyncs the directory that holds path (or path itself when it is a directory). */

@@ -237,6 +237,7 @@ __attribute__((noreturn)) static void child(char *const argv[], char *const envp
                 if (sig != SIGKILL && sig != SIGSTOP)
                         (void) signal(sig, SIG_DFL);
         (void) setpgid(0, 0);
+        rlimit_nofile_restore();
 
         null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(err_fd, STDERR_FILENO) < 0)

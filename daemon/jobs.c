@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <inttypes.h>
+#include <systemd/sd-id128.h>
 #include <time.h>
 
 #include "event-util.h"
@@ -775,19 +776,22 @@ void jobs_detach(Jobs *s) {
         s->connection = NULL;
 }
 
+/* The kernel's boot id, which tells a reboot from a restart of lodevd alone (SPEC §6).
+ * libsystemd reads /proc/sys/kernel/random/boot_id to its end, as a pseudo-file needs. In
+ * the UUID form the kernel shows, as job journals written before have it. */
 static int read_boot_id(char **ret) {
-        const char *path = getenv(JOBS_BOOT_ID_ENV);
-        _cleanup_free_ char *data = NULL;
-        size_t len;
+        char s[SD_ID128_UUID_STRING_MAX];
+        sd_id128_t id;
+        char *p;
         int r;
 
-        r = read_file(path ?: "/proc/sys/kernel/random/boot_id", 128, &data, &len);
+        r = sd_id128_get_boot(&id);
         if (r < 0)
                 return r;
-        strstrip(data);
-        if (isempty(data))
-                return -EBADMSG;
-        *ret = TAKE_PTR(data);
+        p = strdup(sd_id128_to_uuid_string(id, s));
+        if (!p)
+                return -ENOMEM;
+        *ret = p;
         return 0;
 }
 

@@ -18,9 +18,6 @@
 #include "http.h"
 #include "inhibit.h"
 
-/* For tests only: a file read instead of /proc/sys/kernel/random/boot_id, so that a test can
- * simulate a reboot by changing it. Read only when the variable is set. */
-#define JOBS_BOOT_ID_ENV "LODEV_BOOT_ID_FILE"
 /* CheckJobs() callers waiting at once. */
 #define JOBS_CHECK_WAITERS_MAX 16U
 

@@ -28,7 +28,7 @@ static void help(void) {
 /* Checks what must hold before anything is written: the state directory is
  * private to lodevd, stored keys are not readable by others, the CA bundle
  * exists, and no one but its owner can write the config file, the CA bundle
- * or the claim certificate and key. Each failure names the path. */
+ * or the claim certificate and key (those that exist). Each failure names the path. */
 static int check_files(const Config *c) {
         _cleanup_free_ char *err = NULL, *key = NULL;
         int r;
@@ -65,17 +65,8 @@ static int check_files(const Config *c) {
         if (r < 0)
                 return log_error_errno(r, "%s", err);
 
-        /* Without an identity the claim certificate is what lodevd starts with. */
-        if (access(key, F_OK) < 0) {
-                r = config_check_file(c, "provisioning.claim_cert", c->claim_cert,
-                                      c->line_claim_cert, &err);
-                if (r >= 0)
-                        r = config_check_file(c, "provisioning.claim_key", c->claim_key,
-                                              c->line_claim_key, &err);
-                if (r < 0)
-                        return log_error_errno(r, "Not provisioned and no usable claim "
-                                                  "certificate: %s", err);
-        }
+        /* Missing claim files are not a start-up error: a fresh install waits for them in
+         * State "unprovisioned" (manager.c), rather than failing again at every restart. */
         return 0;
 }
 
@@ -123,6 +114,11 @@ int main(int argc, char *argv[]) {
 
         log_setup(verbose ? LOG_DEBUG : LOG_INFO, false);
         umask(0077);
+        /* The default soft limit of 1024 is within reach of a flood of calls; running out
+         * would break spool writes and reconnects. The bus bounds what callers may hold. */
+        r = rlimit_nofile_raise();
+        if (r < 0)
+                log_warning_errno(r, "Failed to raise RLIMIT_NOFILE, ignoring: %m");
         /* OpenSSL writes to the MQTT socket with write(): a peer that went
          * away must be an error to handle, not a signal that kills us. */
         signal(SIGPIPE, SIG_IGN);

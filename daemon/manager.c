@@ -232,6 +232,11 @@ static void provisioned(Identity *id, void *userdata) {
         *id = (Identity) {};
         m->identity_timer = sd_event_source_disable_unref(m->identity_timer);
         log_set_thing(m->identity.thing_name);
+        /* After log_set_thing(): the entry carries LODEV_THING, which the catalog's
+         * text for this MESSAGE_ID names. */
+        log_event(LOG_NOTICE, LODEV_MESSAGE_PROVISIONED, NULL, NULL,
+                  "Provisioned as %s (method %s, template %s).", m->identity.thing_name,
+                  provision_method_to_string(m->config.method), m->config.template_name);
         property_changed(m, "ThingName");
         set_last_error(m, "%s", "");
         provision_finished(m, m->identity.thing_name, NULL);
@@ -251,8 +256,34 @@ static const ProvisionerCallbacks provisioner_callbacks = {
         .failed = provision_failed,
 };
 
+/* What provisioning needs from the operator (the claim certificate and key, the files the
+ * parameters name) is checked before each run: on a fresh install they may come after the
+ * package. Without them the device stays unprovisioned and says which file it waits for,
+ * until a restart or a Provision call finds them; a failed start instead would only be
+ * repeated by systemd. */
+static int check_provisioning(Manager *m) {
+        _cleanup_free_ char *err = NULL;
+        int r;
+
+        r = config_check_provisioning(&m->config, &err);
+        if (r >= 0)
+                return 0;
+        log_event(LOG_ERR, LODEV_MESSAGE_CANNOT_PROVISION, NULL, NULL,
+                  "Cannot provision: %s. Provide the file, then restart lodevd or run "
+                  "\"lodevctl provision\".",
+                  err ?: strerror(-r));
+        set_last_error(m, "cannot provision: %s", err ?: strerror(-r));
+        if (!m->identity.thing_name) {
+                set_state(m, DEVICE_STATE_UNPROVISIONED);
+                (void) sd_notifyf(false, "STATUS=unprovisioned, cannot provision: %s",
+                                  err ?: strerror(-r));
+        }
+        return r;
+}
+
 int manager_provision(Manager *m, bool force, const char **ret_thing) {
         ProvisionStep step = provisioner_step(m->provisioner);
+        int r;
 
         if (m->identity.thing_name && !force && step == PROVISION_IDLE) {
                 *ret_thing = m->identity.thing_name;
@@ -261,6 +292,11 @@ int manager_provision(Manager *m, bool force, const char **ret_thing) {
         if (force && step != PROVISION_IDLE && step != PROVISION_RETRY_WAIT &&
             !provisioner_forced(m->provisioner))
                 return -EBUSY;
+        if (step == PROVISION_IDLE) {
+                r = check_provisioning(m);
+                if (r < 0)
+                        return -ENOKEY;
+        }
         if (!m->identity.thing_name)
                 set_state(m, DEVICE_STATE_PROVISIONING);
         (void) provisioner_start(m->provisioner, force);
@@ -291,6 +327,8 @@ static void load_identity(Manager *m) {
                         log_warning("The identity in %s/identity is corrupt; provisioning "
                                     "anew (it is kept until the new one has loaded).",
                                     dir);
+                if (check_provisioning(m) < 0)
+                        return;
                 set_state(m, DEVICE_STATE_PROVISIONING);
                 (void) provisioner_start(m->provisioner, false);
                 return;

@@ -84,7 +84,8 @@ int manager_reload(Manager *m);
 
 /* Provision(): 0 with *ret_thing when the device is provisioned and nothing was asked
  * for; 1 when a run is under way and the observer's provision_finished() tells its end;
- * -EBUSY when force is asked during a run started without it. */
+ * -EBUSY when force is asked during a run started without it; -ENOKEY when a file that
+ * provisioning needs is missing or unreadable (LastError names it). */
 int manager_provision(Manager *m, bool force, const char **ret_thing);
 
 const char *device_state_to_string(DeviceState s);

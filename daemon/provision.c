@@ -302,9 +302,6 @@ static void store(Provisioner *p) {
                         p->cb.failed(msg, p->userdata);
                 return;
         }
-        log_event(LOG_NOTICE, LODEV_MESSAGE_PROVISIONED, NULL, NULL,
-                  "Provisioned as %s (method %s, template %s).", id.thing_name,
-                  provision_method_to_string(p->config->method), p->config->template_name);
         clear_secrets(p);
         event_disarm(p->timer);
         p->force = false;

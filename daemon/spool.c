@@ -25,10 +25,20 @@
  * last spool_sync(); a new segment also needs its directory entry, hence the directory fsync()
  * only then. When a sync fails, its records are cut off every file they went to (even one
  * whose own fdatasync() worked: the callers are told they failed) and segments created for
- * them are deleted, before anything else is appended. Acks live in memory until spool_flush() writes the head file. A fully acked
- * segment is unlinked right away; the only ordering that matters is that the head file holds a
- * next_seq above the records of a segment before the newest segment goes, or sequence numbers
- * could repeat after a crash. */
+ * them are deleted, before anything else is appended. Acks live in memory until spool_flush()
+ * writes the head file. A fully acked segment is unlinked right away; the only ordering that
+ * matters is that sequence numbers never repeat after a crash, which recovery derives from the
+ * head file's next_seq, the records and the names of the segment files. So a segment may go
+ * without a head write while a newer segment file stays (its name is above every seq of the
+ * older one); only the newest segment needs the head file to hold a next_seq above its records
+ * first.
+ *
+ * A full file system: deleting delivered segments frees space and never needs any, and the
+ * segments that can go without a head write go first. Writing the head file (temp file,
+ * rename) needs a few blocks until the old one is freed: a preallocated "reserve" file holds
+ * them. When that write fails for lack of space the reserve is released and the write tried
+ * again; appends are refused (-ENOSPC) until the reserve could be filled again, so that new
+ * records never take the room that recording acknowledgements needs. */
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -42,6 +52,7 @@
 #include "crc32c.h"
 #include "fileio.h"
 #include "spool.h"
+#include "state-dir.h"
 #include "util.h"
 
 #define RECORD_MAGIC UINT32_C(0x3153444c) /* "LDS1" */
@@ -51,6 +62,8 @@
 #define HEAD_FIXED_SIZE 32U /* magic, version, next_seq, low, n and the trailing crc */
 #define HEAD_FILE "head"
 #define HEAD_TEMP "head.tmp"
+/* STATE_DIR_RESERVE_SIZE holds several head files of thousands of out-of-order acks; ack gaps
+ * are bounded by the messages in flight (100), so it is never short in practice. */
 
 /* Small segments let space come back soon after acks; big ones keep the number of files and
  * of directory fsyncs low. max_bytes / 16 between the two bounds does both. */
@@ -105,6 +118,7 @@ struct Spool {
         bool dir_dirty;       /* a segment file was created since the directory was last synced */
         bool acks_dirty;      /* acks since the head file was last written */
         bool cleanup_pending; /* a failed sync's records are not yet cut off the files */
+        StateDirReserve reserve;
         int dir_error;        /* a directory fsync() that failed while dir_dirty */
 
         SpoolLoss *losses; /* what recovery skipped, at most SPOOL_LOSSES_MAX */
@@ -318,13 +332,47 @@ static bool head_state_is_acked(const HeadState *h, uint64_t seq) {
                bsearch(&seq, h->acked, h->n_acked, sizeof(uint64_t), cmp_u64) != NULL;
 }
 
+/* fsync() of the directory: created segments' entries and unlinks become durable. */
+static int spool_sync_dir(Spool *s) {
+        if (spool_fsync_hook(s->dir_fd) < 0) {
+                int r = -errno;
+
+                /* The kernel may have dropped a new segment's entry and will not say so again:
+                 * the records in it are lost even if a later fsync() succeeds. */
+                if (s->dir_dirty)
+                        s->dir_error = r;
+                return r;
+        }
+        s->dir_dirty = false;
+        return 0;
+}
+
+/* Writes and syncs HEAD_TEMP; on failure it is gone. -ENOSPC for a full file system. */
+static int head_write_temp(Spool *s, const uint8_t *buf, size_t size) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        fd = openat(s->dir_fd, HEAD_TEMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                    0600);
+        if (fd < 0)
+                return state_dir_space_errno(-errno);
+        r = write_full(fd, buf, size);
+        if (r >= 0 && spool_fsync_hook(fd) < 0)
+                r = -errno;
+        if (r < 0) {
+                (void) unlinkat(s->dir_fd, HEAD_TEMP, 0);
+                return state_dir_space_errno(r);
+        }
+        return 0;
+}
+
 /* Writes the head file atomically. Also makes every directory change so far durable (created
  * and unlinked segments), since it ends with an fsync() of the directory. */
 static int spool_write_head(Spool *s) {
         _cleanup_free_ uint8_t *buf = NULL;
-        _cleanup_close_ int fd = -EBADF;
         size_t n = 0, size, j = 28;
         uint64_t low;
+        int r;
 
         low = s->start < s->n_entries ? s->entries[s->start].seq : s->next_seq;
         for (size_t i = s->start; i < s->n_entries; i++)
@@ -349,32 +397,21 @@ static int spool_write_head(Spool *s) {
                 }
         put_le32(buf + j, crc32c(0, buf, j));
 
-        fd = openat(s->dir_fd, HEAD_TEMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-                    0600);
-        if (fd < 0)
-                return -errno;
-        if (write_full(fd, buf, size) < 0 || spool_fsync_hook(fd) < 0) {
-                int r = -errno;
-
-                (void) unlinkat(s->dir_fd, HEAD_TEMP, 0);
+        r = head_write_temp(s, buf, size);
+        /* What the reserve is for: this write precedes deletions, which give the space back.
+         * Appends wait until the reserve is whole again. */
+        if (r == -ENOSPC && state_dir_reserve_release(&s->reserve))
+                r = head_write_temp(s, buf, size);
+        if (r < 0)
                 return r;
-        }
-        fd = safe_close(fd);
         if (renameat(s->dir_fd, HEAD_TEMP, s->dir_fd, HEAD_FILE) < 0) {
-                int r = -errno;
-
+                r = -errno;
                 (void) unlinkat(s->dir_fd, HEAD_TEMP, 0);
                 return r;
         }
-        if (spool_fsync_hook(s->dir_fd) < 0) {
-                int r = -errno;
-
-                /* The kernel may have dropped a new segment's entry and will not say so again:
-                 * the records in it are lost even if a later fsync() succeeds. */
-                if (s->dir_dirty)
-                        s->dir_error = r;
+        r = spool_sync_dir(s);
+        if (r < 0)
                 return r;
-        }
 
         s->persisted_next_seq = s->next_seq;
         s->acks_dirty = false;
@@ -440,41 +477,77 @@ static int segment_remove(Spool *s, size_t i) {
 }
 
 static int spool_cleanup(Spool *s);
+static void spool_retire_delivered(Spool *s);
+static void segment_finish(Spool *s);
 
 static bool segment_removable(const Spool *s, const Segment *seg) {
         return seg != s->active && seg->unacked == 0 && !seg->dirty && !seg->cut;
 }
 
-/* Deletes the segments whose records are all acknowledged. If one of them holds the highest
- * seq the head file knows of, the head file is written first, so the next start does not hand
- * out the same sequence numbers again. */
+/* Whether the newest segment file is on disk for good, so that its name tells the next start
+ * that every seq of the older segments was handed out. Syncs the directory if needed. */
+static bool newest_segment_durable(Spool *s) {
+        const Segment *newest = s->segments[s->n_segments - 1];
+
+        if (!newest->created)
+                return true;
+        if (s->dir_error < 0)
+                return false; /* an earlier failed fsync() may have dropped its entry */
+        return !s->dir_dirty || spool_sync_dir(s) >= 0;
+}
+
+/* Whether deleting removable segment i needs the head file to cover its seqs first: the
+ * newest segment file does unless next_seq is persisted; an older one only while the newest
+ * segment file cannot stand for its seqs (*durable caches newest_segment_durable()). */
+static bool segment_needs_head(Spool *s, size_t i, int *durable) {
+        const Segment *seg = s->segments[i];
+
+        if (i + 1 == s->n_segments)
+                return s->persisted_next_seq < s->next_seq;
+        if (seg->count == 0 || seg->last_seq < s->persisted_next_seq)
+                return false;
+        if (*durable < 0)
+                *durable = newest_segment_durable(s);
+        return !*durable;
+}
+
+/* Deletes the segments whose records are all acknowledged, freeing space first: the segments
+ * that need no head file go without any write, then, only if one is left that needs it, the
+ * head file is written and the rest go. */
 static int spool_gc(Spool *s) {
-        bool need_head = false;
-        int r;
+        bool freed = false;
+        int durable = -1, r = 0;
 
-        for (size_t i = 0; i < s->n_segments; i++) {
-                Segment *seg = s->segments[i];
+        /* Short of space: the delivered records of the segment being appended to are not kept
+         * until it is full. */
+        if (!s->reserve.present && s->active && s->active->unacked == 0 && s->active->count > 0)
+                segment_finish(s);
 
-                if (segment_removable(s, seg) && seg->count > 0 &&
-                    seg->last_seq >= s->persisted_next_seq)
-                        need_head = true;
-        }
-        if (need_head) {
-                r = spool_write_head(s);
-                if (r < 0)
-                        return r;
-        }
+        for (unsigned pass = 0; pass < 2 && r >= 0; pass++) {
+                bool need_head = false;
 
-        for (size_t i = 0; i < s->n_segments;) {
-                if (!segment_removable(s, s->segments[i])) {
-                        i++;
-                        continue;
+                for (size_t i = 0; i < s->n_segments;) {
+                        if (!segment_removable(s, s->segments[i]) ||
+                            (pass == 0 && segment_needs_head(s, i, &durable))) {
+                                need_head = need_head || segment_removable(s, s->segments[i]);
+                                i++;
+                                continue;
+                        }
+                        r = segment_remove(s, i);
+                        if (r < 0)
+                                break;
+                        freed = true;
                 }
-                r = segment_remove(s, i);
-                if (r < 0)
-                        return r;
+                if (r >= 0 && pass == 0 && need_head)
+                        r = spool_write_head(s);
+                else if (pass == 0)
+                        break;
         }
-        return 0;
+
+        /* Best effort: appends try again, and fail while it is missing. */
+        if (freed)
+                (void) state_dir_reserve_fill(&s->reserve);
+        return r;
 }
 
 /* Checks for a whole, valid record at offset whose seq lies in [min_seq, seq_limit): 1 with
@@ -730,7 +803,12 @@ static int spool_recover(Spool *s, const HeadState *h) {
                         return r;
         }
 
+        /* A segment file's name is the seq of its first record, handed out even when the
+         * record never made it into the file. */
         s->next_seq = MAX(MAX(h->next_seq, last_seq + 1), (uint64_t) 1);
+        if (n > 0)
+                s->next_seq = MAX(s->next_seq, firsts[n - 1]);
+        s->persisted_next_seq = h->next_seq;
         s->synced_seq = s->next_seq - 1;
         entries_pop_acked(s);
         return 0;
@@ -739,41 +817,25 @@ static int spool_recover(Spool *s, const HeadState *h) {
 int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
         _cleanup_(head_state_done) HeadState h = {};
         Spool *s;
-        bool created = false;
         int r;
 
         if (!dir || !ret || max_bytes <= RECORD_HEADER_SIZE)
                 return -EINVAL;
 
-        if (mkdir(dir, 0700) >= 0)
-                created = true;
-        else if (errno != EEXIST)
-                return -errno;
-        if (created) {
-                /* The promise of durability includes the directory itself. */
-                r = fsync_parent_directory(dir);
-                if (r < 0)
-                        return r;
-        }
-
         s = calloc(1, sizeof(Spool));
         if (!s)
                 return -ENOMEM;
-        s->dir_fd = -EBADF;
         s->read_fd = -EBADF;
         s->max_bytes = max_bytes;
         s->segment_target = MIN(MAX(max_bytes / 16, (uint64_t) SEGMENT_SIZE_MIN),
                                 (uint64_t) SEGMENT_SIZE_MAX);
 
-        s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        s->dir_fd = state_dir_open(dir);
         if (s->dir_fd < 0) {
-                r = -errno;
+                r = s->dir_fd;
                 goto fail;
         }
-        if (flock(s->dir_fd, LOCK_EX | LOCK_NB) < 0) {
-                r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-                goto fail;
-        }
+        s->reserve.dir_fd = s->dir_fd;
 
         r = head_load(s, &h);
         if (r < 0)
@@ -781,14 +843,17 @@ int spool_open(const char *dir, uint64_t max_bytes, Spool **ret) {
         r = spool_recover(s, &h);
         if (r < 0)
                 goto fail;
+        /* Missing after a release, or on a full disk: appends wait for it. */
+        (void) state_dir_reserve_fill(&s->reserve);
 
-        /* Always rewrite the head: it records next_seq and drops acks of records that are
-         * gone, before spool_gc() deletes what was fully acknowledged. */
+        /* Rewrite the head: it records next_seq and drops acks of records that are gone. On a
+         * full file system without a reserve it cannot be written; spool_gc() then deletes only
+         * what needs no head file, and a later flush writes it. */
         r = spool_write_head(s);
-        if (r < 0)
+        if (r < 0 && r != -ENOSPC)
                 goto fail;
         r = spool_gc(s);
-        if (r < 0)
+        if (r < 0 && r != -ENOSPC)
                 goto fail;
 
         s->ready = true;
@@ -864,10 +929,21 @@ static void segment_finish(Spool *s) {
                 seg->wfd = safe_close(seg->wfd);
 }
 
+/* Room is short: when the segment being appended to holds only delivered records, it stops
+ * taking appends and goes, rather than waiting until it is full. */
+static void spool_retire_delivered(Spool *s) {
+        if (!s->active || s->active->unacked > 0 || s->active->count == 0)
+                return;
+        segment_finish(s);
+        (void) spool_gc(s);
+}
+
+
 int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
         uint8_t header[RECORD_HEADER_SIZE];
         struct iovec iov[2];
         uint64_t size;
+        bool was_dirty;
         Segment *seg;
         int r;
 
@@ -884,13 +960,18 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
                 return r;
         size = RECORD_HEADER_SIZE + len;
 
-        if (s->used_bytes + size > s->max_bytes && s->active && s->active->unacked == 0) {
-                /* The active segment holds only delivered records: retire it to make room. */
-                segment_finish(s);
-                (void) spool_gc(s);
-        }
         if (s->used_bytes + size > s->max_bytes)
-                return -ENOSPC;
+                spool_retire_delivered(s);
+        if (s->used_bytes + size > s->max_bytes)
+                return -EDQUOT;
+        /* The room that recording acknowledgements needs is not for new records. */
+        r = state_dir_reserve_fill(&s->reserve);
+        if (r == -ENOSPC) {
+                spool_retire_delivered(s);
+                r = state_dir_reserve_fill(&s->reserve);
+        }
+        if (r < 0)
+                return r;
 
         if (s->active && s->active->size > 0 && s->active->size + size > s->segment_target) {
                 Segment *full = s->active;
@@ -903,7 +984,7 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
         if (!s->active) {
                 r = segment_create(s);
                 if (r < 0)
-                        return r;
+                        return state_dir_space_errno(r);
         }
         seg = s->active;
 
@@ -914,11 +995,17 @@ int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq) {
         record_header(header, s->next_seq, data, (uint32_t) len);
         iov[0] = (struct iovec) { .iov_base = header, .iov_len = sizeof(header) };
         iov[1] = (struct iovec) { .iov_base = (void *) data, .iov_len = len };
+        was_dirty = seg->dirty;
         seg->dirty = true;
         r = pwritev_full(seg->wfd, iov, len > 0 ? 2 : 1, seg->size);
         if (r < 0) {
-                /* Leave no partial record behind for the next append to follow. */
+                /* Leave no partial record behind for the next append to follow. Recovery cuts
+                 * it off too, should this not last, so nothing new needs a sync. */
                 (void) ftruncate(seg->wfd, (off_t) seg->size);
+                seg->dirty = was_dirty;
+                r = state_dir_space_errno(r);
+                if (r == -ENOSPC)
+                        spool_retire_delivered(s);
                 return r;
         }
 
@@ -973,9 +1060,9 @@ static void spool_discard_unsynced(Spool *s) {
 
 /* Cuts the records of a failed sync off the files, durably: their callers were told they
  * failed, so no restart may bring them back. Each segment written since the last good sync
- * goes back to its synced length; one created since is then deleted; the head file records
- * next_seq so the discarded seqs stay used, and its directory fsync() makes the deletions
- * durable. Idempotent; until it succeeds the spool takes no appends. */
+ * goes back to its synced length (fsynced); the head file records next_seq so the discarded
+ * seqs stay used; then a segment created since, empty by now, is deleted. Idempotent; until
+ * it succeeds the spool takes no appends. */
 static int spool_cleanup(Spool *s) {
         int r;
 
@@ -1008,6 +1095,13 @@ static int spool_cleanup(Spool *s) {
                 seg->cut = false;
         }
 
+        /* next_seq first: the created segments may be what tells the next start that older
+         * segments' seqs were handed out (see spool_gc()). Their files are empty by now, so
+         * their deletion need not be durable. */
+        r = spool_write_head(s);
+        if (r < 0)
+                return r;
+
         for (size_t i = 0; i < s->n_segments;) {
                 Segment *seg = s->segments[i];
 
@@ -1019,10 +1113,6 @@ static int spool_cleanup(Spool *s) {
                 if (r < 0)
                         return r;
         }
-
-        r = spool_write_head(s);
-        if (r < 0)
-                return r;
 
         /* The segments whose entries a failed directory fsync() may have lost are gone. */
         s->dir_error = 0;
@@ -1166,7 +1256,7 @@ int spool_ack(Spool *s, uint64_t seq) {
         entries_pop_acked(s);
 
         /* The ack is done; if deleting the segment fails, spool_flush() retries and reports. */
-        if (segment_removable(s, seg))
+        if (segment_removable(s, seg) || (seg == s->active && !s->reserve.present))
                 (void) spool_gc(s);
         return 0;
 }
@@ -1198,4 +1288,10 @@ uint64_t spool_pending_count(const Spool *s) {
 
 uint64_t spool_used_bytes(const Spool *s) {
         return s ? s->used_bytes : 0;
+}
+
+int spool_space(const Spool *s, StateDirSpace *ret) {
+        if (!s || !ret)
+                return -EINVAL;
+        return state_dir_space(s->dir_fd, ret);
 }

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "state-dir.h"
+
 /* Largest payload of one record. Observations are at most 128 KiB on the wire. */
 #define SPOOL_RECORD_MAX (1024U * 1024U)
 
@@ -40,14 +42,19 @@ typedef struct SpoolLoss {
         bool tail; /* the damage ran to the end of the file, which was cut there */
 } SpoolLoss;
 
-/* Opens the spool in dir, creating the directory with mode 0700 if it is missing (its
- * parent must exist), and recovers: acknowledged records are dropped, fully acknowledged
+/* Opens the spool in dir (state_dir_open(): created with mode 0700 when missing, refused when
+ * others may access it, locked), and recovers: acknowledged records are dropped, fully acknowledged
  * segments are deleted, and bytes that hold no whole, valid record are skipped: recovery goes
  * on at the next valid record, and damage that runs to the end of a segment (the torn tail of
  * a crash) is cut off the file. spool_recovery_losses() tells what was skipped. Sequence
  * numbers handed out later are above any that the damaged bytes may have held.
- * max_bytes bounds the size of the segment files. -EBUSY when another process has the spool
- * open, -ENOTDIR, -EACCES, ... */
+ * max_bytes bounds the size of the segment files.
+ *
+ * A full file system never stops acknowledged records from being deleted: the spool keeps a
+ * preallocated "reserve" file (64 KiB, not counted in max_bytes) that it gives up when the head
+ * file cannot otherwise be written, and takes no appends until it could fill it again. Opening
+ * works on a full file system too. -EBUSY when another process has the spool open, -EPERM,
+ * -ENOTDIR, -EACCES, ... */
 int spool_open(const char *dir, uint64_t max_bytes, Spool **ret);
 
 /* What spool_open() found damaged, in file order: *ret points to *ret_n entries owned by the
@@ -64,9 +71,11 @@ Spool *spool_free(Spool *s);
 /* Appends one record and returns its sequence number in ret_seq (may be NULL). The record is
  * written to the page cache only: it is neither durable nor visible to spool_next(),
  * spool_read() and spool_ack() before spool_sync(). -E2BIG when the record can never fit
- * (len > SPOOL_RECORD_MAX or larger than max_bytes), -ENOSPC when it does not fit now: wait
- * for acknowledgements. While the records of a failed spool_sync() could not yet be removed
- * from the files, it tries again and fails with that error. Other errors come from write(). */
+ * (len > SPOOL_RECORD_MAX or larger than max_bytes), -EDQUOT when max_bytes is used up now:
+ * wait for acknowledgements. -ENOSPC when the file system is full (a disk quota included),
+ * also while the spool's reserve (see spool_open()) is missing. While the records of a failed
+ * spool_sync() could not yet be removed from the files, it tries again and fails with that
+ * error. Other errors come from write(). */
 int spool_append(Spool *s, const void *data, size_t len, uint64_t *ret_seq);
 
 /* Makes every appended record durable: one fdatasync() of the segment being written (plus
@@ -109,6 +118,9 @@ uint64_t spool_pending_count(const Spool *s);
 /* Bytes of the segment files, the figure max_bytes bounds. Acknowledged records still count
  * until their segment is deleted; the small head file is not counted. */
 uint64_t spool_used_bytes(const Spool *s);
+
+/* The file system holding the spool: free bytes, mount point, type. */
+int spool_space(const Spool *s, StateDirSpace *ret);
 
 /* For tests: the calls spool.c makes durable with, so that a test can make them fail.
  * fdatasync() of segment files in spool_sync(), fsync() everywhere else. */

@@ -4,13 +4,16 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <linux/magic.h>
+#include <poll.h>
 #include <stdarg.h>
-#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 
 #include "fileio.h"
 #include "json-util.h"
+#include "state-dir.h"
 #include "transfer-store.h"
 #include "util.h"
 
@@ -24,6 +27,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free);
 struct TransferStore {
         char *dir;
         int dir_fd;
+        /* For the writes that precede an upload (the attempt count), so that a full disk
+         * never stops the uploads that free it; see state-dir.h. */
+        StateDirReserve reserve;
         uint64_t max_bytes;
         uint64_t committed_bytes; /* committed transfers, overhead included */
         uint64_t reserved_bytes;  /* copies in progress, overhead included */
@@ -34,6 +40,7 @@ struct TransferStore {
 
         TransferStoreIssue *issues;
         size_t n_issues;
+        char *failed_file; /* what transfer_store_open() could not read */
 
         TransferCopy *copies; /* in progress, so that freeing the store can detach them */
 };
@@ -45,10 +52,15 @@ struct TransferCopy {
         char id[TRANSFER_ID_LEN + 1];
         char *file_name;
         char *content_type;
+        uid_t uid;
         int src_fd;
         int dst_fd;
-        uint64_t size;
+        uint64_t size;   /* known at begin, or at the end of a pseudo-file */
+        uint64_t limit;  /* the most a pseudo-file may hold */
+        uint64_t charge; /* what the copy holds of the budget */
         uint64_t done;
+        bool pseudo; /* /proc, /sys and the like: no size until read to the end */
+        bool at_end; /* a pseudo-file read to its end */
         bool use_copy_file_range;
         bool committed;
         int error; /* sticky: a failed copy can only be freed */
@@ -183,7 +195,9 @@ static int metadata_encode(const Transfer *t, char **ret) {
             json_add(o, "contentType", json_object_new_string(t->content_type)) < 0 ||
             json_add(o, "size", json_object_new_int64((int64_t) t->size)) < 0 ||
             json_add(o, "created", json_object_new_int64((int64_t) t->created_usec)) < 0 ||
-            json_add(o, "attempts", json_object_new_int64(t->attempts)) < 0)
+            json_add(o, "attempts", json_object_new_int64(t->attempts)) < 0 ||
+            (t->uid != TRANSFER_UID_UNKNOWN &&
+             json_add(o, "uid", json_object_new_int64((int64_t) t->uid)) < 0))
                 return -ENOMEM;
 
         text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
@@ -224,6 +238,7 @@ static int metadata_decode(const char *text, size_t len, Transfer **ret, const c
         _cleanup_(transfer_freep) Transfer *t = NULL;
         const char *id, *name, *type;
         uint64_t attempts;
+        int64_t uid;
 
         if (!tok)
                 return -ENOMEM;
@@ -256,6 +271,10 @@ static int metadata_decode(const char *text, size_t len, Transfer **ret, const c
         if (json_get_u64(o, "attempts", UINT_MAX, &attempts) < 0)
                 return set_reason(ret_reason, "metadata has no valid attempts", -EBADMSG);
         t->attempts = (unsigned) attempts;
+        /* Absent in transfers from before owners were recorded: those only root may cancel. */
+        if (json_member_integer(o, "uid", 0, (int64_t) UINT32_MAX - 1, -1, &uid) < 0)
+                return set_reason(ret_reason, "metadata has no valid uid", -EBADMSG);
+        t->uid = uid < 0 ? TRANSFER_UID_UNKNOWN : (uid_t) uid;
         t->file_name = strdup(name);
         t->content_type = strdup(type);
         if (!t->file_name || !t->content_type)
@@ -336,6 +355,13 @@ static int store_add_issue(TransferStore *s, const char *file, bool lost, const 
         return 0;
 }
 
+/* Remembers which file a failed open could not read, for the caller's message. */
+static int store_fail(TransferStore *s, const char *file, int r) {
+        if (!s->failed_file)
+                s->failed_file = strdup(file);
+        return r;
+}
+
 /* Splits "<id>.<suffix>" and returns suffix, or NULL when name is not of that form. */
 static const char *entry_suffix(const char *name, char id[static TRANSFER_ID_LEN + 1]) {
         if (strlen(name) <= TRANSFER_ID_LEN + 1 || name[TRANSFER_ID_LEN] != '.')
@@ -347,8 +373,12 @@ static const char *entry_suffix(const char *name, char id[static TRANSFER_ID_LEN
         return name + TRANSFER_ID_LEN + 1;
 }
 
-/* Loads <id>.json and checks it against <id>.data. A transfer that does not hold together
- * is deleted: it cannot be uploaded as what the caller asked for. */
+/* Loads <id>.json and checks it against <id>.data. A transfer is deleted only when it is
+ * proven not to hold together: metadata that decodes to something invalid (or is larger than
+ * any we write), that names another id, or a data file that is missing, not a regular file or
+ * of another size; it cannot be uploaded as what the caller asked for. Any other error (EIO,
+ * EMFILE, EACCES, ENOMEM, ...) says nothing about the transfer: the load fails with it, and
+ * every file stays for the next try. */
 static int store_load_one(TransferStore *s, const char *id) {
         _cleanup_(transfer_freep) Transfer *t = NULL;
         _cleanup_free_ char *path = NULL, *text = NULL;
@@ -365,10 +395,10 @@ static int store_load_one(TransferStore *s, const char *id) {
                 return -ENOMEM;
 
         r = read_file(path, METADATA_SIZE_MAX, &text, &len);
-        if (r == -ENOMEM)
-                return r;
-        if (r < 0)
-                reason = "metadata cannot be read";
+        if (r == -EFBIG)
+                reason = "metadata is larger than any this store writes";
+        else if (r < 0)
+                return store_fail(s, json_name, r);
         else {
                 r = metadata_decode(text, len, &t, &reason);
                 if (r == -ENOMEM)
@@ -379,7 +409,7 @@ static int store_load_one(TransferStore *s, const char *id) {
         if (!reason) {
                 if (fstatat(s->dir_fd, data_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                         if (errno != ENOENT)
-                                return -errno;
+                                return store_fail(s, data_name, -errno);
                         reason = "data file is missing";
                 } else if (!S_ISREG(st.st_mode))
                         reason = "data file is not a regular file";
@@ -390,10 +420,10 @@ static int store_load_one(TransferStore *s, const char *id) {
         if (reason) {
                 r = unlink_in(s->dir_fd, json_name);
                 if (r < 0)
-                        return r;
+                        return store_fail(s, json_name, r);
                 r = unlink_in(s->dir_fd, data_name);
                 if (r < 0)
-                        return r;
+                        return store_fail(s, data_name, r);
                 return store_add_issue(s, json_name, true, "%s, transfer %s deleted", reason, id);
         }
 
@@ -483,7 +513,7 @@ static int store_recover(TransferStore *s) {
 
         r = store_list_names(s, &names);
         if (r < 0)
-                return r;
+                return store_fail(s, ".", r);
 
         /* Committed transfers first, so that the data files left over are known to be
          * copies that never finished. */
@@ -494,7 +524,7 @@ static int store_recover(TransferStore *s) {
                         continue;
                 r = is_regular_at(s->dir_fd, *n);
                 if (r < 0)
-                        return r;
+                        return store_fail(s, *n, r);
                 if (r == 0)
                         continue; /* reported below */
                 r = store_load_one(s, id);
@@ -505,9 +535,11 @@ static int store_recover(TransferStore *s) {
         for (char **n = names; *n; n++) {
                 const char *suffix = entry_suffix(*n, id);
 
+                if (streq(*n, STATE_DIR_RESERVE_FILE))
+                        continue;
                 r = is_regular_at(s->dir_fd, *n);
                 if (r < 0)
-                        return r;
+                        return store_fail(s, *n, r);
                 if (r == 0) {
                         /* Gone (deleted with its broken metadata), or something we never
                          * create: a directory, a symbolic link. Never follow or remove it. */
@@ -521,13 +553,13 @@ static int store_recover(TransferStore *s) {
                                 continue;
                         r = unlink_in(s->dir_fd, *n);
                         if (r < 0)
-                                return r;
+                                return store_fail(s, *n, r);
                         r = store_add_issue(s, *n, false, "copy never committed, deleted");
                 } else if (suffix && strncmp(suffix, "json.tmp.", 9) == 0) {
                         /* write_file_atomic() interrupted before its rename. */
                         r = unlink_in(s->dir_fd, *n);
                         if (r < 0)
-                                return r;
+                                return store_fail(s, *n, r);
                         r = store_add_issue(s, *n, false, "temporary file, deleted");
                 } else
                         r = store_add_issue(s, *n, false, "unknown file, left alone");
@@ -540,21 +572,17 @@ static int store_recover(TransferStore *s) {
 
         /* Make the deletions durable before anything new is written next to them. */
         if (fsync(s->dir_fd) < 0)
-                return -errno;
+                return store_fail(s, ".", -errno);
         return 0;
 }
 
-int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret) {
-        _cleanup_close_ int parent_fd = -EBADF;
+int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret,
+                        char **ret_failed_file) {
         TransferStore *s;
         int r;
 
         if (isempty(dir) || !ret)
                 return -EINVAL;
-
-        r = mkdir_private(dir);
-        if (r < 0)
-                return r;
 
         s = calloc(1, sizeof(TransferStore));
         if (!s)
@@ -568,32 +596,25 @@ int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret
                 goto fail;
         }
 
-        s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        s->dir_fd = state_dir_open(dir);
         if (s->dir_fd < 0) {
-                r = -errno;
+                r = store_fail(s, ".", s->dir_fd);
                 goto fail;
         }
-        if (flock(s->dir_fd, LOCK_EX | LOCK_NB) < 0) {
-                r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-                goto fail;
-        }
-
-        /* The directory may have just been created: its entry must be durable before any
-         * transfer inside it is promised. */
-        parent_fd = openat(s->dir_fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (parent_fd < 0 || fsync(parent_fd) < 0) {
-                r = -errno;
-                goto fail;
-        }
+        s->reserve.dir_fd = s->dir_fd;
 
         r = store_recover(s);
         if (r < 0)
                 goto fail;
+        /* On a full disk it is taken again as transfers leave. */
+        (void) state_dir_reserve_fill(&s->reserve);
 
         *ret = s;
         return 0;
 
 fail:
+        if (ret_failed_file)
+                *ret_failed_file = TAKE_PTR(s->failed_file);
         transfer_store_free(s);
         return r;
 }
@@ -608,7 +629,7 @@ static void copy_unlink(TransferCopy *c) {
         if (c->next)
                 c->next->prev = c->prev;
         c->prev = c->next = NULL;
-        s->reserved_bytes -= transfer_charge(c->size);
+        s->reserved_bytes -= c->charge;
         c->store = NULL;
 }
 
@@ -644,6 +665,7 @@ TransferStore *transfer_store_free(TransferStore *s) {
                 free(s->issues[i].message);
         }
         free(s->issues);
+        free(s->failed_file);
         safe_close(s->dir_fd);
         free(s->dir);
         free(s);
@@ -665,6 +687,14 @@ uint64_t transfer_store_used_bytes(const TransferStore *s) {
 
 uint64_t transfer_store_max_bytes(const TransferStore *s) {
         return s->max_bytes;
+}
+
+int transfer_store_space(const TransferStore *s, StateDirSpace *ret) {
+        return state_dir_space(s->dir_fd, ret);
+}
+
+const char *transfer_store_dir(const TransferStore *s) {
+        return s->dir;
 }
 
 const Transfer *transfer_store_nth(const TransferStore *s, size_t i) {
@@ -704,6 +734,7 @@ int transfer_store_remove(TransferStore *s, const char *id) {
         memmove(s->transfers + i, s->transfers + i + 1,
                 (s->n_transfers - (size_t) i - 1) * sizeof(Transfer *));
         s->n_transfers--;
+        (void) state_dir_reserve_fill(&s->reserve);
         return 0;
 }
 
@@ -718,7 +749,17 @@ int transfer_store_mark_uploading(TransferStore *s, const char *id) {
         if (t->attempts == UINT_MAX)
                 return -EOVERFLOW;
         t->attempts++;
-        r = transfer_write_metadata(s, t);
+        r = state_dir_space_errno(transfer_write_metadata(s, t));
+        /* What the reserve is for: the upload that follows frees space. New files wait until
+         * it is whole again. */
+        if (r == -ENOSPC && state_dir_reserve_release(&s->reserve))
+                r = state_dir_space_errno(transfer_write_metadata(s, t));
+        if (r == -ENOSPC) {
+                /* Still no room: the upload goes ahead all the same, counted in memory only,
+                 * since it is what gives space back. */
+                t->state = TRANSFER_UPLOADING;
+                return 1;
+        }
         if (r < 0) {
                 t->attempts--;
                 return r;
@@ -774,15 +815,45 @@ static const char *file_type_reason(mode_t mode) {
         }
 }
 
+#ifndef CONFIGFS_MAGIC
+#define CONFIGFS_MAGIC 0x62656570 /* not in every <linux/magic.h> */
+#endif
+
+/* Kernel file systems whose files say nothing true about their size in stat(): /proc files
+ * show 0 bytes, sysfs attributes 4096, whatever they hold. They are read to the end. */
+static bool is_pseudo_fs(int fd) {
+        struct statfs sf;
+
+        if (fstatfs(fd, &sf) < 0)
+                return false;
+        switch ((unsigned long) sf.f_type) {
+        case PROC_SUPER_MAGIC:
+        case SYSFS_MAGIC:
+        case DEBUGFS_MAGIC:
+        case TRACEFS_MAGIC:
+        case SECURITYFS_MAGIC:
+        case CONFIGFS_MAGIC:
+        case CGROUP_SUPER_MAGIC:
+        case CGROUP2_SUPER_MAGIC:
+        case EFIVARFS_MAGIC:
+                return true;
+        default:
+                return false;
+        }
+}
+
 int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
-                        const char *content_type, TransferCopy **ret, const char **ret_reason) {
+                        const char *content_type, uid_t uid, TransferCopy **ret,
+                        const char **ret_reason) {
 
         _cleanup_close_ int src = -EBADF, dst = -EBADF;
         _cleanup_free_ char *name_copy = NULL, *type_copy = NULL;
         TransferCopy *c;
         char id[TRANSFER_ID_LEN + 1], name[64];
+        StateDirSpace space;
         struct stat st;
-        uint64_t size;
+        uint64_t size = 0, limit = 0, charge, room;
+        bool pseudo;
         int flags, r;
 
         assert(s);
@@ -810,19 +881,50 @@ int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
         if ((flags & O_ACCMODE) == O_WRONLY)
                 return set_reason(ret_reason, "file descriptor is not open for reading", -EBADF);
 
-        size = (uint64_t) st.st_size;
-        if (size > TRANSFER_SIZE_MAX)
+        room = s->max_bytes - MIN(transfer_store_used_bytes(s), s->max_bytes);
+        pseudo = is_pseudo_fs(src_fd);
+        if (pseudo) {
+                /* Its size shows once it is read: hold what it may take, at most the room
+                 * left, and settle at the end. */
+                if (room < transfer_charge(1))
+                        return set_reason(ret_reason,
+                                          "the transfer queue is full, try again after uploads "
+                                          "finish",
+                                          -EDQUOT);
+                limit = MIN(room - TRANSFER_OVERHEAD_BYTES, (uint64_t) TRANSFER_PSEUDO_FILE_MAX);
+                charge = transfer_charge(limit);
+        } else {
+                size = (uint64_t) st.st_size;
+                if (size > TRANSFER_SIZE_MAX)
+                        return set_reason(ret_reason,
+                                          "file is larger than 5 GiB, the most one upload can "
+                                          "carry",
+                                          -EFBIG);
+                if (transfer_charge(size) > s->max_bytes)
+                        return set_reason(ret_reason,
+                                          "file is larger than the transfer queue "
+                                          "(transfers.max_bytes)",
+                                          -E2BIG);
+                if (transfer_charge(size) > room)
+                        return set_reason(ret_reason,
+                                          "the transfer queue is full, try again after uploads "
+                                          "finish",
+                                          -EDQUOT);
+                charge = transfer_charge(size);
+        }
+
+        /* The disk, besides the budget: the room that a full disk needs to let uploads free
+         * it comes first, then the file must fit in what is free. */
+        r = state_dir_reserve_fill(&s->reserve);
+        if (r < 0)
                 return set_reason(ret_reason,
-                                  "file is larger than 5 GiB, the most one upload can carry",
-                                  -EFBIG);
-        if (transfer_charge(size) > s->max_bytes)
-                return set_reason(ret_reason,
-                                  "file is larger than the transfer queue (transfers.max_bytes)",
-                                  -EFBIG);
-        if (transfer_charge(size) > s->max_bytes - MIN(transfer_store_used_bytes(s), s->max_bytes))
-                return set_reason(ret_reason,
-                                  "the transfer queue is full, try again after uploads finish",
-                                  -ENOSPC);
+                                  r == -ENOSPC ? "not enough free disk space for the file" : NULL,
+                                  r);
+        r = state_dir_space(s->dir_fd, &space);
+        if (r < 0)
+                return set_reason(ret_reason, NULL, r);
+        if (space.free_bytes < transfer_charge(size))
+                return set_reason(ret_reason, "not enough free disk space for the file", -ENOSPC);
 
         name_copy = strdup(file_name);
         type_copy = strdup(content_type);
@@ -844,15 +946,19 @@ int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
                              O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
                 if (dst >= 0)
                         break;
-                if (errno != EEXIST || attempt >= 3)
-                        return set_reason(ret_reason, NULL, -errno);
+                r = state_dir_space_errno(-errno);
+                if (r != -EEXIST || attempt >= 3)
+                        return set_reason(ret_reason,
+                                          r == -ENOSPC ? "not enough free disk space for the file"
+                                                       : NULL,
+                                          r);
         }
 
         /* Claim the disk space now, so that a full disk is a clear error at once rather than
          * a failure half-way. Not every file system can (UBIFS, JFFS2): copy regardless. */
         if (size > 0 && fallocate(dst, 0, 0, (off_t) size) < 0 && errno != EOPNOTSUPP &&
             errno != ENOSYS && errno != EINVAL) {
-                r = -errno;
+                r = state_dir_space_errno(-errno);
                 (void) unlinkat(s->dir_fd, name, 0);
                 return set_reason(ret_reason,
                                   r == -ENOSPC ? "not enough free disk space for the file" : NULL,
@@ -869,16 +975,20 @@ int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
                 .next = s->copies,
                 .file_name = TAKE_PTR(name_copy),
                 .content_type = TAKE_PTR(type_copy),
+                .uid = uid,
                 .src_fd = TAKE_FD(src),
                 .dst_fd = TAKE_FD(dst),
                 .size = size,
-                .use_copy_file_range = true,
+                .limit = limit,
+                .charge = charge,
+                .pseudo = pseudo,
+                .use_copy_file_range = !pseudo,
         };
         memcpy(c->id, id, sizeof(c->id));
         if (s->copies)
                 s->copies->prev = c;
         s->copies = c;
-        s->reserved_bytes += transfer_charge(size);
+        s->reserved_bytes += charge;
 
         *ret = c;
         return set_reason(ret_reason, NULL, 0);
@@ -914,6 +1024,59 @@ static ssize_t copy_through_buffer(TransferCopy *c, size_t len) {
         return n;
 }
 
+/* A pseudo-file is read to its end, at most c->limit bytes. Its reads never block the loop:
+ * a stream that has nothing to read now (/proc/kmsg, trace_pipe) is refused rather than
+ * waited for, since it may never end. */
+static int copy_pseudo_step(TransferCopy *c, uint64_t max_chunk) {
+        uint64_t start = c->done;
+
+        if (!c->buffer) {
+                c->buffer = malloc(COPY_BUFFER_SIZE);
+                if (!c->buffer)
+                        return copy_fail(c, -ENOMEM, NULL);
+        }
+        while (c->done - start < max_chunk) {
+                struct pollfd p = { .fd = c->src_fd, .events = POLLIN };
+                size_t want = COPY_BUFFER_SIZE;
+                ssize_t n;
+                int r;
+
+                r = poll(&p, 1, 0);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r < 0)
+                        return copy_fail(c, -errno, NULL);
+                if (r == 0)
+                        return copy_fail(c, -ESPIPE,
+                                         "the file is a stream with nothing to read now (as "
+                                         "/proc/kmsg); copy it to a regular file first");
+                n = pread(c->src_fd, c->buffer, want, (off_t) c->done);
+                if (n < 0 && errno == ESPIPE)
+                        n = read(c->src_fd, c->buffer, want);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return copy_fail(c, -errno, NULL);
+                if (n == 0) {
+                        c->size = c->done;
+                        c->at_end = true;
+                        return 0;
+                }
+                if ((uint64_t) n > c->limit - c->done)
+                        return copy_fail(c, -EFBIG,
+                                         c->limit < TRANSFER_PSEUDO_FILE_MAX
+                                                 ? "the file is larger than the room left in "
+                                                   "the transfer queue"
+                                                 : "the file is larger than the 16 MiB lodevd "
+                                                   "reads from /proc, /sys and the like");
+                r = pwrite_full(c->dst_fd, c->buffer, (size_t) n, c->done);
+                if (r < 0)
+                        return copy_fail(c, state_dir_space_errno(r), NULL);
+                c->done += (uint64_t) n;
+        }
+        return 1;
+}
+
 int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
         uint64_t left, start;
 
@@ -924,6 +1087,8 @@ int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
                 return c->error;
         if (c->committed || !c->store)
                 return -ESTALE;
+        if (c->pseudo)
+                return copy_pseudo_step(c, max_chunk);
 
         start = c->done;
         left = MIN(max_chunk, c->size - c->done);
@@ -945,7 +1110,7 @@ int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
                                 continue;
                         }
                         if (n < 0)
-                                return copy_fail(c, -errno, NULL);
+                                return copy_fail(c, state_dir_space_errno(-errno), NULL);
                         if (n == 0) {
                                 /* Some file systems answer 0 rather than an error; let
                                  * pread() tell a real end of file. */
@@ -955,7 +1120,7 @@ int transfer_copy_step(TransferCopy *c, uint64_t max_chunk) {
                 } else {
                         n = copy_through_buffer(c, want);
                         if (n < 0)
-                                return copy_fail(c, (int) n, NULL);
+                                return copy_fail(c, state_dir_space_errno((int) n), NULL);
                         if (n == 0)
                                 return copy_fail(c, -ENODATA,
                                                  "the file shrank while it was being copied");
@@ -983,12 +1148,13 @@ int transfer_copy_commit(TransferCopy *c, const Transfer **ret) {
                 return c->error;
         if (c->committed || !c->store)
                 return -ESTALE;
-        if (c->done < c->size)
+        if (c->done < c->size || (c->pseudo && !c->at_end))
                 return -EBUSY;
         s = c->store;
 
         if (fsync(c->dst_fd) < 0)
-                return copy_fail(c, -errno, "the copy could not be written to disk");
+                return copy_fail(c, state_dir_space_errno(-errno),
+                                 "the copy could not be written to disk");
 
         t = calloc(1, sizeof(Transfer));
         if (!t)
@@ -1000,6 +1166,7 @@ int transfer_copy_commit(TransferCopy *c, const Transfer **ret) {
         if (!t->file_name || !t->content_type)
                 return -ENOMEM;
         t->size = c->size;
+        t->uid = c->uid;
         clock_gettime(CLOCK_REALTIME, &ts);
         t->created_usec = (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
         t->state = TRANSFER_QUEUED;
@@ -1010,7 +1177,8 @@ int transfer_copy_commit(TransferCopy *c, const Transfer **ret) {
                 return r;
         r = transfer_write_metadata(s, t);
         if (r < 0)
-                return copy_fail(c, r, "the transfer record could not be written to disk");
+                return copy_fail(c, state_dir_space_errno(r),
+                                 "the transfer record could not be written to disk");
 
         c->src_fd = safe_close(c->src_fd);
         c->dst_fd = safe_close(c->dst_fd);

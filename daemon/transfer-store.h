@@ -25,6 +25,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+
+#include "state-dir.h"
 
 /* One presigned S3 PUT carries at most 5 GiB. */
 #define TRANSFER_SIZE_MAX (UINT64_C(5) * 1024 * 1024 * 1024)
@@ -35,6 +38,10 @@
 /* What each transfer costs the budget besides its bytes: its metadata file and the inodes.
  * It also bounds the number of transfers, empty files included. */
 #define TRANSFER_OVERHEAD_BYTES 4096U
+/* The most read from a file of /proc, /sys and the like, whose size stat() does not tell. */
+#define TRANSFER_PSEUDO_FILE_MAX (UINT64_C(16) * 1024 * 1024)
+/* The owner of a transfer spooled before owners were recorded: only root may cancel it. */
+#define TRANSFER_UID_UNKNOWN ((uid_t) -1)
 
 typedef enum TransferState {
         TRANSFER_QUEUED,    /* waiting for a link and a PUT */
@@ -56,6 +63,7 @@ typedef struct Transfer {
         uint64_t size;         /* bytes of the data file */
         uint64_t created_usec; /* CLOCK_REALTIME at commit, for display only */
         unsigned attempts;     /* upload attempts started, durable */
+        uid_t uid;             /* who spooled it (may cancel it), TRANSFER_UID_UNKNOWN */
         TransferState state;   /* not persisted: TRANSFER_QUEUED after open */
 } Transfer;
 
@@ -69,14 +77,21 @@ typedef struct TransferStoreIssue {
 typedef struct TransferStore TransferStore;
 typedef struct TransferCopy TransferCopy;
 
-/* Opens the spool in dir, creating it with mode 0700 (parents 0755) when missing, and
- * recovers: copies that never committed and temp files are deleted; a transfer whose
- * metadata is unreadable, invalid or disagrees with its data file is deleted and reported in
- * transfer_store_issues(); unknown files are left alone and reported. max_bytes bounds the
- * bytes of all transfers, committed and being copied, plus TRANSFER_OVERHEAD_BYTES each;
- * transfers recovered at open are kept even if they exceed it. -EBUSY when another process
- * has the spool open, -EPERM when dir is accessible by others or owned by another user. */
-int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret);
+/* Opens the spool in dir (state_dir_open(): created with mode 0700 when missing, locked) and
+ * recovers: copies that never committed and temp files are deleted; a transfer proven not to
+ * hold together (metadata that decodes to something invalid, names another id or is larger
+ * than any written here; a data file missing, not regular or of another size) is deleted and
+ * reported in transfer_store_issues(); unknown files are left alone and reported. Any other
+ * error reading a transfer (-EIO, -EMFILE, -EACCES, ...) proves nothing: the open fails with
+ * it, nothing is deleted, and *ret_failed_file (may be NULL; free it) names the file it could
+ * not read, relative to dir ("." for the directory itself). max_bytes bounds the bytes of all
+ * transfers, committed and being copied, plus TRANSFER_OVERHEAD_BYTES each; transfers
+ * recovered at open are kept even if they exceed it. The store keeps a 64 KiB "reserve" file
+ * for the writes an upload needs on a full disk (see state-dir.h). -EBUSY when another
+ * process has the spool open, -EPERM when dir is accessible by others or owned by another
+ * user. */
+int transfer_store_open(const char *dir, uint64_t max_bytes, TransferStore **ret,
+                        char **ret_failed_file);
 
 /* Closes the spool. Copies still in progress are abandoned (their files removed) and
  * detached: they fail with -ESTALE and must still be freed. NULL-safe; returns NULL. */
@@ -91,6 +106,9 @@ size_t transfer_store_count(const TransferStore *s);
  * TRANSFER_OVERHEAD_BYTES. */
 uint64_t transfer_store_used_bytes(const TransferStore *s);
 uint64_t transfer_store_max_bytes(const TransferStore *s);
+/* The file system holding the spool, for messages about a full disk. */
+int transfer_store_space(const TransferStore *s, StateDirSpace *ret);
+const char *transfer_store_dir(const TransferStore *s);
 
 /* The i-th committed transfer in creation order, NULL past the end. Removing a transfer
  * shifts those after it. */
@@ -104,7 +122,10 @@ const Transfer *transfer_store_find(const TransferStore *s, const char *id);
 int transfer_store_remove(TransferStore *s, const char *id);
 
 /* An upload attempt starts: attempts + 1, made durable before returning, so a crash during
- * the upload still counts; state becomes TRANSFER_UPLOADING. On failure nothing changes. */
+ * the upload still counts; state becomes TRANSFER_UPLOADING. On a full disk the reserve is
+ * given up for that write; when even that does not do, the attempt is counted in memory only
+ * and 1 is returned: the upload goes ahead, since it is what frees space. On another failure
+ * nothing changes. */
 int transfer_store_mark_uploading(TransferStore *s, const char *id);
 /* The attempt ended without success; the transfer waits again (state only, nothing is
  * written). */
@@ -127,25 +148,33 @@ int transfer_content_type_check(const char *type, const char **ret_reason);
 /* A UUID in lowercase text form, as this store hands out. */
 bool transfer_id_is_valid(const char *id);
 
-/* Starts copying the caller's open file into the spool. src_fd is duplicated (the caller
- * may close its own right away, and its file offset is never used or moved); the content
- * is read with explicit offsets, so the caller may also unlink the file. Reserves the size
- * seen now in the budget and creates the data file, preallocated where the file system
- * allows.
+/* Starts copying the caller's open file into the spool for the user uid. src_fd is duplicated
+ * (the caller may close its own right away, and its file offset is never used or moved); the
+ * content is read with explicit offsets, so the caller may also unlink the file. Reserves the
+ * size seen now in the budget and creates the data file, preallocated where the file system
+ * allows. A file of /proc, /sys, debugfs, tracefs, securityfs, configfs, cgroupfs or efivarfs,
+ * whose size stat() does not tell, is read to its end instead, at most
+ * TRANSFER_PSEUDO_FILE_MAX bytes (or the room left in the budget).
  * Errors, each with a static *ret_reason (may be NULL) fit for the caller of UploadFile:
  *   -EINVAL  invalid file name or content type; not a regular file ("(directory)",
  *            "(FIFO)", "(socket)", "(character device)", ...)
  *   -EBADF   fd opened with O_PATH or not for reading
- *   -EFBIG   larger than TRANSFER_SIZE_MAX, or than max_bytes (it can never fit)
- *   -ENOSPC  the queue is full now (or, from fallocate(), the disk is)
+ *   -EFBIG   larger than TRANSFER_SIZE_MAX: no upload can carry it
+ *   -E2BIG   larger than max_bytes: it can never fit in the queue
+ *   -EDQUOT  the queue (max_bytes) is full now
+ *   -ENOSPC  the file system is full: not enough free for the file, or for the reserve
  * and other errors from the file system (reason NULL). */
 int transfer_copy_begin(TransferStore *s, int src_fd, const char *file_name,
-                        const char *content_type, TransferCopy **ret, const char **ret_reason);
+                        const char *content_type, uid_t uid, TransferCopy **ret,
+                        const char **ret_reason);
 
 /* Copies at most max_chunk (> 0) more bytes, with copy_file_range() where the kernel can
  * (pread()/pwrite() otherwise). Returns 1 while bytes remain, 0 once all are copied. Bytes
  * the source gained after transfer_copy_begin() are not copied; a source that lost bytes
- * fails with -ENODATA. After an error the copy can only be freed; see
+ * fails with -ENODATA. A pseudo-file fails with -EFBIG past its limit and with -EAGAIN when
+ * it has nothing to read now (-ESPIPE: a stream such as /proc/kmsg, which is never waited
+ * for). A
+ * full disk is -ENOSPC. After an error the copy can only be freed; see
  * transfer_copy_error_reason(). */
 int transfer_copy_step(TransferCopy *c, uint64_t max_chunk);
 
@@ -164,5 +193,6 @@ const char *transfer_copy_error_reason(const TransferCopy *c);
 
 /* The id the transfer will have once committed (for logs). */
 const char *transfer_copy_id(const TransferCopy *c);
+/* The size of the file; for a pseudo-file, 0 until it was read to its end. */
 uint64_t transfer_copy_size(const TransferCopy *c);
 uint64_t transfer_copy_done(const TransferCopy *c);

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "message.h"
 #include "mime.h"
+#include "s3-answer.h"
 #include "topic.h"
 #include "transfer-store.h"
 #include "uploads.h"
@@ -17,15 +18,21 @@
 #define COPY_CHUNK (UINT64_C(8) * 1024 * 1024)
 /* An answer to a link request that does not come in this time is given up on. */
 #define LINK_TIMEOUT_USEC (UINT64_C(30) * 1000000)
-/* Network errors, 5xx and refused link requests: retried within these bounds. */
+/* Answers that may pass: each transfer waits within these bounds before it asks again. */
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(300) * 1000000)
 /* 403s (an expired or refused link) in a row before a transfer is failed. */
 #define LINK_REFUSALS_MAX 5
+/* Answers of the storage service that the classification does not know, before a transfer
+ * is failed: they may pass, but more likely never do. */
+#define UNKNOWN_ANSWERS_MAX 3
 /* Attempts started, across restarts, before a transfer is given up; with the backoff above,
  * several hours of trying. */
 #define ATTEMPTS_MAX 100
 #define PROGRESS_USEC (UINT64_C(1) * 1000000)
+/* A transfer spool that cannot be read is read again within these bounds. */
+#define STORE_RETRY_MIN_USEC (UINT64_C(1) * 1000000)
+#define STORE_RETRY_MAX_USEC (UINT64_C(300) * 1000000)
 
 #define log_transfer(level, id, ...)                                                               \
         log_internal(level, 0, __FILE__, __LINE__, __func__, NULL, NULL, id, __VA_ARGS__)
@@ -35,8 +42,19 @@ typedef enum UploadPhase {
         PHASE_LINK_WANTED, /* the current transfer needs a link; the channel sends the request */
         PHASE_LINK_WAIT,   /* the request went out, the answer has not come */
         PHASE_PUT,         /* the PUT runs */
-        PHASE_RETRY_WAIT,  /* backing off before asking for a link again */
 } UploadPhase;
+
+/* What a transfer that did not go through at once remembers until it leaves the queue: its
+ * own backoff, so that it never holds up the transfers behind it. */
+typedef struct Retry {
+        char id[TRANSFER_ID_LEN + 1];
+        Backoff backoff;
+        uint64_t not_before;       /* CLOCK_MONOTONIC: not picked again before */
+        unsigned link_refusals;    /* NEW_LINK answers in a row */
+        unsigned unknown_answers;  /* answers the classification does not know */
+        bool removing;             /* finished, but transfer_store_remove() failed: never
+                                    * uploaded again, only its removal is retried */
+} Retry;
 
 typedef struct Copy Copy;
 struct Copy {
@@ -50,9 +68,12 @@ struct Uploads {
         sd_event *event;
         HttpClient *http;
         char *dir;
+        uint64_t max_bytes;
         UploadsCallbacks cb;
         void *userdata;
-        TransferStore *store;
+        TransferStore *store; /* NULL while it cannot be read */
+        Backoff store_backoff;
+        sd_event_source *store_timer;
         MimeTable *mime;
 
         Copy *copies; /* in progress, stepped round robin */
@@ -64,16 +85,18 @@ struct Uploads {
         char current[TRANSFER_ID_LEN + 1]; /* empty when idle */
         UploadPhase phase;
         /* A link request is out: no other goes before its answer or its timeout, since the
-         * answer cannot tell which request it belongs to. */
+         * answer carries no correlation id. It is matched to the request by file name. */
         bool link_pending;
         char link_for[TRANSFER_ID_LEN + 1];
+        char *link_file_name;
         HttpTransfer *put;
         char host[256]; /* of the current link, for logs: the query string is a credential */
         uint64_t done, total, last_progress;
-        unsigned link_refusals;
-        Backoff backoff;
         sd_event_source *link_timer;
-        sd_event_source *retry_timer;
+
+        Retry *retries;
+        size_t n_retries;
+        sd_event_source *wake_timer; /* the earliest Retry.not_before */
 };
 
 static void kick(Uploads *u);
@@ -98,46 +121,73 @@ static void url_host(const char *url, char *ret, size_t size) {
         snprintf(ret, size, "%.*s", (int) MIN(n, size - 1), p);
 }
 
-/* The text of <tag>...</tag> in an S3 error body, control characters blanked; NULL when
- * missing. */
-static char *xml_element(const char *body, const char *tag) {
-        char open[32], close[32];
-        const char *s, *e;
-        char *v;
+static Retry *retry_find(Uploads *u, const char *id) {
+        for (size_t i = 0; i < u->n_retries; i++)
+                if (streq(u->retries[i].id, id))
+                        return &u->retries[i];
+        return NULL;
+}
 
-        if (!body)
+static Retry *retry_get(Uploads *u, const char *id) {
+        Retry *r = retry_find(u, id), *a;
+
+        if (r)
+                return r;
+        a = reallocarray(u->retries, u->n_retries + 1, sizeof(Retry));
+        if (!a)
                 return NULL;
-        snprintf(open, sizeof(open), "<%s>", tag);
-        snprintf(close, sizeof(close), "</%s>", tag);
-        s = strstr(body, open);
-        if (!s)
-                return NULL;
-        s += strlen(open);
-        e = strstr(s, close);
-        if (!e)
-                return NULL;
-        v = strndup(s, (size_t) MIN(e - s, 512));
-        for (char *p = v; p && *p; p++)
-                if ((unsigned char) *p < 0x20 || *p == 0x7f)
-                        *p = ' ';
-        return v;
+        u->retries = a;
+        r = &a[u->n_retries++];
+        *r = (Retry) {};
+        memcpy(r->id, id, sizeof(r->id));
+        backoff_init(&r->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
+        return r;
+}
+
+static void retry_drop(Uploads *u, const char *id) {
+        Retry *r = retry_find(u, id);
+
+        if (r)
+                *r = u->retries[--u->n_retries];
+}
+
+/* Out of the store; if that fails the transfer stays, is never uploaded again, and its
+ * removal is tried again with backoff. */
+static void remove_transfer(Uploads *u, const char *id) {
+        Retry *r;
+        int k;
+
+        k = transfer_store_remove(u->store, id);
+        if (k >= 0 || k == -ENOENT) {
+                retry_drop(u, id);
+                return;
+        }
+        r = retry_get(u, id);
+        if (!r) {
+                log_oom();
+                return;
+        }
+        if (!r->removing)
+                backoff_reset(&r->backoff);
+        r->removing = true;
+        r->not_before = event_now(u->event) + backoff_next(&r->backoff, random_u64());
+        log_transfer(LOG_WARNING, id,
+                     "Failed to remove transfer %s from %s: %s; it is not uploaded again, and "
+                     "removing it is tried again in %.1f s.",
+                     id, u->dir, strerror(-k),
+                     (double) (r->not_before - event_now(u->event)) / 1e6);
 }
 
 /* Ends the current transfer: out of the store, its space free, the callers told. */
 static void finish(Uploads *u, bool ok, const char *message) {
         char id[TRANSFER_ID_LEN + 1];
-        int r;
 
         memcpy(id, u->current, sizeof(id));
         http_transfer_cancel(u->put);
         u->put = NULL;
-        event_disarm(u->retry_timer);
         u->current[0] = '\0';
         u->phase = PHASE_IDLE;
-        r = transfer_store_remove(u->store, id);
-        if (r < 0 && r != -ENOENT)
-                log_warning_errno(r, "Failed to remove transfer %s from %s, ignoring: %m", id,
-                                  u->dir);
+        remove_transfer(u, id);
         if (ok)
                 log_event(LOG_INFO, LODEV_MESSAGE_TRANSFER_FINISHED, NULL, id,
                           "Transfer %s finished: %s", id, message);
@@ -150,30 +200,24 @@ static void finish(Uploads *u, bool ok, const char *message) {
         kick(u);
 }
 
-static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        Uploads *u = userdata;
-
-        if (u->phase != PHASE_RETRY_WAIT)
-                return 0;
-        u->phase = PHASE_LINK_WANTED;
-        kick(u);
-        return 0;
-}
-
-/* The attempt failed for a reason that may pass: ask for a fresh link after a backoff. */
+/* The current transfer failed for a reason that may pass: it waits out its own backoff, and
+ * the queue moves on to the next transfer meanwhile. */
 static void retry_later(Uploads *u, const char *why) {
-        uint64_t delay = backoff_next(&u->backoff, random_u64());
-        int r;
+        Retry *r = retry_get(u, u->current);
+        uint64_t delay = RETRY_MIN_USEC;
 
+        if (r) {
+                delay = backoff_next(&r->backoff, random_u64());
+                r->not_before = event_now(u->event) + delay;
+        } else
+                log_oom(); /* picked again at once: nothing better to do without memory */
         log_transfer(LOG_WARNING, u->current, "Transfer %s: %s; trying again in %.1f s.",
                      u->current, why, (double) delay / 1e6);
-        u->phase = PHASE_RETRY_WAIT;
-        r = event_arm_timer(u->event, &u->retry_timer, delay, 0, false, on_retry, u,
-                            "upload-retry");
-        if (r < 0) {
-                log_error_errno(r, "Failed to arm the upload retry timer: %m");
-                u->phase = PHASE_LINK_WANTED;
-        }
+        http_transfer_cancel(u->put);
+        u->put = NULL;
+        u->current[0] = '\0';
+        u->phase = PHASE_IDLE;
+        kick(u);
 }
 
 static void on_put_progress(HttpTransfer *t, uint64_t done, uint64_t total, void *userdata) {
@@ -191,34 +235,42 @@ static void on_put_progress(HttpTransfer *t, uint64_t done, uint64_t total, void
 static void on_put_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
         _cleanup_free_ char *code = NULL, *message = NULL, *text = NULL;
         Uploads *u = userdata;
+        S3Verdict verdict;
+        Retry *r;
 
         u->put = NULL;
         (void) transfer_store_mark_queued(u->store, u->current);
-        if (res->error < 0) {
-                text = strdup_printf("PUT to %s: %s", u->host,
-                                     res->error_text ?: strerror(-res->error));
-                retry_later(u, text ?: "PUT failed");
+        if (res->error >= 0 && res->body && s3_error_parse(res->body, &code, &message) < 0) {
+                retry_later(u, "out of memory");
                 return;
         }
-        if (res->status >= 200 && res->status < 300) {
+        verdict = s3_classify(res->error, res->status, code);
+        if (verdict == S3_VERDICT_DONE) {
                 text = strdup_printf("uploaded %" PRIu64 " bytes to %s", u->total, u->host);
                 finish(u, true, text ?: "uploaded");
                 return;
         }
-        code = xml_element(res->body, "Code");
-        message = xml_element(res->body, "Message");
-        text = strdup_printf("HTTP %ld %s: %s", res->status, code ?: "error",
-                             message ?: "(no message)");
+        if (res->error < 0)
+                text = strdup_printf("PUT to %s: %s", u->host,
+                                     res->error_text ?: strerror(-res->error));
+        else
+                text = strdup_printf("HTTP %ld %s: %s", res->status, code ?: "error",
+                                     message ?: "(no message)");
         if (!text) {
                 retry_later(u, "out of memory");
                 return;
         }
-        if (res->status == 403) {
+
+        r = retry_get(u, u->current);
+        if (r && verdict != S3_VERDICT_NEW_LINK)
+                r->link_refusals = 0;
+        switch (verdict) {
+        case S3_VERDICT_NEW_LINK:
                 /* An expired link, most often: a fresh one is a request away. */
-                if (++u->link_refusals > LINK_REFUSALS_MAX) {
+                if (r && ++r->link_refusals > LINK_REFUSALS_MAX) {
                         free(message);
                         message = strdup_printf("the upload link was refused %u times, last "
-                                                "with %s", u->link_refusals, text);
+                                                "with %s", r->link_refusals, text);
                         finish(u, false, message ?: text);
                         return;
                 }
@@ -227,12 +279,24 @@ static void on_put_finished(HttpTransfer *t, const HttpResult *res, void *userda
                 u->phase = PHASE_LINK_WANTED;
                 kick(u);
                 return;
-        }
-        if (res->status >= 500 || res->status == 408 || res->status == 429) {
+        case S3_VERDICT_FAIL:
+                finish(u, false, text);
+                return;
+        case S3_VERDICT_UNKNOWN:
+                if (r && ++r->unknown_answers >= UNKNOWN_ANSWERS_MAX) {
+                        free(message);
+                        message = strdup_printf("%s (%u times)", text, r->unknown_answers);
+                        finish(u, false, message ?: text);
+                        return;
+                }
+                retry_later(u, text);
+                return;
+        default:
+                /* RETRY, and REDIRECT: a presigned PUT is signed for its host, so it is not
+                 * followed; a fresh link after the backoff names the right endpoint. */
                 retry_later(u, text);
                 return;
         }
-        finish(u, false, text);
 }
 
 static void start_put(Uploads *u, const char *url) {
@@ -249,9 +313,15 @@ static void start_put(Uploads *u, const char *url) {
                 return;
         }
         r = transfer_store_mark_uploading(u->store, u->current);
+        if (r > 0)
+                log_transfer(LOG_WARNING, u->current,
+                             "Transfer %s: the disk is full, attempt %u is not recorded on disk; "
+                             "uploading all the same.",
+                             u->current, t->attempts);
         if (r >= 0)
                 r = fd = transfer_open_data(u->store, u->current);
         if (r < 0) {
+                (void) transfer_store_mark_queued(u->store, u->current);
                 if (r == -EBADMSG || r == -ENOENT) {
                         finish(u, false, "the spooled copy of the file is damaged or gone");
                         return;
@@ -285,17 +355,71 @@ static void start_put(Uploads *u, const char *url) {
                      u->current, t->file_name, t->size, t->content_type, u->host, t->attempts);
 }
 
-/* Picks the next transfer when idle and lets the channel ask for its link. */
-static void kick(Uploads *u) {
-        if (u->phase == PHASE_IDLE) {
-                const Transfer *t = transfer_store_nth(u->store, 0);
+static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
+        kick(userdata);
+        return 0;
+}
 
+/* Whether transfer t may be picked now. */
+static bool eligible(Uploads *u, const Transfer *t, uint64_t now) {
+        const Retry *r = retry_find(u, t->id);
+
+        return !r || (!r->removing && r->not_before <= now);
+}
+
+/* Retries removals that are due; arms the wake-up for the earliest transfer still waiting. */
+static void tend_retries(Uploads *u, uint64_t now) {
+        uint64_t next = UINT64_MAX;
+        bool removed = false;
+
+        for (size_t i = 0; i < u->n_retries;) {
+                Retry *r = &u->retries[i];
+                char id[TRANSFER_ID_LEN + 1];
+
+                if (r->removing && r->not_before <= now) {
+                        memcpy(id, r->id, sizeof(id));
+                        remove_transfer(u, id); /* drops or re-arms r */
+                        if (!retry_find(u, id)) {
+                                log_transfer(LOG_INFO, id, "Transfer %s removed from %s.", id,
+                                             u->dir);
+                                removed = true;
+                                continue; /* the array moved: look at index i again */
+                        }
+                        r = retry_find(u, id);
+                }
+                if (r->not_before > now)
+                        next = MIN(next, r->not_before);
+                i++;
+        }
+        if (removed)
+                queued_changed(u);
+        if (next == UINT64_MAX)
+                event_disarm(u->wake_timer);
+        else if (event_arm_timer(u->event, &u->wake_timer, next - now, 0, false, on_wake, u,
+                                 "upload-wake") < 0)
+                log_error("Failed to arm the upload retry timer; waiting transfers go with the "
+                          "next upload.");
+}
+
+/* Picks the next transfer when idle (the oldest that is not waiting out a backoff) and lets
+ * the channel ask for its link. */
+static void kick(Uploads *u) {
+        uint64_t now;
+
+        if (!u->store)
+                return;
+        now = event_now(u->event);
+        tend_retries(u, now);
+        if (u->phase == PHASE_IDLE) {
+                const Transfer *t = NULL;
+
+                for (size_t i = 0; (t = transfer_store_nth(u->store, i)); i++)
+                        if (eligible(u, t, now))
+                                break;
                 if (!t)
                         return;
                 memcpy(u->current, t->id, sizeof(u->current));
                 u->phase = PHASE_LINK_WANTED;
-                u->link_refusals = 0;
-                backoff_reset(&u->backoff);
         }
         if (u->phase == PHASE_LINK_WANTED && !u->link_pending && u->channel)
                 channel_wake(u->channel);
@@ -304,6 +428,7 @@ static void kick(Uploads *u) {
 static int on_link_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Uploads *u = userdata;
 
+        /* No longer outstanding: a late answer may still come, and is matched by its name. */
         u->link_pending = false;
         if (u->phase == PHASE_LINK_WAIT && streq(u->current, u->link_for))
                 retry_later(u, "no answer to the upload link request within 30 s");
@@ -313,7 +438,7 @@ static int on_link_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
-        _cleanup_free_ char *topic = NULL, *json = NULL;
+        _cleanup_free_ char *topic = NULL, *json = NULL, *name = NULL;
         Uploads *u = userdata;
         const Transfer *t;
         size_t len;
@@ -326,7 +451,8 @@ static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
         r = message_encode_upload_link_request(t->file_name, t->content_type, &json);
         if (r >= 0) {
                 topic = strdup(u->request_topic);
-                if (!topic)
+                name = strdup(t->file_name);
+                if (!topic || !name)
                         r = -ENOMEM;
         }
         if (r < 0) {
@@ -347,6 +473,8 @@ static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
         };
         u->link_pending = true;
         memcpy(u->link_for, u->current, sizeof(u->link_for));
+        free(u->link_file_name);
+        u->link_file_name = TAKE_PTR(name);
         u->phase = PHASE_LINK_WAIT;
         log_transfer(LOG_DEBUG, u->current, "Asking for an upload link for transfer %s.",
                      u->current);
@@ -397,11 +525,21 @@ static bool take_answer(Uploads *u) {
 static void on_link(const char *topic, const void *data, size_t len, void *userdata) {
         _cleanup_free_ char *url = NULL;
         Uploads *u = userdata;
+        char host[256];
         int r;
 
         r = message_decode_upload_link(data, len, &url);
         if (r < 0) {
                 log_warning_errno(r, "Malformed message on %s, ignoring: %m", topic);
+                return;
+        }
+        /* The answer names no request: only its file name ties it to one. A late answer to a
+         * request given up on (a timeout, a cancel) must never send another file's bytes. */
+        if (!u->link_pending || !s3_url_names_file(url, u->link_file_name)) {
+                url_host(url, host, sizeof(host));
+                log_notice("An upload link (to %s) that is not for the file asked for (%s), "
+                           "ignoring.",
+                           host, u->link_pending ? u->link_file_name : "none outstanding");
                 return;
         }
         if (!take_answer(u))
@@ -534,17 +672,24 @@ static int on_copy(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-int uploads_add(Uploads *u, int fd, const char *file_name, const char *content_type,
+int uploads_add(Uploads *u, int fd, const char *file_name, const char *content_type, uid_t uid,
                 UploadsAdded done, void *userdata, const char **ret_reason) {
         Copy *c, **tail;
         int r;
 
+        if (!u->store) {
+                if (ret_reason)
+                        *ret_reason = "the transfer spool cannot be read now; lodevd tries "
+                                      "again";
+                return -EAGAIN;
+        }
         if (isempty(content_type))
                 content_type = mime_table_lookup(u->mime, file_name);
         c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-        r = transfer_copy_begin(u->store, fd, file_name, content_type, &c->copy, ret_reason);
+        r = transfer_copy_begin(u->store, fd, file_name, content_type, uid, &c->copy,
+                                ret_reason);
         if (r < 0) {
                 free(c);
                 return r;
@@ -559,44 +704,62 @@ int uploads_add(Uploads *u, int fd, const char *file_name, const char *content_t
         return 0;
 }
 
-int uploads_cancel(Uploads *u, const char *id) {
-        int r;
+int uploads_cancel(Uploads *u, const char *id, uid_t uid) {
+        const Transfer *t = u->store ? transfer_store_find(u->store, id) : NULL;
+        const Retry *r;
+        int k;
 
-        if (!transfer_store_find(u->store, id))
+        if (!t)
                 return -ENOENT;
+        if (uid != 0 && uid != t->uid)
+                return -EPERM;
+        r = retry_find(u, id);
+        if (r && r->removing)
+                return -ENOENT; /* already finished, only not yet out of the directory */
         if (streq(u->current, id)) {
                 finish(u, false, "canceled");
                 return 0;
         }
         /* Still waiting its turn: nothing runs for it. */
-        r = transfer_store_remove(u->store, id);
-        if (r < 0)
-                return r;
+        k = transfer_store_remove(u->store, id);
+        if (k < 0)
+                return k;
+        retry_drop(u, id);
         log_event(LOG_NOTICE, LODEV_MESSAGE_TRANSFER_FAILED, NULL, id, "Transfer %s failed: canceled",
                   id);
         if (u->cb.finished)
                 u->cb.finished(id, false, "canceled", u->userdata);
         queued_changed(u);
+        kick(u);
         return 0;
 }
 
 unsigned uploads_queued(const Uploads *u) {
-        return (unsigned) MIN(transfer_store_count(u->store), (size_t) UINT32_MAX);
+        size_t n = u->store ? transfer_store_count(u->store) : 0;
+
+        return (unsigned) MIN(n, (size_t) UINT32_MAX);
 }
 
 bool uploads_nth(const Uploads *u, size_t i, UploadInfo *ret) {
-        const Transfer *t = transfer_store_nth(u->store, i);
+        const Transfer *t = u->store ? transfer_store_nth(u->store, i) : NULL;
+        const Retry *r;
+        const char *state = "queued";
         bool current;
 
         if (!t)
                 return false;
         current = streq(t->id, u->current);
+        r = retry_find((Uploads *) u, t->id);
+        if (current)
+                state = "uploading";
+        else if (r && r->removing)
+                state = "finished";
+        else if (r && r->not_before > event_now(u->event))
+                state = "waiting";
         *ret = (UploadInfo) {
                 .id = t->id,
                 .file_name = t->file_name,
-                .state = !current                        ? "queued"
-                         : u->phase == PHASE_RETRY_WAIT ? "waiting"
-                                                         : "uploading",
+                .state = state,
                 .done = current && u->phase == PHASE_PUT ? u->done : 0,
                 .total = t->size,
         };
@@ -604,18 +767,71 @@ bool uploads_nth(const Uploads *u, size_t i, UploadInfo *ret) {
 }
 
 uint64_t uploads_used_bytes(const Uploads *u) {
-        return transfer_store_used_bytes(u->store);
+        return u->store ? transfer_store_used_bytes(u->store) : 0;
 }
 
 uint64_t uploads_max_bytes(const Uploads *u) {
-        return transfer_store_max_bytes(u->store);
+        return u->max_bytes;
+}
+
+const char *uploads_dir(const Uploads *u) {
+        return u->dir;
+}
+
+int uploads_space(const Uploads *u, StateDirSpace *ret) {
+        if (!u->store)
+                return -EAGAIN;
+        return transfer_store_space(u->store, ret);
+}
+
+static int on_store_retry(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Opens the transfer spool. An error that may pass (EIO, EMFILE, EACCES, ...) deletes
+ * nothing: the spool is read again with backoff, and UploadFile answers that it cannot take
+ * files meanwhile. */
+static void open_store(Uploads *u) {
+        const TransferStoreIssue *issues = NULL;
+        _cleanup_free_ char *failed = NULL;
+        uint64_t delay;
+        size_t n;
+        int r;
+
+        r = transfer_store_open(u->dir, u->max_bytes, &u->store, &failed);
+        if (r < 0) {
+                delay = backoff_next(&u->store_backoff, random_u64());
+                log_event(LOG_ERR, LODEV_MESSAGE_TRANSFERS_UNREADABLE, NULL, NULL,
+                          "Cannot read the transfer spool %s (%s): %s; nothing is deleted, "
+                          "trying again in %.1f s.",
+                          u->dir, strempty(failed), strerror(-r), (double) delay / 1e6);
+                r = event_arm_timer(u->event, &u->store_timer, delay, 0, false, on_store_retry,
+                                    u, "transfer-spool-retry");
+                if (r < 0)
+                        log_error_errno(r, "Failed to arm the transfer spool timer: %m");
+                return;
+        }
+        if (backoff_attempts(&u->store_backoff) > 0)
+                log_info("Transfer spool %s read.", u->dir);
+        backoff_reset(&u->store_backoff);
+        n = transfer_store_issues(u->store, &issues);
+        for (size_t i = 0; i < n; i++)
+                log_full_errno(issues[i].lost ? LOG_WARNING : LOG_DEBUG, 0,
+                               "Transfer spool %s: %s: %s", u->dir, issues[i].file,
+                               issues[i].message);
+        if (uploads_queued(u) > 0) {
+                log_info("%u file transfers queued from before.", uploads_queued(u));
+                queued_changed(u);
+        }
+        kick(u);
+}
+
+static int on_store_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        open_store(userdata);
+        return 0;
 }
 
 int uploads_new(sd_event *event, HttpClient *http, const char *state_dir, uint64_t max_bytes,
                 const UploadsCallbacks *cb, void *userdata, Uploads **ret) {
-        const TransferStoreIssue *issues = NULL;
         Uploads *u;
-        size_t n;
         int r;
 
         u = calloc(1, sizeof(*u));
@@ -623,25 +839,16 @@ int uploads_new(sd_event *event, HttpClient *http, const char *state_dir, uint64
                 return log_oom();
         u->event = sd_event_ref(event);
         u->http = http;
+        u->max_bytes = max_bytes;
         u->cb = *cb;
         u->userdata = userdata;
-        backoff_init(&u->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
+        backoff_init(&u->store_backoff, STORE_RETRY_MIN_USEC, STORE_RETRY_MAX_USEC);
         u->dir = strdup_printf("%s/transfers", state_dir);
         if (!u->dir || topic_build(TOPIC_UPLOAD_LINK_REQUEST, NULL, NULL, NULL,
                                    &u->request_topic) < 0) {
                 uploads_free(u);
                 return log_oom();
         }
-        r = transfer_store_open(u->dir, max_bytes, &u->store);
-        if (r < 0) {
-                log_error_errno(r, "Failed to open the transfer spool %s: %m", u->dir);
-                uploads_free(u);
-                return r;
-        }
-        n = transfer_store_issues(u->store, &issues);
-        for (size_t i = 0; i < n; i++)
-                log_full_errno(issues[i].lost ? LOG_WARNING : LOG_DEBUG, 0, "Transfer spool %s: %s: %s",
-                               u->dir, issues[i].file, issues[i].message);
         /* Without mime.types every file is application/octet-stream, which S3 takes. */
         r = mime_table_load(MIME_TYPES_PATH, &u->mime);
         if (r < 0)
@@ -652,8 +859,7 @@ int uploads_new(sd_event *event, HttpClient *http, const char *state_dir, uint64
                 uploads_free(u);
                 return log_error_errno(r, "Failed to set up the spool copy source: %m");
         }
-        if (uploads_queued(u) > 0)
-                log_info("%u file transfers queued from before.", uploads_queued(u));
+        open_store(u);
         *ret = u;
         return 0;
 }
@@ -672,9 +878,12 @@ Uploads *uploads_free(Uploads *u) {
         http_transfer_cancel(u->put);
         sd_event_source_disable_unref(u->copy_event);
         sd_event_source_disable_unref(u->link_timer);
-        sd_event_source_disable_unref(u->retry_timer);
+        sd_event_source_disable_unref(u->wake_timer);
+        sd_event_source_disable_unref(u->store_timer);
         transfer_store_free(u->store);
         mime_table_free(u->mime);
+        free(u->retries);
+        free(u->link_file_name);
         free(u->request_topic);
         free(u->dir);
         sd_event_unref(u->event);

@@ -2,6 +2,7 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <sys/resource.h>
 
 #include "util.h"
 
@@ -148,4 +149,23 @@ char *escape_control(const char *s) {
                 }
         *q = '\0';
         return buf;
+}
+
+static struct rlimit saved_nofile = { .rlim_cur = RLIM_INFINITY };
+
+int rlimit_nofile_raise(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return -errno;
+        saved_nofile = rl;
+        if (rl.rlim_cur >= rl.rlim_max)
+                return 0;
+        rl.rlim_cur = rl.rlim_max;
+        return setrlimit(RLIMIT_NOFILE, &rl) < 0 ? -errno : 0;
+}
+
+void rlimit_nofile_restore(void) {
+        if (saved_nofile.rlim_cur != RLIM_INFINITY)
+                (void) setrlimit(RLIMIT_NOFILE, &saved_nofile);
 }

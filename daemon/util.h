@@ -162,6 +162,13 @@ static inline const char *startswith(const char *s, const char *prefix) {
         return strncmp(s, prefix, n) == 0 ? s + n : NULL;
 }
 
+/* Raises the soft RLIMIT_NOFILE to the hard one, as systemd advises daemons that use no
+ * select(), and remembers the old value; -errno. */
+int rlimit_nofile_raise(void);
+/* In a child about to exec another program: the soft limit back to what it was, since
+ * programs that use select() break with descriptors at or above 1024. Async-signal-safe. */
+void rlimit_nofile_restore(void);
+
 /* A copy of s that is safe to put in a log line, a D-Bus property or a terminal: every byte
  * below 0x20 and 0x7f becomes a C escape ("\n", "\t", "\r", or "\x1b" and the like) and a
  * backslash becomes "\\"; everything else, UTF-8 included, is copied as it is. NULL for NULL

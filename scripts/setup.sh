@@ -10,9 +10,16 @@ packages=(
         mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
         python3-paho-mqtt python3-pytest python3-cryptography python3-dbus
         curl openssl util-linux valgrind man-db media-types
+        # The lodevctl completion: its install directory (pkg-config) and its test.
+        bash-completion
         # The installer hook tests (tests/installers): RAUC and SWUpdate as the
         # shared recipes run them, without a bootloader.
         rauc squashfs-tools swupdate cpio grub-common
+        # The Debian packages (with debian/control's Build-Depends above) and their test.
+        build-essential debhelper dpkg-dev lintian git
+        # The system test (tests/system): those packages booted in a Debian 12 root
+        # made with mmdebstrap under systemd-nspawn.
+        mmdebstrap systemd-container
 )
 
 missing=()
@@ -28,6 +35,16 @@ if [ ${#missing[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The packages' build dependencies, from debian/control.
+source_dir="$(dirname "$0")/.."
+if [ -f "$source_dir/debian/control" ] &&
+        ! (cd "$source_dir" && dpkg-checkbuilddeps) >/dev/null 2>&1; then
+        echo "setup: installing the build dependencies of debian/control"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        (cd "$source_dir" && apt-get build-dep -y -qq ./ >/dev/null)
 fi
 
 getent group lodev >/dev/null || groupadd --system lodev

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Sets up a fresh Debian 12 machine and runs every test: unit, integration and
-# platform emulator tests in a normal build (warnings are errors), then again
-# in an AddressSanitizer+UBSan build. Prints "N passed, M failed" at the end.
+# Sets up a fresh Debian 12 machine and runs every test: unit, integration,
+# platform emulator and system tests in a normal build (warnings are errors), then
+# units and integration again in an AddressSanitizer+UBSan build. Prints
+# "N passed, M failed" at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,11 +52,13 @@ MESON_TEST_ARGS=()
 run_build build
 
 # The sanitizer build runs the C code under test (units and the daemon in the
-# integration tests); the emulator's own tests add nothing there.
+# integration tests); the emulator's own tests and the system test (the packages on
+# a booted Debian, tests/system) add nothing there.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 MESON_TEST_ARGS=(--suite unit --suite integration)
-run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dman-pages=disabled
+run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dman-pages=disabled \
+        -Dsystem-tests=false
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

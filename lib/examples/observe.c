@@ -49,7 +49,7 @@ int main(int argc, char *argv[]) {
                                 .value = (double) (sent % 101),
                                 .unit = "%",
                         };
-                        r = lodev_submit_observation_async(l, &o, on_submitted, NULL);
+                        r = lodev_submit_observation_async(l, NULL, &o, on_submitted, NULL);
                         if (r < 0) {
                                 fprintf(stderr, "submit: %s\n", lodev_strerror(r));
                                 lodev_close(l);

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
 BUILD_DIR = os.environ.get("LODEV_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -56,6 +57,20 @@ def require_tool(name):
     if os.environ.get("CI") == "true":
         pytest.fail("%s is required under CI" % name)
     pytest.skip("%s not installed" % name)
+
+
+def import_dbus():
+    """python3-dbus, which hands lodevd descriptors of every kind and reads
+    error names; a skip without it, a failure under CI."""
+    import pytest
+
+    try:
+        import dbus
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("python3-dbus is required under CI")
+        pytest.skip("python3-dbus not installed")
+    return dbus
 
 
 def public_tempdir(prefix):
@@ -192,6 +207,43 @@ def write_device_config(path, workdir, emulator, **overrides):
     write_config(path, **sections)
 
 
+def start_online(bus, workdir, emulator, **overrides):
+    """lodevd for a device of the emulator (config overrides as for
+    write_device_config), started and online: (Daemon, thing name)."""
+    config = os.path.join(workdir, "lodevd.conf")
+    write_device_config(config, workdir, emulator, **overrides)
+    d = Daemon(bus, workdir, config).start()
+    d.wait_online()
+    return d, d.status()["thing_name"]
+
+
+def member_cmd(user, *args):
+    """A command line that runs args as `user` in group lodev (whom the bus
+    policy lets call methods). Skips, or fails under CI, without the group."""
+    import pytest
+
+    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("group lodev is missing; the test setup creates it")
+        pytest.skip("group lodev is missing")
+    gid = r.stdout.split(":")[2]
+    return ["setpriv", "--reuid=" + user, "--regid=nogroup", "--groups=" + gid] + list(args)
+
+
+FAULT_INJECT = os.path.join(BUILD_DIR, "tests", "liblodev-fault-inject.so")
+
+
+def fault_env(path, flag, errno_value, calls="open"):
+    """The environment for lodevd with the fault shim (tests/tools/fault-inject.c):
+    `calls` ("open", "unlink" or both) on paths that contain `path` fail with
+    errno_value while the file `flag` exists."""
+    return {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": path, "LODEV_FAULT_FLAG": flag,
+            "LODEV_FAULT_ERRNO": str(errno_value), "LODEV_FAULT_CALLS": calls,
+            # The sanitizer build: the shim comes before ASan's runtime.
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
     """Polls predicate until true; bounded in time."""
     deadline = time.monotonic() + timeout
@@ -204,9 +256,33 @@ def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+class BootId:
+    """A boot id of the test's own, for a lodevd that must see a reboot: lodevd runs in a
+    private mount namespace (unshare -m) where a file of the test is bind-mounted over the
+    kernel's boot id, so that a new id is what a reboot changes, as the kernel shows it."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, "boot_id")
+        self.new_boot()
+
+    def new_boot(self):
+        with open(self.path, "w") as f:
+            f.write(str(uuid.uuid4()) + "\n")
+
+    def wrap(self, argv):
+        require_tool("unshare")
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" %s && exec "$@"' % BOOT_ID, self.path] + list(argv)
+
+
 class Daemon:
-    def __init__(self, bus, workdir, config_path, args=(), verbose=True):
+    def __init__(self, bus, workdir, config_path, args=(), verbose=True, boot_id=None):
+        """boot_id: a BootId lodevd sees instead of the kernel's; None for the real one."""
         self.bus = bus
+        self.boot_id = boot_id
         self.verbose = verbose
         self.workdir = workdir
         self.config_path = config_path
@@ -226,9 +302,12 @@ class Daemon:
         if extra_env:
             env.update(extra_env)
         self.log = open(self.log_path, "a")
+        argv = ([LODEVD, "--config", self.config_path] + (["--verbose"] if self.verbose else [])
+                + self.args)
+        if self.boot_id:
+            argv = self.boot_id.wrap(argv)
         self.proc = subprocess.Popen(
-            [LODEVD, "--config", self.config_path] + (["--verbose"] if self.verbose else [])
-            + self.args,
+            argv,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -22,16 +22,12 @@ Needs root (RAUC's service, the mount namespace)."""
 import os
 import shutil
 import sys
-import uuid
-
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "installers"))
 
 import lodevtest  # noqa: E402
 from envutil import HOOKS_DIR, require_root, require_tools  # noqa: E402
-
-REAL_LODEVD = lodevtest.LODEVD
 
 
 @pytest.fixture
@@ -51,12 +47,11 @@ class Device:
     wrapper that sets the hook's environment), a recording reboot_command and a boot
     id of its own; bootloader(slot) is what the "reboot" does to the installer's side."""
 
-    def __init__(self, bus, workdir, platform, hook_script, bootloader, monkeypatch):
+    def __init__(self, bus, workdir, platform, hook_script, bootloader):
         self.workdir = workdir
         self.bootloader = bootloader
-        self.boot_id_file = os.path.join(workdir, "boot_id")
+        self.boot_id = lodevtest.BootId(workdir)
         self.reboot_marker = os.path.join(workdir, "reboot-requested")
-        self.new_boot()
         hook = os.path.join(workdir, "install-firmware")
         with open(hook, "w") as f:
             f.write("#!/bin/sh\n" + hook_script)
@@ -68,23 +63,12 @@ class Device:
                     "[ ! -e '%s' ] || { echo 'reboot: refused' >&2; exit 1; }\n"
                     % (self.reboot_marker, self.reboot_fails))
         os.chmod(reboot, 0o755)
-        # lodevd in a mount namespace where boot_id is the test's file.
-        wrapper = os.path.join(workdir, "lodevd-booted")
-        with open(wrapper, "w") as f:
-            f.write("#!/bin/sh\nexec unshare -m --propagation private sh -c "
-                    "'mount --bind \"$0\" /proc/sys/kernel/random/boot_id && exec \"$@\"' "
-                    "'%s' '%s' \"$@\"\n" % (self.boot_id_file, REAL_LODEVD))
-        os.chmod(wrapper, 0o755)
-        monkeypatch.setattr(lodevtest, "LODEVD", wrapper)
         config = os.path.join(workdir, "lodevd.conf")
         lodevtest.write_device_config(config, workdir, platform, firmware={
             "installer": hook, "reboot_command": reboot, "install_timeout": 120,
             "max_reboot_delay": 5, "max_attempts": 3, "max_reboot_tries": 2})
-        self.daemon = lodevtest.Daemon(bus, workdir, config)
-
-    def new_boot(self):
-        with open(self.boot_id_file, "w") as f:
-            f.write(str(uuid.uuid4()) + "\n")
+        # lodevd in a mount namespace where the boot id is the test's.
+        self.daemon = lodevtest.Daemon(bus, workdir, config, boot_id=self.boot_id)
 
     def reboots_requested(self):
         if not os.path.exists(self.reboot_marker):
@@ -97,19 +81,19 @@ class Device:
         slot (the primary, or SLOT for a fallback), a new boot id, lodevd starts."""
         self.daemon.stop()
         self.bootloader(slot)
-        self.new_boot()
+        self.boot_id.new_boot()
         self.daemon.start()
 
 
 @pytest.fixture
-def device(bus, workdir, platform, rauc, monkeypatch):
+def device(bus, workdir, platform, rauc):
     script = ("export DBUS_STARTER_BUS_TYPE=session\n"
               "export DBUS_SESSION_BUS_ADDRESS='%s'\n"
               "export LODEV_HOOK_STATE_DIR='%s'\n"
               "exec '%s' \"$@\"\n"
               % (rauc.bus_address, os.path.join(workdir, "hook-state"),
                  os.path.join(HOOKS_DIR, "rauc")))
-    d = Device(bus, workdir, platform, script, rauc.reboot, monkeypatch)
+    d = Device(bus, workdir, platform, script, rauc.reboot)
     d.daemon.start()
     d.daemon.wait_online()
     yield d
@@ -229,12 +213,12 @@ def swupdate(workdir):
 
 
 @pytest.fixture
-def swu_device(bus, workdir, platform, swupdate, monkeypatch):
+def swu_device(bus, workdir, platform, swupdate):
     env = "".join("export %s='%s'\n" % kv for kv in swupdate.hook_env().items())
     wrapped = " ".join("'%s'" % a for a in swupdate.wrap([os.path.join(HOOKS_DIR, "swupdate")]))
     script = env + "exec %s \"$@\"\n" % wrapped
     d = Device(bus, workdir, platform, script,
-               lambda slot: swupdate.reboot(fallback=slot is not None), monkeypatch)
+               lambda slot: swupdate.reboot(fallback=slot is not None))
     d.daemon.start()
     d.daemon.wait_online()
     yield d

@@ -21,7 +21,7 @@ def test_ready_and_status(daemon, bus, platform):
     assert st["state"] in ("unprovisioned", "provisioning", "connecting", "online")
     assert st["endpoint"] == "127.0.0.1:%d" % platform.mqtt_port
     assert st["queued_observations"] == 0
-    assert st["current_job"] == {"id": "", "status": "", "percent": ""}
+    assert st["current_job"] == {"id": "", "status": "", "percent": 0}
     daemon.wait_online()
     st = lodevtest.lodevctl_json(bus, "status")
     assert st["state"] == "online"
@@ -214,16 +214,6 @@ def test_missing_ca_file(bus, workdir, platform):
     assert r.returncode != 0
     assert re.search(r"%s:\d+: platform.ca_file: %s: No such file or directory"
                      % (re.escape(config), re.escape(missing)), r.stderr), r.stderr
-
-
-def test_missing_claim_certificate(bus, workdir, platform):
-    config = os.path.join(workdir, "lodevd.conf")
-    missing = os.path.join(workdir, "missing-claim.pem")
-    lodevtest.write_device_config(config, workdir, platform,
-                                  provisioning={"claim_cert": missing})
-    r = run_lodevd(bus, config)
-    assert r.returncode != 0
-    assert "provisioning.claim_cert: %s: No such file or directory" % missing in r.stderr
 
 
 def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):

@@ -97,6 +97,7 @@ def test_layout(root):
         "usr/lib/systemd/system/lodevd-swupdate.path",
         "usr/lib/systemd/system/lodevd-swupdate.service",
         "usr/share/polkit-1/rules.d/lodevd.rules",
+        "usr/share/bash-completion/completions/lodevctl",
     ]:
         assert_file(root, rel)
     for hook in ("rauc", "swupdate", "copy"):
@@ -104,23 +105,43 @@ def test_layout(root):
     assert_file(root, "usr/libexec/lodevd/request-reboot", executable=True)
 
 
+def version_script_symbols():
+    """The names lib/liblodev.sym exports, and its version node."""
+    with open(os.path.join(SOURCE_DIR, "lib", "liblodev.sym")) as f:
+        text = f.read()
+    node = re.match(r"\s*(\w+)\s*\{", text).group(1)
+    body = text.split("global:")[1].split("local:")[0]
+    return node, sorted(s.strip() for s in body.split(";") if s.strip())
+
+
 def test_library_files(root):
     d = libdir(root)
     rel = os.path.relpath(d, root)
     assert rel in ("usr/lib", "usr/lib/x86_64-linux-gnu") or rel.startswith("usr/lib/"), rel
-    real = glob.glob(os.path.join(d, "liblodev.so.0.*"))
+    real = glob.glob(os.path.join(d, "liblodev.so.1.*"))
     assert len(real) == 1 and not os.path.islink(real[0]), real
-    assert os.readlink(os.path.join(d, "liblodev.so.0")) == os.path.basename(real[0])
+    assert os.readlink(os.path.join(d, "liblodev.so.1")) == os.path.basename(real[0])
     assert os.path.realpath(os.path.join(d, "liblodev.so")) == os.path.realpath(real[0])
     assert os.path.isfile(os.path.join(d, "pkgconfig", "liblodev.pc"))
 
-    # The version script leaves only the documented API visible.
+    # The soname Debian's liblodev1 carries, and exactly the version script's symbols,
+    # each in its version node: what debian/liblodev1.symbols records.
+    require_tool("objdump")
+    r = run(["objdump", "-p", real[0]])
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"SONAME\s+liblodev\.so\.1\n", r.stdout), r.stdout
     require_tool("nm")
     r = run(["nm", "-D", "--defined-only", real[0]])
     assert r.returncode == 0, r.stderr
-    symbols = [line.split()[-1].split("@")[0] for line in r.stdout.splitlines() if " T " in line]
-    assert symbols, r.stdout
+    exported = sorted(line.split()[-1] for line in r.stdout.splitlines() if " T " in line)
+    node, listed = version_script_symbols()
+    assert exported == sorted("%s@@%s" % (s, node) for s in listed), (exported, listed)
+    symbols = [s.split("@")[0] for s in exported]
     assert all(s.startswith("lodev_") for s in symbols), symbols
+    # Nothing else but the version node itself.
+    others = [line for line in r.stdout.splitlines()
+              if " T " not in line and not line.endswith(" " + node)]
+    assert not others, others
 
     # Every exported function is documented in liblodev(3).
     man = path(root, "usr/share/man/man3/liblodev.3")
@@ -215,6 +236,33 @@ def test_unit_security_score(root):
             assert out.strip() == "", out
             continue
         assert r.returncode == 0 and rel not in out, out
+
+
+def test_default_reboot_path(root):
+    """The default reboot_command is the installed request-reboot, whose request the
+    installed root path unit watches; without that unit active it fails, saying so."""
+    with open(path(root, "etc/lodevd/lodevd.conf")) as f:
+        m = re.search(r'^\s*reboot_command\s*=\s*"([^"]*)"', f.read(), re.M)
+    assert m, "no reboot_command in the default lodevd.conf"
+    helper = m.group(1)
+    assert helper == "/usr/libexec/lodevd/request-reboot", helper
+    assert_file(root, helper.lstrip("/"), executable=True)
+    with open(path(root, helper.lstrip("/"))) as f:
+        request = re.search(r"^request=(\S+)$", f.read(), re.M).group(1)
+    unit = read_ini(path(root, "usr/lib/systemd/system/lodevd-reboot.path"))
+    assert unit["Path"]["PathExists"] == request
+    assert unit["Install"]["WantedBy"] == "paths.target"
+    service = read_ini(path(root, "usr/lib/systemd/system/lodevd-reboot.service"))["Service"]
+    assert service["ExecStart"] == "systemctl reboot --check-inhibitors=yes"
+    # The lodevd service's runtime directory is where the request goes.
+    lodevd = read_ini(path(root, "usr/lib/systemd/system/lodevd.service"))["Service"]
+    assert os.path.dirname(request) == "/run/" + lodevd["RuntimeDirectory"]
+    # Here no lodevd-reboot.path is active (no systemd manages this machine, or not
+    # that unit): the request fails rather than vanish.
+    r = run([path(root, helper.lstrip("/"))])
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "lodevd-reboot.path is not active" in r.stderr, r.stderr
+    assert not os.path.exists(request)
 
 
 def read_ini(p):
@@ -379,8 +427,8 @@ def test_pkg_config_and_link(root):
                        DBUS_SYSTEM_BUS_ADDRESS="unix:path=/nonexistent/system_bus_socket")
         r = run([exe], env=run_env)
         assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-        assert r.stdout.strip() == "the queue is full"
+        assert r.stdout.strip() == "no space left on the device's file system"
         r = run(["ldd", exe], env=run_env)
-        assert os.path.join(d, "liblodev.so.0") in r.stdout, r.stdout
+        assert os.path.join(d, "liblodev.so.1") in r.stdout, r.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)

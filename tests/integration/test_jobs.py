@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """Firmware jobs end to end: the real lodevd against the platform emulator's Jobs API and
 firmware server, with a test installer hook and a reboot command that only records that it
-ran (the "simulated reboot": the test restarts lodevd with a new boot id)."""
+ran (the "simulated reboot": the test restarts lodevd with a new boot id, which it sees in
+a private mount namespace over /proc/sys/kernel/random/boot_id; see lodevtest.BootId)."""
 
 import hashlib
 import json
@@ -59,9 +60,10 @@ exit $(cat "{rec}/reboot-exit" 2>/dev/null || echo 0)
 
 
 class Device:
-    """lodevd with the test hook, a reboot command and a boot id file of its own."""
+    """lodevd with the test hook, a reboot command and a boot id of its own (real_boot: the
+    kernel's own boot id, untouched)."""
 
-    def __init__(self, bus, workdir, platform, **overrides):
+    def __init__(self, bus, workdir, platform, real_boot=False, **overrides):
         self.bus, self.workdir, self.platform = bus, workdir, platform
         self.rec = os.path.join(workdir, "rec")
         os.makedirs(self.rec, exist_ok=True)
@@ -71,23 +73,21 @@ class Device:
             with open(path, "w") as f:
                 f.write(text.format(rec=self.rec))
             os.chmod(path, 0o755)
-        self.boot_id_file = os.path.join(workdir, "boot_id")
-        self.new_boot()
+        self.boot_id = None if real_boot else lodevtest.BootId(workdir)
         firmware = {"installer": self.hook, "reboot_command": self.reboot,
                     "install_timeout": 60, "max_reboot_delay": 60}
         firmware.update(overrides.pop("firmware", {}))
         self.config = os.path.join(workdir, "lodevd.conf")
         lodevtest.write_device_config(self.config, workdir, platform, firmware=firmware,
                                       **overrides)
-        self.daemon = lodevtest.Daemon(bus, workdir, self.config)
+        self.daemon = lodevtest.Daemon(bus, workdir, self.config, boot_id=self.boot_id)
         self.thing = None
 
     def new_boot(self):
-        with open(self.boot_id_file, "w") as f:
-            f.write(str(uuid.uuid4()) + "\n")
+        self.boot_id.new_boot()
 
     def start(self):
-        self.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": self.boot_id_file})
+        self.daemon.start()
         self.daemon.wait_online()
         self.thing = self.daemon.status()["thing_name"]
         return self
@@ -313,6 +313,29 @@ def test_reboot_then_confirm(device, platform):
     assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
 
 
+def test_restart_in_the_same_real_boot_reboots_again(device, platform):
+    """lodevd reads the kernel's boot id itself (nothing overridden, nothing mounted): a
+    restart of lodevd alone, in the same boot, asks for the reboot again and never
+    confirms (SPEC §6); only a real new boot would."""
+    with open(lodevtest.BOOT_ID) as f:
+        real = f.read().strip()
+    d = device(real_boot=True).start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    d.start()
+    wait_until(lambda: d.reboots() == 2 or d.calls("confirm"), 30,
+               what="the reboot command or confirm after the restart")
+    assert d.calls("confirm") == []
+    assert d.reboots() == 2
+    assert d.jobs()["status"] == "awaiting-reboot"
+    assert platform.job_execution(d.thing, job)["status"] == "IN_PROGRESS"
+    assert d.journal().get("bootId") == real, d.journal()
+    assert "Cannot read the boot id" not in d.daemon.output()
+
+
 def test_failed_confirm_fails_the_job(device, platform):
     d = device().start()
     d.flag("install-exit", "100")
@@ -421,8 +444,7 @@ def test_hook_environment_and_descriptors(device, platform, workdir):
     other LODEV_* stay out. Where close_range() fails, the descriptors are closed another way:
     one leaked without close-on-exec does not reach the hook."""
     d = device()
-    d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
-                              "LODEV_JOB_ID": "job-forged", "LODEV_SECRET": "s3cret",
+    d.daemon.start(extra_env={"LODEV_JOB_ID": "job-forged", "LODEV_SECRET": "s3cret",
                               "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
                               "LANG": "C.UTF-8", "LC_TIME": "C", "SOMETHING_ELSE": "x",
                               "LD_PRELOAD": NO_CLOSE_RANGE,
@@ -599,8 +621,7 @@ def test_journal_that_cannot_be_saved_ends_the_job(device, platform, workdir):
     is FAILED. Once the disk has room again, the next job runs."""
     flag = os.path.join(workdir, "journal-fault")
     d = device(transfers={"max_rate": 1024 * 1024})
-    d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
-                              "LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_FLAG": flag,
+    d.daemon.start(extra_env={"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_FLAG": flag,
                               "LODEV_FAULT_PATH": "/job/current.tmp", "LODEV_FAULT_ERRNO": "28"})
     d.daemon.wait_online()
     d.thing = d.daemon.status()["thing_name"]
@@ -784,8 +805,7 @@ def test_resume_hash_does_not_hold_the_loop(device, platform, workdir):
             digest.update(chunk)
     try:
         d = device()
-        d.daemon.start(extra_env={"LODEV_BOOT_ID_FILE": d.boot_id_file,
-                                  "WATCHDOG_USEC": "200000"})
+        d.daemon.start(extra_env={"WATCHDOG_USEC": "200000"})
         d.daemon.wait_online()
         d.thing = d.daemon.status()["thing_name"]
         platform.cut_next_download(size - 1024 * 1024)

@@ -64,6 +64,110 @@ def test_first_boot_provisioning(bus, workdir, platform, method):
         assert d.stop() == 0
 
 
+class FreshInstall:
+    """A device as the package leaves it: lodevd.conf names claim files that are not there
+    yet. put_claim() is what the operator does later."""
+
+    def __init__(self, bus, workdir, platform):
+        self.platform = platform
+        self.cert = os.path.join(workdir, "etc", "claim.pem")
+        self.key = os.path.join(workdir, "etc", "claim.key")
+        os.makedirs(os.path.dirname(self.cert))
+        self.config = os.path.join(workdir, "lodevd.conf")
+        lodevtest.write_device_config(self.config, workdir, platform, provisioning={
+            "claim_cert": self.cert, "claim_key": self.key})
+        self.daemon = lodevtest.Daemon(bus, workdir, self.config)
+
+    def put_claim(self, which):
+        src = {"cert": self.platform.claim_cert, "key": self.platform.claim_key}[which]
+        dst = {"cert": self.cert, "key": self.key}[which]
+        with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+            g.write(f.read())
+        os.chmod(dst + ".tmp", 0o600 if which == "key" else 0o644)
+        os.rename(dst + ".tmp", dst)
+
+    def missing(self, key, path):
+        """The message naming a missing file: the config file, the key's line, the key."""
+        with open(self.config) as f:
+            line = next(n for n, l in enumerate(f, 1) if l.strip().startswith(key + " ="))
+        return "%s:%d: provisioning.%s: %s: No such file or directory" % (
+            self.config, line, key, path)
+
+
+def assert_waits_for(dev, bus, key, path):
+    """lodevd is up and unprovisioned, and names the missing file everywhere."""
+    st = dev.daemon.status()
+    assert st["state"] == "unprovisioned", st
+    assert st["last_error"] == "cannot provision: " + dev.missing(key, path), st
+    assert dev.daemon.proc.poll() is None
+    r = lodevtest.lodevctl(bus, "status")
+    assert path in r.stdout, r.stdout
+    status = dev.daemon.notify.wait_for("STATUS=unprovisioned, cannot provision")
+    assert path in status, status
+
+
+def test_fresh_install_waits_for_the_claim_files(bus, workdir, platform):
+    """No claim certificate yet: lodevd starts (READY=1, bus name owned), takes readings,
+    stays unprovisioned naming the missing file, asks nothing of the platform, and
+    provisions once the files are there and it is restarted."""
+    dev = FreshInstall(bus, workdir, platform)
+    certs_before = len(platform.certificates())
+    dev.daemon.start()
+    try:
+        assert_waits_for(dev, bus, "claim_cert", dev.cert)
+        out = dev.daemon.output()
+        assert "Cannot provision: " + dev.missing("claim_cert", dev.cert) in out
+        # Readings wait on disk meanwhile.
+        r = lodevtest.lodevctl(bus, "observe", "--code", "8867-4", "--code-system",
+                               "http://loinc.org", "--value", "72", "--unit", "/min")
+        assert r.returncode == 0, r.stderr
+        # Still there, still not provisioning: no crash, no retry loop.
+        time.sleep(3)
+        assert_waits_for(dev, bus, "claim_cert", dev.cert)
+        assert "Provisioning with" not in dev.daemon.output()
+
+        # The certificate alone: now the key is what is missing.
+        dev.put_claim("cert")
+        assert dev.daemon.stop() == 0
+        dev.daemon.start()
+        assert_waits_for(dev, bus, "claim_key", dev.key)
+
+        dev.put_claim("key")
+        assert dev.daemon.stop() == 0
+        dev.daemon.start()
+        dev.daemon.wait_online()
+        st = dev.daemon.status()
+        assert st["thing_name"] and st["last_error"] == "", st
+        assert len(platform.certificates()) == certs_before + 1
+        wait_until(lambda: platform.observation_count(st["thing_name"]) >= 1, 30,
+                   what="the reading taken while unprovisioned")
+    finally:
+        dev.daemon.stop()
+
+
+def test_provision_call_finds_claim_files_put_later(bus, workdir, platform):
+    """lodevctl provision checks the files again: it names the missing one, and once they
+    are there it provisions without a restart."""
+    dev = FreshInstall(bus, workdir, platform)
+    dev.daemon.start()
+    try:
+        assert_waits_for(dev, bus, "claim_cert", dev.cert)
+        r = lodevtest.lodevctl(bus, "provision")
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "cannot provision: " + dev.missing("claim_cert", dev.cert) in r.stderr, r.stderr
+        assert dev.daemon.status()["state"] == "unprovisioned"
+        dev.put_claim("cert")
+        dev.put_claim("key")
+        r = lodevtest.lodevctl(bus, "provision", timeout=90)
+        assert r.returncode == 0, r.stderr
+        thing = r.stdout.strip()
+        assert thing.startswith(platform.account + ":")
+        dev.daemon.wait_online()
+        assert dev.daemon.status()["last_error"] == ""
+    finally:
+        dev.daemon.stop()
+
+
 def test_restart_reuses_identity(bus, workdir, platform, basic_config):
     d = lodevtest.Daemon(bus, workdir, basic_config).start()
     d.wait_online()
@@ -364,15 +468,8 @@ def test_unresolvable_endpoint_does_not_block(bus, workdir, platform):
 
 
 def lodev_member_cmd(*args):
-    """A command line that runs as user nobody in group lodev, or None."""
-    import subprocess
-    r = subprocess.run(["getent", "group", "lodev"], capture_output=True, text=True)
-    if r.returncode != 0:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("group lodev is missing; the test setup creates it")
-        pytest.skip("group lodev is missing")
-    gid = r.stdout.split(":")[2]
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=" + gid] + list(args)
+    """A command line that runs as user nobody in group lodev."""
+    return lodevtest.member_cmd("nobody", *args)
 
 
 def test_provision_force_is_root_only(bus, workdir, platform, basic_config):

@@ -5,12 +5,11 @@ emulator's real HTTP faults, restarts, cancel, and the observations beside."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
-
-import pytest
 
 import lodevtest
 from lodevtest import wait_until
@@ -19,12 +18,7 @@ SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
 MiB = 1024 * 1024
 
 
-def start_online(bus, workdir, emulator, **overrides):
-    config = os.path.join(workdir, "lodevd.conf")
-    lodevtest.write_device_config(config, workdir, emulator, **overrides)
-    d = lodevtest.Daemon(bus, workdir, config).start()
-    d.wait_online()
-    return d, d.status()["thing_name"]
+start_online = lodevtest.start_online
 
 
 def random_file(path, size):
@@ -55,20 +49,16 @@ def upload(bus, path, *args, timeout=120):
 
 
 def spool_files(workdir):
+    """The transfers' files in the spool (not the space it keeps in reserve)."""
     d = os.path.join(workdir, "state", "transfers")
-    return sorted(f for f in os.listdir(d) if not f.startswith("."))
+    return sorted(f for f in os.listdir(d) if not f.startswith(".") and f != "reserve")
 
 
 def dbus_upload(bus, fd, name, content_type=""):
     """UploadFile with an fd of any kind, which lodevctl (it opens a path for
     reading) cannot produce; busctl cannot pass fds. Returns (error name,
     message), or (None, id)."""
-    try:
-        import dbus
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("python3-dbus is required under CI")
-        pytest.skip("python3-dbus not installed")
+    dbus = lodevtest.import_dbus()
     conn = dbus.bus.BusConnection(bus.address)
     try:
         iface = dbus.Interface(conn.get_object("com.lifeomic.Device1", "/com/lifeomic/Device1"),
@@ -364,3 +354,224 @@ def test_an_upload_does_not_slow_observations(bus, workdir, platform):
         assert during >= 0.9 * before, (before, during)
     finally:
         d.stop()
+
+
+
+
+def test_answers_that_can_pass_deliver(bus, workdir, platform):
+    """S3 answers that mean "not now" never cost the user's file: a 400
+    RequestTimeout (slow links, transfers.max_rate), a 400 ExpiredToken, a 503
+    SlowDown and a 307 redirect each get another try, and the file lands
+    byte-identical."""
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "passes.bin")
+        digest = random_file(path, 256 * 1024)
+        platform.fail_next_puts(1, 400, code="RequestTimeout", file_name="passes.bin")
+        platform.fail_next_puts(1, 400, code="ExpiredToken", file_name="passes.bin")
+        platform.fail_next_puts(1, 503, code="SlowDown", file_name="passes.bin")
+        platform.fail_next_puts(1, 307, code="TemporaryRedirect", file_name="passes.bin")
+        r = upload(bus, path, "--wait", timeout=180)
+        assert r.returncode == 0, r.stderr + d.output()[-3000:]
+        (u,) = uploads_of(platform, thing, "passes.bin")
+        assert (u["sha256"], u["size"]) == (digest, 256 * 1024)
+        out = d.output()
+        assert "HTTP 400 RequestTimeout" in out and "HTTP 400 ExpiredToken" in out
+        assert "HTTP 503 SlowDown" in out and "HTTP 307 TemporaryRedirect" in out
+        assert platform.status()["faults"]["fail_next_puts"] == []
+        assert spool_files(workdir) == []
+    finally:
+        d.stop()
+
+
+def test_an_answer_that_cannot_pass_fails_at_once(bus, workdir, platform):
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "huge-for-s3.bin")
+        random_file(path, 4096)
+        platform.fail_next_puts(1, 400, code="EntityTooLarge")
+        t0 = time.monotonic()
+        r = upload(bus, path, "--wait", timeout=60)
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "EntityTooLarge" in r.stderr, r.stderr
+        # No retry, no backoff.
+        assert time.monotonic() - t0 < 10
+        assert d.output().count("Uploading transfer") == 1
+        assert spool_files(workdir) == []
+    finally:
+        d.stop()
+
+
+def test_a_failing_transfer_does_not_hold_up_the_next(bus, workdir, platform):
+    """One file keeps getting 500s: it waits out its own backoff while the file
+    queued after it is uploaded, and is uploaded itself once the errors stop."""
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        first = os.path.join(workdir, "stuck.bin")
+        second = os.path.join(workdir, "behind.bin")
+        d1 = random_file(first, 64 * 1024)
+        d2 = random_file(second, 64 * 1024)
+        platform.fail_next_puts(4, 500, file_name="stuck.bin")
+        r = upload(bus, first)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "Transfer %s: HTTP 500" % r.stdout.strip() in d.output(), 30,
+                   what="the first 500")
+        t0 = time.monotonic()
+        r2 = upload(bus, second)
+        assert r2.returncode == 0, r2.stderr
+        # Before: one at a time in order, behind 1+2+4+8 s of backoff at least.
+        wait_until(lambda: uploads_of(platform, thing, "behind.bin"), 10, interval=0.1,
+                   what="the second file while the first waits")
+        waited = time.monotonic() - t0
+        assert not uploads_of(platform, thing, "stuck.bin")
+        listed = {t["id"]: t for t in lodevtest.lodevctl_json(bus, "transfers")}
+        assert listed[r.stdout.strip()]["state"] in ("waiting", "uploading"), listed
+        print("\nthe second file landed %.1f s after it was queued" % waited)
+        wait_until(lambda: uploads_of(platform, thing, "stuck.bin"), 120, interval=0.5,
+                   what="the first file after its errors")
+        assert uploads_of(platform, thing, "stuck.bin")[0]["sha256"] == d1
+        assert uploads_of(platform, thing, "behind.bin")[0]["sha256"] == d2
+        wait_until(lambda: spool_files(workdir) == [], 10, what="the spool to empty")
+    finally:
+        d.stop()
+
+
+def test_a_late_link_answer_never_sends_another_files_bytes(bus, workdir, platform):
+    """The link answer carries no correlation id. An answer for another file
+    (late, after a timeout or a cancel) arrives while this file's request is
+    outstanding: it must not be used, and this file still lands under its own
+    name."""
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        path = os.path.join(workdir, "mine.csv")
+        digest = random_file(path, 10_000)
+        platform.ignore_next("upload-link")
+        r = upload(bus, path)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "Asking for an upload link for transfer %s" % r.stdout.strip()
+                   in d.output(), 20, what="the link request")
+        time.sleep(0.5)
+        stale = platform.upload_link(thing, "theirs.csv", "text/csv")
+        platform.inject(thing, json.dumps({"uploadUrl": stale}).encode())
+        time.sleep(2)
+        assert uploads_of(platform, thing, "theirs.csv") == [], \
+            "mine.csv's bytes were sent to the link of theirs.csv"
+        wait_until(lambda: "not for the file asked for" in d.output(), 20,
+                   what="the stale answer to be refused")
+        fresh = platform.upload_link(thing, "mine.csv", "text/csv")
+        platform.inject(thing, json.dumps({"uploadUrl": fresh}).encode())
+        wait_until(lambda: uploads_of(platform, thing, "mine.csv"), 30, interval=0.2,
+                   what="the upload under its own link")
+        assert uploads_of(platform, thing, "mine.csv")[0]["sha256"] == digest
+        assert uploads_of(platform, thing, "theirs.csv") == []
+    finally:
+        d.stop()
+
+
+def test_a_transfer_that_cannot_be_removed_is_not_uploaded_again(bus, workdir, platform):
+    """The upload succeeded but its files cannot be deleted (EIO): it is never
+    picked and uploaded again; once the disk behaves, it is removed."""
+    config = os.path.join(workdir, "lodevd.conf")
+    lodevtest.write_device_config(config, workdir, platform)
+    flag = os.path.join(workdir, "fault-on")
+    d = lodevtest.Daemon(bus, workdir, config).start(
+        extra_env=lodevtest.fault_env(".json", flag, 5, calls="unlink"))
+    try:
+        d.wait_online()
+        thing = d.status()["thing_name"]
+        path = os.path.join(workdir, "once.bin")
+        random_file(path, 20_000)
+        with open(flag, "w"):
+            pass
+        r = upload(bus, path, "--wait", timeout=60)
+        assert r.returncode == 0, r.stderr
+        tid = r.stdout.strip()
+        time.sleep(5)
+        assert len(uploads_of(platform, thing, "once.bin")) == 1, \
+            "uploaded %d times" % len(uploads_of(platform, thing, "once.bin"))
+        assert "Failed to remove transfer %s" % tid in d.output()
+        listed = lodevtest.lodevctl_json(bus, "transfers")
+        assert [(t["id"], t["state"]) for t in listed] == [(tid, "finished")]
+        os.unlink(flag)
+        wait_until(lambda: lodevtest.lodevctl_json(bus, "transfers") == [], 30,
+                   what="the removal retried")
+        assert spool_files(workdir) == []
+        assert len(uploads_of(platform, thing, "once.bin")) == 1
+    finally:
+        d.stop()
+
+
+def test_pseudo_files_upload_what_reads_to_the_end(bus, workdir, platform):
+    """/proc and /sys files say nothing true of their size (0 and 4096 bytes):
+    what reads to the end is uploaded."""
+    d, thing = start_online(bus, workdir, platform)
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+        error, tid = dbus_upload(bus, fd, "status.txt")
+        os.close(fd)
+        assert error is None, (error, tid)
+        sysfs = next((p for p in ("/sys/kernel/osrelease", "/sys/class/net/lo/address")
+                      if os.access(p, os.R_OK)), None)
+        assert sysfs, "no readable sysfs file"
+        with open(sysfs, "rb") as f:
+            expect = f.read()
+        fd = os.open(sysfs, os.O_RDONLY)
+        error, tid2 = dbus_upload(bus, fd, "sys.txt")
+        os.close(fd)
+        assert error is None, (error, tid2)
+        wait_until(lambda: uploads_of(platform, thing, "sys.txt") and
+                   uploads_of(platform, thing, "status.txt"), 30, what="both uploads")
+        (st,) = uploads_of(platform, thing, "status.txt")
+        with open(st["path"], "rb") as f:
+            status = f.read()
+        assert st["size"] > 100 and status.startswith(b"Name:") and b"\nPid:" in status
+        (sy,) = uploads_of(platform, thing, "sys.txt")
+        assert sy["sha256"] == hashlib.sha256(expect).hexdigest()
+        assert sy["size"] == len(expect)
+        assert st["content_type"] == "text/plain"
+    finally:
+        d.stop()
+
+
+def test_cancel_belongs_to_the_submitter(bus, workdir, platform):
+    """A transfer belongs to the UID that spooled it: another non-root user may
+    not cancel it; its owner and root may."""
+    lodevtest.member_cmd("nobody")  # skips without group lodev
+    config = os.path.join(workdir, "lodevd.conf")
+    # Offline (nothing on port 1): the transfers stay queued.
+    lodevtest.write_device_config(config, workdir, platform, platform={"port": 1})
+    d = lodevtest.Daemon(bus, workdir, config).start()
+    pub = lodevtest.public_tempdir("lodev-upload-")
+    try:
+        path = os.path.join(pub, "shared.bin")
+        random_file(path, 1000)
+        os.chmod(path, 0o644)
+
+        def as_user(user, *args):
+            return subprocess.run(lodevtest.member_cmd(user, lodevtest.LODEVCTL, *args),
+                                  env=bus.env(), capture_output=True, text=True, timeout=60)
+
+        r = upload(bus, path, "--name", "roots.bin")
+        assert r.returncode == 0, r.stderr
+        roots = r.stdout.strip()
+        r = as_user("nobody", "upload", path, "--name", "nobodys.bin")
+        assert r.returncode == 0, r.stderr
+        nobodys = r.stdout.strip()
+        r = as_user("daemon", "upload", path, "--name", "daemons.bin")
+        assert r.returncode == 0, r.stderr
+        daemons = r.stdout.strip()
+
+        r = as_user("nobody", "cancel", roots)
+        assert r.returncode == 1 and "belongs to another user" in r.stderr, r.stderr
+        r = as_user("nobody", "cancel", daemons)
+        assert r.returncode == 1 and "belongs to another user" in r.stderr, r.stderr
+        assert {t["id"] for t in lodevtest.lodevctl_json(bus, "transfers")} == \
+            {roots, nobodys, daemons}
+        r = as_user("nobody", "cancel", nobodys)
+        assert r.returncode == 0, r.stderr
+        r = lodevtest.lodevctl(bus, "cancel", daemons)
+        assert r.returncode == 0, r.stderr
+        assert [t["id"] for t in lodevtest.lodevctl_json(bus, "transfers")] == [roots]
+    finally:
+        d.stop()
+        shutil.rmtree(pub, ignore_errors=True)

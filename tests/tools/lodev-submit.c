@@ -195,7 +195,7 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "error: %s: cannot connect\n", lodev_strerror(r));
                 return 3;
         }
-        if (wait_delivered && (r = lodev_set_delivered_callback(l, on_delivered, NULL)) < 0) {
+        if (wait_delivered && (r = lodev_add_delivered_callback(l, NULL, on_delivered, NULL)) < 0) {
                 fprintf(stderr, "error: %s: cannot subscribe\n", lodev_strerror(r));
                 return 1;
         }
@@ -214,7 +214,7 @@ int main(int argc, char *argv[]) {
                         if (!call)
                                 return 1;
                         *call = (Call) { .value = o.value, .start = now_usec() };
-                        r = lodev_submit_observation_async(l, &o, on_reply, call);
+                        r = lodev_submit_observation_async(l, NULL, &o, on_reply, call);
                         if (r < 0) {
                                 /* Refused before it left this process (invalid UTF-8, say). */
                                 fprintf(stderr, "error: %s: not sent\n", lodev_strerror(r));

@@ -51,7 +51,10 @@ static void test_defaults(void) {
         CHECK_INT(c.spool_max_bytes, 67108864);
         CHECK(!c.allow_http);
         CHECK_INT(c.install_timeout, 3600);
-        CHECK_STR(c.reboot_command, "systemctl reboot");
+        /* The request to lodevd-reboot.path, under the build's prefix. */
+        CHECK(strlen(c.reboot_command) > 30 &&
+              streq(c.reboot_command + strlen(c.reboot_command) - 30,
+                    "/libexec/lodevd/request-reboot"));
         CHECK_INT(c.log_level, LOG_INFO);
         CHECK_STR(c.path, path);
         config_done(&c);
@@ -166,6 +169,129 @@ static void test_parameter_resolve(void) {
         CHECK_STR(v, "literal");
 }
 
+static char *write_bytes(const char *name, const char *data, size_t len) {
+        char *path = strdup_printf("%s/%s", dir, name);
+        FILE *f = fopen(path, "we");
+
+        CHECK(f && fwrite(data, 1, len, f) == len);
+        if (f)
+                fclose(f);
+        return path;
+}
+
+/* Files of the running system: pseudo-files whose size says 0, and device tree properties
+ * (/proc/device-tree/serial-number), which end in the NUL of a C string. */
+static void test_parameter_from_system_files(void) {
+        _cleanup_free_ char *conf = strdup_printf("%s/x.conf", dir), *dt = NULL, *dt_nl = NULL,
+                            *inner = NULL, *two = NULL, *err = NULL, *want = NULL;
+        Config c = { .path = conf };
+        ConfigParameter p = { .name = (char *) "SerialNumber", .line = 9 };
+        char *v = NULL;
+
+        dt = write_bytes("serial-number", "SN-DT-0042\0", 11);
+        p.value = strdup_printf("file:%s", dt);
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK_STR(v, "SN-DT-0042");
+        free(p.value);
+        free(v);
+        v = NULL;
+
+        dt_nl = write_bytes("serial-nl", "SN-DT-7\n\0", 9);
+        p.value = strdup_printf("file:%s", dt_nl);
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK_STR(v, "SN-DT-7");
+        free(p.value);
+        free(v);
+        v = NULL;
+
+        /* A NUL inside the value, or a second one at the end: not a serial number. */
+        inner = write_bytes("serial-inner", "SN\0DT\0", 6);
+        p.value = strdup_printf("file:%s", inner);
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), -EINVAL);
+        CHECK(!v);
+        want = strdup_printf("%s:9: provisioning.parameters.SerialNumber: %s: contains a NUL "
+                             "byte", conf, inner);
+        CHECK_STR(err, want);
+        free(p.value);
+        free(want);
+        two = write_bytes("serial-two", "SN\0\0", 4);
+        p.value = strdup_printf("file:%s", two);
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), -EINVAL);
+        want = strdup_printf("%s:9: provisioning.parameters.SerialNumber: %s: contains a NUL "
+                             "byte", conf, two);
+        CHECK_STR(err, want);
+        free(p.value);
+
+        /* /proc says its files are empty; they are read to the end all the same. */
+        p.value = (char *) "file:/proc/sys/kernel/random/boot_id";
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK(v && strlen(v) == 36 && v[8] == '-');
+        free(v);
+        v = NULL;
+        p.value = (char *) "file:/proc/self/comm";
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), 0);
+        CHECK_STR(v, "test-conf");
+        free(v);
+        v = NULL;
+        p.value = (char *) "file:/proc/self/smaps";
+        CHECK_INT(config_parameter_resolve(&c, &p, &v, &err), -EINVAL);
+        free(want);
+        want = strdup_printf("%s:9: provisioning.parameters.SerialNumber: /proc/self/smaps: "
+                             "longer than 4096 bytes", conf);
+        CHECK_STR(err, want);
+}
+
+/* What provisioning needs, in order: the claim certificate, its key, the parameters' files. */
+static void test_check_provisioning(void) {
+        _cleanup_free_ char *conf = strdup_printf("%s/p.conf", dir), *cert = NULL, *key = NULL,
+                            *serial = NULL, *err = NULL, *want = NULL;
+        ConfigParameter params[2] = {
+                { .name = (char *) "Manufacturer", .value = (char *) "Acme", .line = 12 },
+                { .name = (char *) "SerialNumber", .line = 13 },
+        };
+        Config c = {
+                .path = conf,
+                .claim_cert = strdup_printf("%s/claim.pem", dir),
+                .claim_key = strdup_printf("%s/claim.key", dir),
+                .line_claim_cert = 10,
+                .parameters = params,
+                .n_parameters = 2,
+        };
+
+        serial = strdup_printf("%s/serial-p", dir);
+        params[1].value = strdup_printf("file:%s", serial);
+
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        want = strdup_printf("%s:10: provisioning.claim_cert: %s: No such file or directory",
+                             conf, c.claim_cert);
+        CHECK_STR(err, want);
+        cert = write_conf("claim.pem", "cert\n");
+
+        /* A key that is not in the file: no line. */
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        free(want);
+        want = strdup_printf("%s: provisioning.claim_key: %s: No such file or directory", conf,
+                             c.claim_key);
+        CHECK_STR(err, want);
+        key = write_conf("claim.key", "key\n");
+
+        CHECK_INT(config_check_provisioning(&c, &err), -ENOENT);
+        free(want);
+        want = strdup_printf("%s:13: provisioning.parameters.SerialNumber: %s: No such file or "
+                             "directory", conf, serial);
+        CHECK_STR(err, want);
+        free(write_conf("serial-p", "SN-1\n"));
+
+        free(err);
+        err = NULL;
+        CHECK_INT(config_check_provisioning(&c, &err), 0);
+        CHECK(!err);
+
+        free(params[1].value);
+        free(c.claim_cert);
+        free(c.claim_key);
+}
+
 static void test_check_file(void) {
         _cleanup_free_ char *err = NULL, *want = NULL;
         Config c = { .path = (char *) "/etc/lodevd/lodevd.conf" };
@@ -251,6 +377,8 @@ int main(void) {
         test_full();
         test_errors();
         test_parameter_resolve();
+        test_parameter_from_system_files();
+        test_check_provisioning();
         test_check_file();
         test_check_permissions();
         {

@@ -44,6 +44,63 @@ static void test_atomic(void) {
         umask(022);
 }
 
+/* Pseudo-files report a size of 0: they are read to EOF all the same, within max_len. */
+static void test_read_pseudo_files(void) {
+        _cleanup_free_ char *fifo = strdup_printf("%s/fifo", dir), *big = NULL;
+        char *data = NULL;
+        size_t len = 0;
+
+        CHECK_INT(file_size_of("/proc/self/status"), 0);
+        CHECK_INT(read_file("/proc/self/status", 65536, &data, &len), 0);
+        CHECK(data && startswith(data, "Name:\ttest-fileio\n"));
+        CHECK(data && strlen(data) == len && len > 100 && data[len - 1] == '\n');
+        free(data);
+        data = NULL;
+
+        /* What lodevd's jobs read through libsystemd, in the same form. */
+        CHECK_INT(file_size_of("/proc/sys/kernel/random/boot_id"), 0);
+        CHECK_INT(read_file("/proc/sys/kernel/random/boot_id", 128, &data, &len), 0);
+        CHECK_INT(len, 37);
+        CHECK(data && data[8] == '-' && data[36] == '\n');
+        free(data);
+        data = NULL;
+
+        /* Longer than max_len although the size said 0; max_len exactly is enough. */
+        CHECK_INT(read_file("/proc/self/status", 16, &data, &len), -EFBIG);
+        CHECK(!data);
+        CHECK_INT(read_file("/proc/sys/kernel/random/boot_id", 36, &data, &len), -EFBIG);
+        CHECK_INT(read_file("/proc/sys/kernel/random/boot_id", 37, &data, &len), 0);
+        CHECK_INT(len, 37);
+        free(data);
+        data = NULL;
+
+        /* Past the first chunk of a file that says nothing of its size. */
+        CHECK_INT(read_file("/proc/self/smaps", 1 << 24, &data, &len), 0);
+        CHECK(data && len > 4096 && strlen(data) == len && data[len - 1] == '\n');
+        free(data);
+        data = NULL;
+
+        /* A regular file past the first chunk, and one byte too long. */
+        big = malloc(10001);
+        CHECK(big != NULL);
+        if (big) {
+                _cleanup_free_ char *path = strdup_printf("%s/big", dir);
+
+                memset(big, 'x', 10000);
+                CHECK_INT(write_file_atomic(path, big, 10000, 0600), 0);
+                CHECK_INT(read_file(path, 10000, &data, &len), 0);
+                CHECK_INT(len, 10000);
+                CHECK(data && memcmp(data, big, 10000) == 0 && data[10000] == '\0');
+                free(data);
+                data = NULL;
+                CHECK_INT(read_file(path, 9999, &data, &len), -EFBIG);
+        }
+
+        CHECK_INT(mkfifo(fifo, 0600), 0);
+        CHECK_INT(read_file(fifo, 100, &data, &len), -EBADFD);
+        CHECK_INT(read_file("/nonexistent/x", 100, &data, &len), -ENOENT);
+}
+
 static void test_mkdir_private(void) {
         _cleanup_free_ char *sub = strdup_printf("%s/a/b/state", dir),
                             *open_dir = strdup_printf("%s/open", dir),
@@ -156,6 +213,7 @@ int main(void) {
         if (!mkdtemp(dir))
                 return 77;
         test_atomic();
+        test_read_pseudo_files();
         test_mkdir_private();
         test_pread_pwrite();
         test_pwrite_short();

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -376,7 +377,7 @@ static void test_full(void) {
                         break;
                 n_ok++;
         }
-        CHECK_INT(r, -ENOSPC);
+        CHECK_INT(r, -EDQUOT);
         CHECK(n_ok > 250);
         used = spool_used_bytes(s);
         CHECK(used <= max);
@@ -384,7 +385,7 @@ static void test_full(void) {
         CHECK_INT(spool_pending_count(s), n_ok);
         /* Still full after a sync: nothing is lost, nothing is dropped to make room. */
         CHECK_INT(spool_sync(s), 0);
-        CHECK_INT(spool_append(s, big, 200, &seq), -ENOSPC);
+        CHECK_INT(spool_append(s, big, 200, &seq), -EDQUOT);
         CHECK_INT(spool_pending_count(s), n_ok);
 
         /* Acking the oldest half frees their segments. */
@@ -1313,6 +1314,150 @@ static void test_read_errors(void) {
         spool_free(s);
 }
 
+static uint64_t free_bytes(const char *dir) {
+        struct statvfs sv;
+
+        CHECK_INT(statvfs(dir, &sv), 0);
+        return (uint64_t) sv.f_bavail * sv.f_frsize;
+}
+
+/* A small real file system, filled by the spool and then by another file: the disk is the
+ * limit, not max_bytes. Appends fail with -ENOSPC (not -EDQUOT); acknowledging, flushing and
+ * deleting keep working; once the backlog is acknowledged the space is back and appends work
+ * again, without anyone freeing the other file. Opening the spool on a full disk works too. */
+static void test_disk_full(void) {
+        _cleanup_free_ char *mnt = path_join(tmpdir, "small-fs"), *dir = NULL;
+        _cleanup_(spool_freep) Spool *s = NULL;
+        uint64_t seq, n_ok = 0;
+        char page[4096];
+        int r;
+
+        memset(page, 'p', sizeof(page));
+        CHECK_INT(mkdir(mnt, 0700), 0);
+        r = test_mount_tmpfs(mnt, "512k");
+        if (r < 0) {
+                TEST_SKIP("test_disk_full", r);
+                return;
+        }
+        dir = path_join(mnt, "spool");
+
+        /* max_bytes above the file system: 64 KiB segments. */
+        CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+        for (;;) {
+                r = append_range(s, n_ok + 1, 1, NULL);
+                if (r < 0)
+                        break;
+                n_ok++;
+        }
+        CHECK_INT(r, -ENOSPC);
+        CHECK(n_ok > 500);
+        CHECK_INT(spool_sync(s), 0);
+        CHECK(count_segments(dir) >= 3);
+        test_fill_disk(mnt);
+        CHECK(free_bytes(mnt) < 4096);
+        CHECK_INT(spool_append(s, page, sizeof(page), &seq), -ENOSPC);
+
+        /* The backlog drains: every acknowledgement is recorded, every delivered segment
+         * deleted, at no point with an error. */
+        for (uint64_t i = 1; i <= n_ok; i++) {
+                CHECK_INT(read_counter(s, i), i);
+                CHECK_INT(spool_ack(s, i), 0);
+                if (i % 97 == 0)
+                        CHECK_INT(spool_flush(s), 0);
+        }
+        CHECK_INT(spool_flush(s), 0);
+        CHECK_INT(spool_pending_count(s), 0);
+        /* At most the segment still being appended to stays, its records delivered. */
+        CHECK(spool_used_bytes(s) <= 64 * 1024);
+        CHECK(count_segments(dir) <= 1);
+        CHECK(free_bytes(mnt) > 256 * 1024);
+
+        /* Back to normal by itself: new records are taken, numbered after the old ones. */
+        CHECK_INT(spool_append(s, "after", 5, &seq), 0);
+        CHECK_INT(seq, n_ok + 1);
+        CHECK_INT(spool_sync(s), 0);
+
+        /* A restart on a full disk recovers what is there and keeps the numbering. */
+        test_fill_disk(mnt);
+        s = spool_free(s);
+        CHECK_INT(spool_open(dir, 1 << 20, &s), 0);
+        CHECK_INT(spool_pending_count(s), 1);
+        CHECK_INT(spool_next(s, 0, &seq), 0);
+        CHECK_INT(seq, n_ok + 1);
+        CHECK_INT(spool_ack(s, seq), 0);
+        CHECK_INT(spool_flush(s), 0);
+        CHECK_INT(spool_append(s, "again", 5, &seq), 0);
+        CHECK_INT(seq, n_ok + 2);
+        CHECK_INT(spool_sync(s), 0);
+        s = spool_free(s);
+        CHECK_INT(umount2(mnt, MNT_DETACH), 0);
+}
+
+/* Delivered segments that a newer segment file covers are deleted without a head write. When
+ * that newer segment then goes (its records' sync failed) and the head file cannot be
+ * written, a crash must still not bring back sequence numbers already handed out: the head
+ * file comes before that deletion. */
+static void test_gc_without_head_keeps_seqs(void) {
+        _cleanup_free_ char *dir = path_join(tmpdir, "gc-covered");
+        uint64_t handed_out = 0;
+        int status, pipefd[2];
+        pid_t pid;
+
+        CHECK_INT(pipe2(pipefd, O_CLOEXEC), 0);
+        pid = fork();
+        if (pid == 0) {
+                Spool *s = NULL;
+                uint64_t seq = 0;
+
+                if (spool_open(dir, 64 * 1024, &s) < 0)
+                        _exit(10);
+                /* Three segments: the first two synced, the third created for one record. */
+                while (count_segments(dir) < 3) {
+                        if (append_range(s, seq + 1, 1, &seq) < 0)
+                                _exit(11);
+                        if (count_segments(dir) < 3 && spool_sync(s) < 0)
+                                _exit(12);
+                }
+                /* Every synced record delivered: the two full segments go, covered by the
+                 * third one's name, with no head write. */
+                for (uint64_t i = 1; i < seq; i++)
+                        if (spool_ack(s, i) < 0)
+                                _exit(13);
+                if (count_segments(dir) != 1)
+                        _exit(14);
+                /* The sync of the last record fails; cutting it off the file works, and
+                 * every fsync after that fails: the head file cannot be written. */
+                fault_datasync = (Fault) { .fail_from = 1, .n_fail = 1000 };
+                fault_fsync = (Fault) { .fail_from = 2, .n_fail = 1000 };
+                spool_fdatasync_hook = failing_fdatasync;
+                spool_fsync_hook = failing_fsync;
+                if (spool_sync(s) >= 0)
+                        _exit(15);
+                /* A crash here. */
+                if (write(pipefd[1], &seq, sizeof(seq)) != sizeof(seq))
+                        _exit(16);
+                _exit(0);
+        }
+        close(pipefd[1]);
+        CHECK(pid > 0);
+        CHECK_INT(read(pipefd[0], &handed_out, sizeof(handed_out)), sizeof(handed_out));
+        close(pipefd[0]);
+        CHECK_INT(waitpid(pid, &status, 0), pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK(handed_out > 60);
+        {
+                _cleanup_(spool_freep) Spool *s = NULL;
+                uint64_t seq = 0;
+
+                CHECK_INT(spool_open(dir, 64 * 1024, &s), 0);
+                CHECK_INT(spool_pending_count(s), 0);
+                CHECK_INT(spool_append(s, "x", 1, &seq), 0);
+                /* Never a seq of a confirmed record again (the failed one was never
+                 * confirmed to anyone, and may come again). */
+                CHECK(seq >= handed_out);
+        }
+}
+
 int main(void) {
         if (!mkdtemp(tmpdir)) {
                 perror("mkdtemp");
@@ -1325,11 +1470,13 @@ int main(void) {
         test_unsynced_invisible();
         test_ack_out_of_order();
         test_full();
+        test_disk_full();
         test_torn_tail();
         test_zero_tail_and_bad_head();
         test_resync();
         test_resync_segment_tail();
         test_sync_failures();
+        test_gc_without_head_keeps_seqs();
         test_read_errors();
         test_seq_monotonic();
         test_stop_start();

@@ -2,11 +2,14 @@
 
 /* The transfer spool against real files in a temporary directory: copies in small steps,
  * sources that are unlinked, shrink or grow, descriptors that must be refused, the size
- * bounds, commit and recovery after a crash, and the checks of names and content types. */
+ * bounds, commit and recovery after a crash, the checks of names and content types, read
+ * errors that must delete nothing, pseudo-files of /proc and /sys, owners, and a full disk. */
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -54,7 +57,8 @@ static unsigned count_entries(const char *dir) {
         if (!d)
                 return 0;
         while ((de = readdir(d)))
-                if (!streq(de->d_name, ".") && !streq(de->d_name, ".."))
+                if (!streq(de->d_name, ".") && !streq(de->d_name, "..") &&
+                    !streq(de->d_name, "reserve"))
                         n++;
         closedir(d);
         return n;
@@ -221,13 +225,13 @@ static void test_copy_in_steps(void) {
 
         src_path = make_source("steps.src", data, len);
         CHECK(src_path != NULL);
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s || !src_path)
                 return;
 
         fd = open(src_path, O_RDONLY | O_CLOEXEC);
         CHECK(fd >= 0);
-        CHECK_INT(transfer_copy_begin(s, fd, "ecg.pdf", "application/pdf", &c, &reason), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "ecg.pdf", "application/pdf", 1000, &c, &reason), 0);
         CHECK(reason == NULL);
         if (!c)
                 return;
@@ -278,7 +282,7 @@ static void test_offset_and_memfd(void) {
         _cleanup_close_ int fd = -EBADF;
         const Transfer *t = NULL;
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         fd = memfd_create("source", MFD_CLOEXEC);
         CHECK(fd >= 0);
         if (!s || fd < 0)
@@ -286,7 +290,7 @@ static void test_offset_and_memfd(void) {
         CHECK_INT(write_full(fd, data, len), 0);
         CHECK_INT(lseek(fd, 1000, SEEK_SET), 1000);
 
-        CHECK_INT(transfer_copy_begin(s, fd, "trace.bin", "application/octet-stream", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "trace.bin", "application/octet-stream", 1000, &c, NULL), 0);
         if (!c)
                 return;
         CHECK(copy_all(c, 1 * MIB) > 0);
@@ -303,11 +307,11 @@ static void test_empty_file(void) {
         _cleanup_close_ int fd = -EBADF;
         const Transfer *t = NULL;
 
-        CHECK_INT(transfer_store_open(dir, MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, MIB, &s, NULL), 0);
         fd = src ? open(src, O_RDONLY | O_CLOEXEC) : -EBADF;
         if (!s || fd < 0)
                 return;
-        CHECK_INT(transfer_copy_begin(s, fd, "empty.txt", "text/plain", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "empty.txt", "text/plain", 1000, &c, NULL), 0);
         if (!c)
                 return;
         CHECK_INT(transfer_copy_step(c, 4096), 0);
@@ -332,7 +336,7 @@ static void test_refused_descriptors(void) {
         int pair[2] = {-EBADF, -EBADF};
         size_t n = 0;
 
-        CHECK_INT(transfer_store_open(dir, MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, MIB, &s, NULL), 0);
         if (!s || !src || !fifo)
                 return;
         CHECK_INT(mkfifo(fifo, 0600), 0);
@@ -356,8 +360,7 @@ static void test_refused_descriptors(void) {
                 const char *reason = NULL;
                 int r;
 
-                r = transfer_copy_begin(s, cases[i].fd, "x.bin", "application/octet-stream", &c,
-                                        &reason);
+                r = transfer_copy_begin(s, cases[i].fd, "x.bin", "application/octet-stream", 1000, &c, &reason);
                 if (r != cases[i].error || !streq_ptr(reason, cases[i].reason))
                         fprintf(stderr, "%s: %d (%s)\n", cases[i].what, r, strempty(reason));
                 CHECK_INT(r, cases[i].error);
@@ -376,9 +379,9 @@ static void test_refused_descriptors(void) {
                 TransferCopy *c = NULL;
                 const char *reason = NULL;
 
-                CHECK_INT(transfer_copy_begin(s, -1, "a/b", "text/plain", &c, &reason), -EINVAL);
+                CHECK_INT(transfer_copy_begin(s, -1, "a/b", "text/plain", 1000, &c, &reason), -EINVAL);
                 CHECK_STR(reason, "file name contains '/'");
-                CHECK_INT(transfer_copy_begin(s, -1, "a.txt", "text", &c, &reason), -EINVAL);
+                CHECK_INT(transfer_copy_begin(s, -1, "a.txt", "text", 1000, &c, &reason), -EINVAL);
                 CHECK_STR(reason, "content type is not of the form type/subtype");
         }
 }
@@ -391,14 +394,14 @@ static void test_too_large(void) {
         const char *reason = NULL;
 
         /* A budget far above 5 GiB, so that only the upload limit applies. */
-        CHECK_INT(transfer_store_open(dir, 100 * TRANSFER_SIZE_MAX, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 100 * TRANSFER_SIZE_MAX, &s, NULL), 0);
         fd = src ? open(src, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -EBADF;
         CHECK(fd >= 0);
         if (!s || fd < 0)
                 return;
         /* Sparse: no disk space is used. */
         CHECK_INT(ftruncate(fd, (off_t) TRANSFER_SIZE_MAX + 1), 0);
-        CHECK_INT(transfer_copy_begin(s, fd, "big.bin", "application/octet-stream", &c, &reason),
+        CHECK_INT(transfer_copy_begin(s, fd, "big.bin", "application/octet-stream", 1000, &c, &reason),
                   -EFBIG);
         CHECK_STR(reason, "file is larger than 5 GiB, the most one upload can carry");
         CHECK(c == NULL);
@@ -406,10 +409,10 @@ static void test_too_large(void) {
         s = transfer_store_free(s);
 
         /* Larger than the whole budget: it can never fit, so it is not "full". */
-        CHECK_INT(transfer_store_open(dir, MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, MIB, &s, NULL), 0);
         CHECK_INT(ftruncate(fd, (off_t) MIB), 0);
-        CHECK_INT(transfer_copy_begin(s, fd, "big.bin", "application/octet-stream", &c, &reason),
-                  -EFBIG);
+        CHECK_INT(transfer_copy_begin(s, fd, "big.bin", "application/octet-stream", 1000, &c, &reason),
+                  -E2BIG);
         CHECK_STR(reason, "file is larger than the transfer queue (transfers.max_bytes)");
         CHECK(c == NULL);
         CHECK_INT(count_entries(dir), 0);
@@ -428,21 +431,21 @@ static void test_budget(void) {
         const char *reason = NULL;
         char id[TRANSFER_ID_LEN + 1] = "";
 
-        CHECK_INT(transfer_store_open(dir, MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, MIB, &s, NULL), 0);
         fd = src ? open(src, O_RDONLY | O_CLOEXEC) : -EBADF;
         if (!s || fd < 0)
                 return;
 
-        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", &a, NULL), 0);
-        CHECK_INT(transfer_copy_begin(s, fd, "b.bin", "application/octet-stream", &b, &reason),
-                  -ENOSPC);
+        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", 1000, &a, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "b.bin", "application/octet-stream", 1000, &b, &reason),
+                  -EDQUOT);
         CHECK_STR(reason, "the transfer queue is full, try again after uploads finish");
         CHECK(b == NULL);
 
         /* Abandoning the first copy gives its room back. */
         a = transfer_copy_free(a);
         CHECK_INT(transfer_store_used_bytes(s), 0);
-        CHECK_INT(transfer_copy_begin(s, fd, "b.bin", "application/octet-stream", &b, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "b.bin", "application/octet-stream", 1000, &b, NULL), 0);
         if (!b)
                 return;
         CHECK(copy_all(b, 100 * 1024) > 0);
@@ -453,8 +456,8 @@ static void test_budget(void) {
         memcpy(id, t->id, sizeof(id));
 
         /* Committed transfers hold their room until removed. */
-        CHECK_INT(transfer_copy_begin(s, fd, "c.bin", "application/octet-stream", &a, &reason),
-                  -ENOSPC);
+        CHECK_INT(transfer_copy_begin(s, fd, "c.bin", "application/octet-stream", 1000, &a, &reason),
+                  -EDQUOT);
         CHECK_INT(transfer_store_remove(s, id), 0);
         CHECK_INT(transfer_store_count(s), 0);
         CHECK_INT(transfer_store_used_bytes(s), 0);
@@ -462,7 +465,7 @@ static void test_budget(void) {
         CHECK_INT(transfer_store_remove(s, id), -ENOENT);
         CHECK_INT(transfer_store_remove(s, "../steps"), -ENOENT);
         CHECK_INT(transfer_open_data(s, id), -ENOENT);
-        CHECK_INT(transfer_copy_begin(s, fd, "c.bin", "application/octet-stream", &a, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "c.bin", "application/octet-stream", 1000, &a, NULL), 0);
         a = transfer_copy_free(a);
 }
 
@@ -476,11 +479,11 @@ static void test_abort(void) {
         _cleanup_close_ int fd = -EBADF;
         TransferCopy *c = NULL;
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         fd = src ? open(src, O_RDONLY | O_CLOEXEC) : -EBADF;
         if (!s || fd < 0)
                 return;
-        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", 1000, &c, NULL), 0);
         CHECK_INT(transfer_copy_step(c, 256 * 1024), 1);
         CHECK_INT(count_entries(dir), 1);
         c = transfer_copy_free(c);
@@ -497,11 +500,11 @@ static void test_store_freed_first(void) {
         TransferStore *s = NULL;
         TransferCopy *c = NULL;
 
-        CHECK_INT(transfer_store_open(dir, MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, MIB, &s, NULL), 0);
         fd = src ? open(src, O_RDONLY | O_CLOEXEC) : -EBADF;
         if (!s || fd < 0)
                 return;
-        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", 1000, &c, NULL), 0);
         s = transfer_store_free(s);
         CHECK_INT(count_entries(dir), 0);
         CHECK_INT(transfer_copy_step(c, 4096), -ESTALE);
@@ -521,12 +524,12 @@ static void test_shrink_and_grow(void) {
         const Transfer *t = NULL;
         int r;
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         fd = src ? open(src, O_RDWR | O_CLOEXEC) : -EBADF;
         if (!s || fd < 0)
                 return;
 
-        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", 1000, &c, NULL), 0);
         CHECK_INT(transfer_copy_step(c, 64 * 1024), 1);
         CHECK_INT(ftruncate(fd, 100 * 1024), 0);
         r = copy_all(c, 64 * 1024);
@@ -540,7 +543,7 @@ static void test_shrink_and_grow(void) {
 
         /* Grows: back to the full size, then more appended after begin. */
         CHECK_INT(pwrite(fd, data, len, 0), (ssize_t) len);
-        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", &c, NULL), 0);
+        CHECK_INT(transfer_copy_begin(s, fd, "a.bin", "application/octet-stream", 1000, &c, NULL), 0);
         CHECK_INT(transfer_copy_step(c, 64 * 1024), 1);
         CHECK_INT(pwrite(fd, "more", 4, (off_t) len), 4);
         CHECK(copy_all(c, 64 * 1024) > 0);
@@ -567,7 +570,7 @@ static void test_reopen(void) {
         const TransferStoreIssue *issues;
         const Transfer *t;
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s || !src)
                 return;
         for (size_t i = 0; i < 3; i++) {
@@ -575,7 +578,7 @@ static void test_reopen(void) {
                 _cleanup_close_ int fd = open(src, O_RDWR | O_CLOEXEC);
 
                 CHECK_INT(ftruncate(fd, (off_t) sizes[i]), 0);
-                CHECK_INT(transfer_copy_begin(s, fd, names[i], types[i], &c, NULL), 0);
+                CHECK_INT(transfer_copy_begin(s, fd, names[i], types[i], 1000, &c, NULL), 0);
                 CHECK(copy_all(c, 8192) > 0);
                 t = NULL;
                 CHECK_INT(transfer_copy_commit(c, &t), 0);
@@ -597,12 +600,12 @@ static void test_reopen(void) {
         {
                 TransferStore *other = NULL;
 
-                CHECK_INT(transfer_store_open(dir, 64 * MIB, &other), -EBUSY);
+                CHECK_INT(transfer_store_open(dir, 64 * MIB, &other, NULL), -EBUSY);
                 CHECK(other == NULL);
         }
 
         s = transfer_store_free(s);
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s)
                 return;
         CHECK_INT(transfer_store_issues(s, &issues), 0);
@@ -631,7 +634,7 @@ static void test_reopen(void) {
                 _cleanup_(transfer_copy_freep) TransferCopy *c = NULL;
                 _cleanup_close_ int fd = open(src, O_RDONLY | O_CLOEXEC);
 
-                CHECK_INT(transfer_copy_begin(s, fd, "fourth", "text/plain", &c, NULL), 0);
+                CHECK_INT(transfer_copy_begin(s, fd, "fourth", "text/plain", 1000, &c, NULL), 0);
                 CHECK(copy_all(c, MIB) > 0);
                 CHECK_INT(transfer_copy_commit(c, &t), 0);
                 CHECK(t == transfer_store_nth(s, 3));
@@ -665,8 +668,8 @@ static void test_crash_during_copy(void) {
                 TransferCopy *c = NULL;
                 int fd = open(src, O_RDONLY | O_CLOEXEC);
 
-                if (transfer_store_open(dir, 64 * MIB, &cs) < 0 ||
-                    transfer_copy_begin(cs, fd, "a.bin", "application/octet-stream", &c, NULL) <
+                if (transfer_store_open(dir, 64 * MIB, &cs, NULL) < 0 ||
+                    transfer_copy_begin(cs, fd, "a.bin", "application/octet-stream", 1000, &c, NULL) <
                             0 ||
                     transfer_copy_step(c, 64 * 1024) != 1)
                         _exit(1);
@@ -680,7 +683,7 @@ static void test_crash_during_copy(void) {
         tmp = strdup_printf("%s/0f8fad5b-d9cb-469f-a165-70867728950e.json.tmp.4242", dir);
         CHECK_INT(write_file_atomic(tmp, "{", 1, 0600), 0);
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s)
                 return;
         CHECK_INT(transfer_store_count(s), 0);
@@ -716,7 +719,7 @@ static void test_corrupt_metadata(void) {
         char ids[5][TRANSFER_ID_LEN + 1];
         size_t n;
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s || !src)
                 return;
         for (size_t k = 0; k < 5; k++) {
@@ -724,7 +727,7 @@ static void test_corrupt_metadata(void) {
                 _cleanup_close_ int fd = open(src, O_RDONLY | O_CLOEXEC);
                 const Transfer *t = NULL;
 
-                CHECK_INT(transfer_copy_begin(s, fd, "f.bin", "application/octet-stream", &c, NULL),
+                CHECK_INT(transfer_copy_begin(s, fd, "f.bin", "application/octet-stream", 1000, &c, NULL),
                           0);
                 CHECK(copy_all(c, MIB) > 0);
                 CHECK_INT(transfer_copy_commit(c, &t), 0);
@@ -759,7 +762,7 @@ static void test_corrupt_metadata(void) {
                 CHECK_INT(mkdir(subdir, 0700), 0);
         }
 
-        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
         if (!s)
                 return;
         CHECK_INT(transfer_store_count(s), 1);
@@ -789,6 +792,282 @@ static void test_corrupt_metadata(void) {
         CHECK_INT(count_entries(dir), 4);
 }
 
+/* Commits one transfer of len random bytes from src into s for uid; its id in ret_id. */
+static void commit_one(TransferStore *s, const char *src, uid_t uid, char ret_id[static 37]) {
+        _cleanup_(transfer_copy_freep) TransferCopy *c = NULL;
+        _cleanup_close_ int fd = open(src, O_RDONLY | O_CLOEXEC);
+        const Transfer *t = NULL;
+
+        ret_id[0] = '\0';
+        CHECK_INT(transfer_copy_begin(s, fd, "f.bin", "application/octet-stream", uid, &c, NULL),
+                  0);
+        if (!c)
+                return;
+        CHECK(copy_all(c, MIB) >= 0);
+        CHECK_INT(transfer_copy_commit(c, &t), 0);
+        if (t)
+                memcpy(ret_id, t->id, TRANSFER_ID_LEN + 1);
+}
+
+/* Opens the store as user nobody in a child: its result, and the file named as unreadable. */
+static int open_as_nobody(const char *dir, size_t *ret_count, char *failed, size_t failed_size) {
+        struct passwd *pw = getpwnam("nobody");
+        int pipefd[2], status;
+        struct {
+                int r;
+                size_t count;
+                char failed[128];
+        } out = {};
+        pid_t pid;
+
+        if (!pw || pipe2(pipefd, O_CLOEXEC) < 0)
+                return -ENOENT;
+        pid = fork();
+        if (pid == 0) {
+                TransferStore *s = NULL;
+                char *f = NULL;
+
+                if (setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+                        _exit(2);
+                out.r = transfer_store_open(dir, 64 * MIB, &s, &f);
+                out.count = s ? transfer_store_count(s) : 0;
+                snprintf(out.failed, sizeof(out.failed), "%s", strempty(f));
+                transfer_store_free(s);
+                (void) !write(pipefd[1], &out, sizeof(out));
+                _exit(0);
+        }
+        close(pipefd[1]);
+        CHECK_INT(read(pipefd[0], &out, sizeof(out)), sizeof(out));
+        close(pipefd[0]);
+        CHECK_INT(waitpid(pid, &status, 0), pid);
+        *ret_count = out.count;
+        snprintf(failed, failed_size, "%s", out.failed);
+        return out.r;
+}
+
+/* A read error proves nothing about a transfer: the open fails, names the file, and every file
+ * stays; once the file can be read, the transfer is there. The case of issue 14: a state
+ * directory once touched by root and then read by lodevd's own user (EACCES). */
+static void test_read_errors_delete_nothing(void) {
+        _cleanup_free_ char *parent = path_join(tmpdir, "as-nobody"), *dir = NULL,
+                             *json = NULL, *data_path = NULL;
+        _cleanup_free_ uint8_t *data = random_bytes(3000);
+        _cleanup_free_ char *src = make_source("nobody.src", data, 3000);
+        _cleanup_(transfer_store_freep) TransferStore *s = NULL;
+        struct passwd *pw = getpwnam("nobody");
+        char id[TRANSFER_ID_LEN + 1], failed[128];
+        size_t count = 0;
+        unsigned entries;
+
+        if (geteuid() != 0 || !pw) {
+                TEST_SKIP("test_read_errors_delete_nothing", -EPERM);
+                return;
+        }
+        (void) rm_rf(parent);
+        CHECK_INT(mkdir(parent, 0755), 0);
+        CHECK_INT(chmod(tmpdir, 0755), 0);
+        dir = path_join(parent, "transfers");
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        if (!s || !src)
+                return;
+        commit_one(s, src, pw->pw_uid, id);
+        s = transfer_store_free(s);
+        json = strdup_printf("%s/%s.json", dir, id);
+        data_path = strdup_printf("%s/%s.data", dir, id);
+
+        /* The directory and the data are nobody's, the metadata still root's (0600). */
+        CHECK_INT(chown(dir, pw->pw_uid, pw->pw_gid), 0);
+        CHECK_INT(chown(data_path, pw->pw_uid, pw->pw_gid), 0);
+        {
+                _cleanup_free_ char *reserve = path_join(dir, "reserve");
+
+                (void) chown(reserve, pw->pw_uid, pw->pw_gid);
+        }
+        entries = count_entries(dir);
+        CHECK_INT(open_as_nobody(dir, &count, failed, sizeof(failed)), -EACCES);
+        CHECK(strstr(failed, id) != NULL);
+        CHECK_INT(count_entries(dir), entries);
+        CHECK(file_exists(json) && file_exists(data_path));
+
+        /* The owner fixed: the transfer loads, with its owner. */
+        CHECK_INT(chown(json, pw->pw_uid, pw->pw_gid), 0);
+        CHECK_INT(open_as_nobody(dir, &count, failed, sizeof(failed)), 0);
+        CHECK_INT(count, 1);
+        CHECK_INT(chmod(tmpdir, 0700), 0);
+        (void) rm_rf(parent);
+}
+
+/* Who spooled a transfer is kept across a restart; a record from before owners were kept
+ * loads as owned by nobody in particular (only root may cancel it). */
+static void test_owner(void) {
+        _cleanup_free_ char *dir = store_dir("owner");
+        _cleanup_free_ uint8_t *data = random_bytes(100);
+        _cleanup_free_ char *src = make_source("owner.src", data, 100);
+        _cleanup_(transfer_store_freep) TransferStore *s = NULL;
+        _cleanup_free_ char *json = NULL, *text = NULL;
+        char id[TRANSFER_ID_LEN + 1];
+        const Transfer *t;
+        char *p;
+
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        if (!s || !src)
+                return;
+        commit_one(s, src, 4242, id);
+        s = transfer_store_free(s);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        t = s ? transfer_store_find(s, id) : NULL;
+        CHECK(t && t->uid == 4242);
+        s = transfer_store_free(s);
+
+        json = strdup_printf("%s/%s.json", dir, id);
+        CHECK_INT(read_file(json, 4096, &text, NULL), 0);
+        p = text ? strstr(text, ",\"uid\":4242") : NULL;
+        CHECK(p != NULL);
+        if (!p)
+                return;
+        memmove(p, p + strlen(",\"uid\":4242"), strlen(p + strlen(",\"uid\":4242")) + 1);
+        CHECK_INT(write_file_atomic(json, text, strlen(text), 0600), 0);
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        t = s ? transfer_store_find(s, id) : NULL;
+        CHECK(t && t->uid == TRANSFER_UID_UNKNOWN);
+}
+
+/* /proc and /sys files are read to their end, whatever stat() says of their size. */
+static void test_pseudo_files(void) {
+        static const char *const sysfs[] = { "/sys/kernel/uevent_seqnum", "/sys/kernel/osrelease",
+                                             "/sys/class/net/lo/address" };
+        _cleanup_free_ char *dir = store_dir("pseudo");
+        _cleanup_(transfer_store_freep) TransferStore *s = NULL;
+        const char *reason = NULL;
+        const char *sys_path = NULL;
+
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        if (!s)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(sysfs) && !sys_path; i++)
+                if (access(sysfs[i], R_OK) == 0)
+                        sys_path = sysfs[i];
+
+        for (unsigned k = 0; k < 3; k++) {
+                const char *path = k == 0 ? "/proc/self/status" : k == 1 ? "/proc/version"
+                                                                         : sys_path;
+                _cleanup_(transfer_copy_freep) TransferCopy *c = NULL;
+                _cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -EBADF;
+                const Transfer *t = NULL;
+                struct stat st;
+
+                if (!path) {
+                        TEST_SKIP("test_pseudo_files: no readable sysfs file", -ENOENT);
+                        continue;
+                }
+                CHECK(fd >= 0);
+                CHECK_INT(fstat(fd, &st), 0);
+                CHECK((uint64_t) st.st_size == 0 || (uint64_t) st.st_size == 4096);
+                CHECK_INT(transfer_copy_begin(s, fd, "pseudo.txt", "text/plain", 0, &c, &reason),
+                          0);
+                if (!c)
+                        continue;
+                CHECK(copy_all(c, 7) > 0); /* small steps: reads resume at their offset */
+                CHECK_INT(transfer_copy_commit(c, &t), 0);
+                if (!t)
+                        continue;
+                CHECK(t->size > 0);
+                CHECK(t->size < 64 * 1024);
+                /* The content of a stable file, byte for byte. */
+                if (k > 0) {
+                        int f = open(path, O_RDONLY | O_CLOEXEC);
+                        char buf[65536];
+                        ssize_t n = read(f, buf, sizeof(buf));
+
+                        CHECK(n > 0);
+                        close(f);
+                        if (n > 0 && !strstr(path, "seqnum"))
+                                CHECK(data_equals(s, t->id, (const uint8_t *) buf, (size_t) n));
+                } else {
+                        _cleanup_close_ int d = transfer_open_data(s, t->id);
+                        char head[5] = "";
+
+                        CHECK_INT(read(d, head, 5), 5);
+                        CHECK(memcmp(head, "Name:", 5) == 0);
+                }
+        }
+
+        /* Larger than what lodevd reads from such a file: refused with the reason. */
+        {
+                _cleanup_(transfer_copy_freep) TransferCopy *c = NULL;
+                _cleanup_close_ int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+                uint64_t used = transfer_store_used_bytes(s);
+
+                CHECK(fd >= 0);
+                CHECK_INT(transfer_copy_begin(s, fd, "pagemap", "application/octet-stream", 0, &c,
+                                              NULL),
+                          0);
+                CHECK_INT(transfer_store_used_bytes(s),
+                          used + TRANSFER_PSEUDO_FILE_MAX + TRANSFER_OVERHEAD_BYTES);
+                CHECK_INT(copy_all(c, 4 * MIB), -EFBIG);
+                CHECK(transfer_copy_error_reason(c) &&
+                      strstr(transfer_copy_error_reason(c), "16 MiB"));
+                c = transfer_copy_free(c);
+                CHECK_INT(transfer_store_used_bytes(s), used);
+        }
+}
+
+/* A full file system, not the budget: refused with -ENOSPC before anything is taken; and an
+ * upload attempt starts on a full disk, since the upload is what frees it. */
+static void test_disk_full(void) {
+        _cleanup_free_ char *mnt = path_join(tmpdir, "small-fs"), *dir = NULL;
+        _cleanup_free_ uint8_t *data = random_bytes(400 * 1024);
+        _cleanup_free_ char *src = make_source("full.src", data, 400 * 1024);
+        _cleanup_(transfer_store_freep) TransferStore *s = NULL;
+        _cleanup_(transfer_copy_freep) TransferCopy *c = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *reason = NULL;
+        char id[TRANSFER_ID_LEN + 1];
+        int r;
+
+        CHECK_INT(mkdir(mnt, 0700), 0);
+        r = test_mount_tmpfs(mnt, "1m");
+        if (r < 0) {
+                TEST_SKIP("test_disk_full", r);
+                return;
+        }
+        dir = path_join(mnt, "transfers");
+        CHECK_INT(transfer_store_open(dir, 64 * MIB, &s, NULL), 0);
+        if (!s || !src)
+                return;
+        commit_one(s, src, 0, id);
+        commit_one(s, src, 0, id);
+
+        /* 400 KiB more do not fit in what is left: NoSpace, not QueueFull. */
+        fd = open(src, O_RDONLY | O_CLOEXEC);
+        CHECK_INT(transfer_copy_begin(s, fd, "x.bin", "application/octet-stream", 0, &c, &reason),
+                  -ENOSPC);
+        CHECK_STR(reason, "not enough free disk space for the file");
+        CHECK(!c);
+
+        /* Another file takes every block left. */
+        test_fill_disk(mnt);
+        {
+                struct statvfs sv;
+
+                CHECK_INT(statvfs(mnt, &sv), 0);
+                CHECK(sv.f_bavail == 0);
+        }
+        /* Recording the attempt takes the reserve; the upload may start. */
+        CHECK(transfer_store_mark_uploading(s, id) >= 0);
+        CHECK_INT(transfer_store_nth(s, 1)->attempts, 1);
+        CHECK_INT(transfer_store_mark_queued(s, id), 0);
+        /* And again with no reserve at all: counted in memory, the upload goes ahead. */
+        CHECK(transfer_store_mark_uploading(s, id) >= 0);
+        CHECK_INT(transfer_store_nth(s, 1)->attempts, 2);
+        CHECK_INT(transfer_copy_begin(s, fd, "x.bin", "application/octet-stream", 0, &c, &reason),
+                  -ENOSPC);
+        /* The upload done, its removal needs no space. */
+        CHECK_INT(transfer_store_remove(s, id), 0);
+        s = transfer_store_free(s);
+        CHECK_INT(umount2(mnt, MNT_DETACH), 0);
+}
+
 int main(void) {
         if (!mkdtemp(tmpdir)) {
                 perror("mkdtemp");
@@ -810,6 +1089,10 @@ int main(void) {
         test_reopen();
         test_crash_during_copy();
         test_corrupt_metadata();
+        test_owner();
+        test_pseudo_files();
+        test_read_errors_delete_nothing();
+        test_disk_full();
 
         (void) rm_rf(tmpdir);
         return TESTS_DONE();

@@ -294,9 +294,15 @@ class Platform:
         already expired."""
         return self._call("expire_next_url", count=count)
 
-    def fail_next_puts(self, n, status):
-        """The next `n` upload PUTs are answered `status` (400, 403, 500 or 503)."""
-        return self._call("fail_next_puts", n=n, status=status)
+    def fail_next_puts(self, n, status, code=None, file_name=None):
+        """The next `n` upload PUTs are answered `status` (301, 307, 400, 403,
+        500 or 503) with S3's error `code` (default per status: PermanentRedirect,
+        TemporaryRedirect, InvalidRequest, AccessDenied, InternalError, SlowDown;
+        others: RequestTimeout, ExpiredToken, EntityTooLarge, InvalidArgument,
+        ServiceUnavailable). With `file_name`, only PUTs to links made for that
+        file name count."""
+        return self._call("fail_next_puts", n=n, status=status, code=code,
+                          file_name=file_name)
 
     def cut_next_put(self, k_bytes, count=1):
         """The next upload PUT that passes its checks has its connection closed

@@ -84,7 +84,8 @@ def cmd_fault(args):
     elif f == "expire-next-url":
         result = p.expire_next_url(args.count)
     elif f == "fail-next-puts":
-        result = p.fail_next_puts(args.n, args.status)
+        result = p.fail_next_puts(args.n, args.status, code=args.code,
+                                  file_name=args.file_name)
     elif f == "cut-next-put":
         result = p.cut_next_put(args.k_bytes)
     elif f == "cut-next-download":
@@ -170,7 +171,9 @@ def build_parser():
         "--count", type=int, default=1)
     s = fs.add_parser("fail-next-puts", help="answer the next N PUTs with STATUS")
     s.add_argument("n", type=int)
-    s.add_argument("status", type=int, choices=(400, 403, 500, 503))
+    s.add_argument("status", type=int, choices=(301, 307, 400, 403, 500, 503))
+    s.add_argument("--code", help="S3 error code (RequestTimeout, ExpiredToken, ...)")
+    s.add_argument("--file-name", help="only for PUTs to links made for this file name")
     fs.add_parser("cut-next-put", help="cut the next upload after K bytes").add_argument(
         "k_bytes", type=int)
     fs.add_parser("cut-next-download", help="cut the next download after K bytes").add_argument(

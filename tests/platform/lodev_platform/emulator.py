@@ -291,8 +291,8 @@ class Emulator:
         self.faults.expire_next_url(count)
         return True
 
-    def rpc_fail_next_puts(self, n, status):
-        self.faults.fail_next_puts(n, status)
+    def rpc_fail_next_puts(self, n, status, code=None, file_name=None):
+        self.faults.fail_next_puts(n, status, code=code, file_name=file_name)
         return True
 
     def rpc_cut_next_put(self, k_bytes, count=1):

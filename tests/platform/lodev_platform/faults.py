@@ -17,6 +17,28 @@ REQUEST_KINDS = (
 )
 
 
+# The answers fail_next_puts() can give: S3's own status, code and message.
+PUT_FAILURE_CODES = {
+    "InvalidRequest": "The request was refused (fail_next_puts 400).",
+    "RequestTimeout": "Your socket connection to the server was not read from or written to "
+                      "within the timeout period. Idle connections will be closed.",
+    "ExpiredToken": "The provided token has expired.",
+    "EntityTooLarge": "Your proposed upload exceeds the maximum allowed size",
+    "InvalidArgument": "Invalid Argument",
+    "AccessDenied": "Access Denied",
+    "InternalError": "We encountered an internal error. Please try again.",
+    "SlowDown": "Please reduce your request rate.",
+    "ServiceUnavailable": "Service is unable to handle request.",
+    "PermanentRedirect": "The bucket you are attempting to access must be addressed using the "
+                         "specified endpoint. Please send all future requests to this endpoint.",
+    "TemporaryRedirect": "Please re-send this request to the specified temporary endpoint. "
+                         "Continue to use the original request endpoint for future requests.",
+}
+DEFAULT_PUT_CODES = {301: "PermanentRedirect", 307: "TemporaryRedirect", 400: "InvalidRequest",
+                     403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
+PUT_FAILURE_STATUSES = frozenset(DEFAULT_PUT_CODES)
+
+
 class Faults:
     def __init__(self):
         self._lock = threading.Lock()
@@ -44,15 +66,26 @@ class Faults:
                 return True
             return False
 
-    def fail_next_puts(self, n, status):
-        if status not in (400, 403, 500, 503):
-            raise ValueError("status must be 400, 403, 500 or 503")
+    def fail_next_puts(self, n, status, code=None, file_name=None):
+        """Queues n answers (status, S3 code) for the next PUTs; with file_name,
+        only for PUTs to links made for that file name."""
+        if status not in PUT_FAILURE_STATUSES:
+            raise ValueError("status must be one of %s"
+                             % ", ".join(str(s) for s in sorted(PUT_FAILURE_STATUSES)))
+        code = code or DEFAULT_PUT_CODES[status]
+        if code not in PUT_FAILURE_CODES:
+            raise ValueError(f"unknown S3 code {code!r}; one of {', '.join(PUT_FAILURE_CODES)}")
         with self._lock:
-            self._put_failures.extend([status] * n)
+            self._put_failures.extend([(status, code, file_name)] * n)
 
-    def take_put_failure(self):
+    def take_put_failure(self, file_name):
+        """The (status, code) this PUT gets, or None."""
         with self._lock:
-            return self._put_failures.pop(0) if self._put_failures else None
+            for i, (status, code, only) in enumerate(self._put_failures):
+                if only is None or only == file_name:
+                    del self._put_failures[i]
+                    return status, code
+            return None
 
     def cut_next_download(self, k_bytes, count=1):
         if k_bytes < 0:
@@ -113,7 +146,7 @@ class Faults:
         with self._lock:
             return {
                 "expire_next_url": self._expire_urls,
-                "fail_next_puts": list(self._put_failures),
+                "fail_next_puts": [list(f) for f in self._put_failures],
                 "cut_next_download": list(self._download_cuts),
                 "cut_next_put": list(self._put_cuts),
                 "reject_next": {k: len(v) for k, v in self._rejections.items() if v},

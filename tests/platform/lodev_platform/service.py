@@ -16,6 +16,8 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .jobs import JobError
@@ -90,7 +92,12 @@ class Service:
     # -- connection ----------------------------------------------------------
 
     def start(self):
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        # A session that outlives the connection, as the rules engine of AWS IoT never
+        # misses a message: what devices publish while the service reconnects (after a
+        # broker restart, say) is queued for it by the broker, not dropped.
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0xFFFFFFFF
+        self.client.connect_async(self.host, self.port, keepalive=30, properties=props)
         self.client.loop_start()
 
     def stop(self):

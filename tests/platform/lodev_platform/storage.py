@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .faults import PUT_FAILURE_CODES
 from .util import safe_name, write_file_atomic
 
 log = logging.getLogger("lodev.storage")
@@ -248,17 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _put_verdict_compute(self):
         url = urllib.parse.urlsplit(self.path)
-        status = self.storage.faults.take_put_failure()
-        if status == 400:
-            return HttpError(400, "InvalidRequest",
-                             "The request was refused (fail_next_puts 400).")
-        if status == 403:
-            return HttpError(403, "AccessDenied", "Access Denied")
-        if status == 500:
-            return HttpError(500, "InternalError",
-                             "We encountered an internal error. Please try again.")
-        if status == 503:
-            return HttpError(503, "SlowDown", "Please reduce your request rate.")
+        link = self.storage.link_for(url.path)
+        failure = self.storage.faults.take_put_failure(link["file_name"] if link else None)
+        if failure:
+            status, code = failure
+            return HttpError(status, code, PUT_FAILURE_CODES[code])
         if self.headers.get("Transfer-Encoding"):
             return HttpError(501, "NotImplemented",
                              "A header you provided implies functionality that is not "
@@ -280,12 +275,18 @@ class _Handler(BaseHTTPRequestHandler):
                              "Your proposed upload exceeds the maximum allowed size")
         return None
 
+    def _redirect_headers(self, err):
+        """A redirect names another endpoint, as S3's do (here: the same one)."""
+        if err.status not in (301, 307):
+            return ()
+        return [("Location", f"http://{self.storage.host}:{self.storage.port}{self.path}")]
+
     def handle_expect_100(self):
         # Answer a doomed upload before the client sends its body.
         if self.command == "PUT":
             err = self._check_put()
             if err:
-                self._send_error(err)
+                self._send_error(err, self._redirect_headers(err))
                 return False
         return super().handle_expect_100()
 
@@ -306,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
                     and not self.headers.get("Transfer-Encoding") \
                     and self.headers.get("Expect", "").lower() != "100-continue":
                 self._drain(int(length))
-            self._send_error(err)
+            self._send_error(err, self._redirect_headers(err))
             return
         url = urllib.parse.urlsplit(self.path)
         link = self.storage.link_for(url.path)

@@ -86,6 +86,57 @@ def test_fail_next_puts(platform, device, status, code):
     assert len(platform.uploads()) == n + 1
 
 
+@pytest.mark.parametrize("status,code", [
+    (400, "RequestTimeout"), (400, "ExpiredToken"), (400, "EntityTooLarge"),
+    (503, "SlowDown"), (503, "ServiceUnavailable"), (301, "PermanentRedirect"),
+    (307, "TemporaryRedirect")])
+def test_fail_next_puts_with_s3_codes(platform, device, status, code):
+    """The answers S3 gives that a device must tell apart: S3's status, code
+    and message; a redirect also says where to go."""
+    url = upload_link(platform, device)
+    n = len(platform.uploads())
+    platform.fail_next_puts(1, status, code=code)
+    assert platform.status()["faults"]["fail_next_puts"] == [[status, code, None]]
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("PUT", f"{u.path}?{u.query}", body=b"payload",
+                 headers={"Content-Type": "text/csv"})
+    resp = conn.getresponse()
+    body = resp.read()
+    location = resp.getheader("Location")
+    conn.close()
+    assert resp.status == status
+    assert b"<Code>%s</Code>" % code.encode() in body and b"<Message>" in body
+    if status in (301, 307):
+        assert location and location.startswith("http://")
+    else:
+        assert location is None
+    assert len(platform.uploads()) == n
+    assert put(url, b"payload", "text/csv")[0] == 200
+
+
+def test_fail_next_puts_for_one_file_name(platform, device):
+    """A failure armed for one file's links leaves the PUTs of other files
+    alone, in whatever order they come."""
+    other = upload_link(platform, device, file_name="other.csv")
+    target = upload_link(platform, device, file_name="target.csv")
+    platform.fail_next_puts(2, 500, file_name="target.csv")
+    assert put(other, b"o", "text/csv")[0] == 200
+    got, body = put(target, b"t", "text/csv")
+    assert got == 500 and b"InternalError" in body
+    assert put(other, b"o", "text/csv")[0] == 200
+    assert put(target, b"t", "text/csv")[0] == 500
+    assert put(target, b"t", "text/csv")[0] == 200
+    assert platform.status()["faults"]["fail_next_puts"] == []
+
+
+def test_fail_next_puts_refuses_what_s3_never_answers(platform):
+    with pytest.raises(Exception, match="status"):
+        platform.fail_next_puts(1, 418)
+    with pytest.raises(Exception, match="unknown S3 code"):
+        platform.fail_next_puts(1, 400, code="NoSuchThing")
+
+
 def test_cut_next_download(platform):
     data = os.urandom(200_000)
     platform.add_firmware("fw-cut", data)
