@@ -226,7 +226,7 @@ def swu_device(bus, workdir, platform, swupdate):
 
 
 @pytest.fixture
-def swu_service_device(bus, workdir, platform, monkeypatch):
+def swu_service_device(bus, workdir, platform):
     """The swupdate hook in its default mode through lodevd: lodevd runs it, it leaves
     requests for the root side (what lodevd-swupdate.path starts)."""
     require_root()
@@ -239,7 +239,7 @@ def swu_service_device(bus, workdir, platform, monkeypatch):
     env = "".join("export %s='%s'\n" % kv for kv in swupdate.hook_env().items())
     script = env + "exec '%s' \"$@\"\n" % os.path.join(HOOKS_DIR, "swupdate")
     d = Device(bus, workdir, platform, script,
-               lambda slot: swupdate.reboot(fallback=slot is not None), monkeypatch)
+               lambda slot: swupdate.reboot(fallback=slot is not None))
     with swupdate.service() as service:
         d.daemon.start()
         d.daemon.wait_online()
