@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -178,6 +181,49 @@ static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata) {
         return 0;
 }
 
+/* Closes every descriptor from first up. close_range() where the kernel has it (5.9); else
+ * those /proc/self/fd lists, read with raw getdents64 (no malloc after fork()); else every
+ * number up to the descriptor limit. Async-signal-safe. */
+static void close_from(int first) {
+        struct rlimit rl;
+        long max;
+        int dir;
+
+        if (close_range((unsigned) first, ~0U, 0) >= 0)
+                return;
+        dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir >= 0) {
+                char buf[4096];
+                long n;
+
+                while ((n = syscall(SYS_getdents64, dir, buf, sizeof(buf))) > 0)
+                        for (long off = 0; off < n;) {
+                                struct dirent64 *de = (struct dirent64 *) (buf + off);
+                                int fd = 0;
+                                bool number = de->d_name[0] != '\0';
+
+                                for (const char *p = de->d_name; *p; p++) {
+                                        if (*p < '0' || *p > '9' || fd > 100000000) {
+                                                number = false;
+                                                break;
+                                        }
+                                        fd = fd * 10 + (*p - '0');
+                                }
+                                if (number && fd >= first && fd != dir)
+                                        (void) close(fd);
+                                off += de->d_reclen;
+                        }
+                (void) close(dir);
+                if (n == 0)
+                        return;
+        }
+        max = getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY
+                      ? (long) MIN(rl.rlim_cur, (rlim_t) 1 << 20)
+                      : 65536;
+        for (long fd = first; fd < max; fd++)
+                (void) close((int) fd);
+}
+
 /* Only async-signal-safe calls from here on: lodevd has threads (the resolver's). */
 __attribute__((noreturn)) static void child(char *const argv[], char *const envp[], int err_fd,
                                             int progress_fd) {
@@ -202,9 +248,9 @@ __attribute__((noreturn)) static void child(char *const argv[], char *const envp
                                 _exit(127);
                 } else if (dup2(progress_fd, HOOK_PROGRESS_FD) < 0)
                         _exit(127);
-                (void) close_range(HOOK_PROGRESS_FD + 1, ~0U, 0);
+                close_from(HOOK_PROGRESS_FD + 1);
         } else
-                (void) close_range(STDERR_FILENO + 1, ~0U, 0);
+                close_from(STDERR_FILENO + 1);
 
         execve(argv[0], argv, envp);
         {
@@ -214,22 +260,54 @@ __attribute__((noreturn)) static void child(char *const argv[], char *const envp
         _exit(127);
 }
 
-/* environ plus env, pointers only. */
-static char **merge_env(char *const env[]) {
-        size_t n_environ = 0, n_env = 0;
+/* What of lodevd's own environment a child gets (SPEC §6): what a program needs to run and
+ * find its way, and the unit's directories. Everything else stays out: NOTIFY_SOCKET and
+ * WATCHDOG_* (a child must not speak for lodevd to systemd), LODEV_* (a variable lodevd got
+ * must not shadow the job's), and whatever else a unit or a shell put there. */
+static bool env_allowed(const char *entry) {
+        static const char *const names[] = {
+                "PATH", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "TMPDIR",
+                "DBUS_SYSTEM_BUS_ADDRESS", "RUNTIME_DIRECTORY", "STATE_DIRECTORY",
+                "CONFIGURATION_DIRECTORY",
+        };
+        const char *eq = strchr(entry, '=');
+        size_t len;
+
+        if (!eq)
+                return false;
+        len = (size_t) (eq - entry);
+        if (len > 3 && strncmp(entry, "LC_", 3) == 0)
+                return true;
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (strlen(names[i]) == len && strncmp(entry, names[i], len) == 0)
+                        return true;
+        return false;
+}
+
+/* The allowed part of environ, then env (which no entry of environ can shadow: none of the
+ * allowed names is set by env), pointers only. */
+static char **build_env(char *const env[]) {
+        static char default_path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+        size_t n_environ = 0, n_env = 0, n = 0;
+        bool has_path = false;
         char **envp;
 
         while (environ && environ[n_environ])
                 n_environ++;
         while (env && env[n_env])
                 n_env++;
-        envp = calloc(n_environ + n_env + 1, sizeof(char *));
+        envp = calloc(n_environ + n_env + 2, sizeof(char *));
         if (!envp)
                 return NULL;
         for (size_t i = 0; i < n_environ; i++)
-                envp[i] = environ[i];
+                if (env_allowed(environ[i])) {
+                        has_path = has_path || startswith(environ[i], "PATH=");
+                        envp[n++] = environ[i];
+                }
+        if (!has_path)
+                envp[n++] = default_path;
         for (size_t i = 0; i < n_env; i++)
-                envp[n_environ + i] = env[i];
+                envp[n++] = env[i];
         return envp;
 }
 
@@ -257,7 +335,7 @@ int hook_spawn(sd_event *event, char *const argv[], char *const env[], uint64_t 
             (prog_r >= 0 && fcntl(prog_r, F_SETFL, O_NONBLOCK) < 0))
                 return -errno;
 
-        envp = merge_env(env);
+        envp = build_env(env);
         h = envp ? calloc(1, sizeof(*h)) : NULL;
         if (!h)
                 return -ENOMEM;

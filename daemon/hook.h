@@ -5,7 +5,10 @@
  * The child runs in its own process group with stdin on /dev/null, stdout inherited (the
  * journal), stderr on a pipe whose lines are kept (the last one goes into statusDetails) and,
  * when asked for, a progress pipe on fd 3 (LODEV_PROGRESS_FD) whose "N" lines are percentages.
- * No other descriptor is inherited (close_range() in the child). Its end is decided by its exit
+ * No other descriptor is inherited (close_range() in the child, or one by one where the kernel
+ * has none). Its environment is an allow-list of lodevd's (PATH, the locale, TZ, HOME, USER,
+ * LOGNAME, TMPDIR, DBUS_SYSTEM_BUS_ADDRESS, the unit's directories) and the caller's
+ * variables: never NOTIFY_SOCKET, WATCHDOG_* or lodevd's own LODEV_*. Its end is decided by its exit
  * status (sd_event_add_child()), never by end-of-file on its pipes: a grandchild may keep them
  * open. The timeout sends SIGTERM to the whole group, then SIGKILL after HOOK_KILL_GRACE_USEC.
  * Knows nothing of jobs. */
@@ -41,8 +44,8 @@ typedef struct HookCallbacks {
         void (*ended)(Hook *h, HookEnd end, int code, const char *last_line, void *userdata);
 } HookCallbacks;
 
-/* Runs argv[0] (an absolute path) with argv and the environment environ plus env (NULL-
- * terminated "K=V" entries, may be NULL). timeout_usec 0: none. with_progress: fd 3 is the
+/* Runs argv[0] (an absolute path) with argv and the allowed part of environ plus env (NULL-
+ * terminated "K=V" entries, may be NULL; none of the allowed names). timeout_usec 0: none. with_progress: fd 3 is the
  * progress pipe. Returns -errno when the process could not be started (no callback then);
  * an exec failure shows as exit status 127 with the reason on stderr. */
 int hook_spawn(sd_event *event, char *const argv[], char *const env[], uint64_t timeout_usec,

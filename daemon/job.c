@@ -1,751 +1,28 @@
 /* SPDX-License-Identifier: MIT */
-#include <json-c/json.h>
-#include <openssl/evp.h>
+/* The decisions of the job state machine (the table in job.h), the names of the actions, and
+ * the progress throttle. The journal, its reports and the names of the phases it records are
+ * in job-journal.c. */
 #include <stdarg.h>
 #include <strings.h>
 
-#include "fileio.h"
 #include "job.h"
-#include "json-util.h"
 #include "topic.h"
 #include "util.h"
 
-#define JOURNAL_VERSION 1
-/* Counters beyond this are not something this code wrote. */
-#define JOURNAL_COUNTER_MAX 100000U
-#define BOOT_ID_MAX 64U
-
 /* --- Names --- */
-
-static const char *const job_phase_table[_JOB_PHASE_MAX] = {
-        [JOB_PHASE_NONE] = "none",
-        [JOB_PHASE_ACCEPTED] = "accepted",
-        [JOB_PHASE_DOWNLOADING] = "downloading",
-        [JOB_PHASE_INSTALLING] = "installing",
-        [JOB_PHASE_AWAITING_REBOOT] = "awaiting-reboot",
-        [JOB_PHASE_CONFIRMING] = "confirming",
-        [JOB_PHASE_REPORTING] = "reporting",
-        [JOB_PHASE_DONE] = "done",
-};
-
-const char *job_phase_to_string(JobPhase p) {
-        if (p < 0 || p >= _JOB_PHASE_MAX)
-                return NULL;
-        return job_phase_table[p];
-}
-
-JobPhase job_phase_from_string(const char *s) {
-        if (!s)
-                return _JOB_PHASE_INVALID;
-        for (JobPhase p = 0; p < _JOB_PHASE_MAX; p++)
-                if (streq(job_phase_table[p], s))
-                        return p;
-        return _JOB_PHASE_INVALID;
-}
 
 static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_NONE] = "none",         [JOB_ACTION_GET_LIST] = "get-list",
         [JOB_ACTION_GET_JOB] = "get-job",   [JOB_ACTION_REPORT] = "report",
         [JOB_ACTION_DOWNLOAD] = "download", [JOB_ACTION_INSTALL] = "install",
         [JOB_ACTION_REBOOT] = "reboot",     [JOB_ACTION_CONFIRM] = "confirm",
-        [JOB_ACTION_ABANDON] = "abandon",
+        [JOB_ACTION_ROLLBACK] = "rollback", [JOB_ACTION_ABANDON] = "abandon",
 };
 
-const char *job_action_to_string(JobAction a) {
-        if (a < 0 || a >= _JOB_ACTION_MAX)
-                return NULL;
-        return job_action_table[a];
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(job_action, JobAction);
 
 static bool phase_active(JobPhase p) {
         return p >= JOB_PHASE_ACCEPTED && p <= JOB_PHASE_REPORTING;
-}
-
-/* --- Reports --- */
-
-void job_report_done(JobReport *r) {
-        if (!r)
-                return;
-        for (size_t i = 0; i < r->n_details; i++) {
-                free(r->keys[i]);
-                free(r->values[i]);
-        }
-        *r = JOB_REPORT_NULL;
-}
-
-void job_report_reset(JobReport *r, JobStatus status) {
-        job_report_done(r);
-        r->status = status;
-}
-
-static bool detail_key_valid(const char *s) {
-        size_t len;
-
-        if (!s)
-                return false;
-        len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
-        if (len == 0 || len > JOB_STATUS_DETAIL_KEY_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-                      (s[i] >= '0' && s[i] <= '9') || strchr(":_-", s[i])))
-                        return false;
-        return true;
-}
-
-/* Length of the valid UTF-8 sequence at p (at most len bytes), 0 when invalid. */
-static size_t utf8_sequence_len(const unsigned char *p, size_t len) {
-        size_t n;
-
-        if (p[0] < 0x80)
-                return 1;
-        if ((p[0] & 0xe0) == 0xc0)
-                n = 2;
-        else if ((p[0] & 0xf0) == 0xe0)
-                n = 3;
-        else if ((p[0] & 0xf8) == 0xf0)
-                n = 4;
-        else
-                return 0;
-        if (n > len || !utf8_is_valid((const char *) p, n))
-                return 0;
-        return n;
-}
-
-int job_detail_sanitize(const char *s, char **ret) {
-        const size_t max = JOB_STATUS_DETAIL_VALUE_MAX;
-        _cleanup_free_ char *out = NULL;
-        size_t len, n = 0, start = 0;
-        bool cut;
-
-        if (!ret)
-                return -EINVAL;
-        if (!s) {
-                *ret = NULL;
-                return 0;
-        }
-        /* Bounded: a hostile hook may print megabytes without a newline. */
-        len = strnlen(s, 4 * max);
-        cut = s[len] != '\0';
-        out = malloc(len + 4);
-        if (!out)
-                return -ENOMEM;
-
-        for (size_t i = 0; i < len;) {
-                const unsigned char *p = (const unsigned char *) s + i;
-                size_t k = utf8_sequence_len(p, len - i);
-
-                if (k == 0) {
-                        out[n++] = '?';
-                        i++;
-                } else if ((k == 1 && (p[0] < 0x20 || p[0] == 0x7f)) ||
-                           (k == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
-                        /* C0, DEL and C1 controls: AWS refuses them, and they forge log lines. */
-                        out[n++] = ' ';
-                        i += k;
-                } else {
-                        memcpy(out + n, p, k);
-                        n += k;
-                        i += k;
-                }
-        }
-
-        while (start < n && out[start] == ' ')
-                start++;
-        while (n > start && out[n - 1] == ' ')
-                n--;
-        memmove(out, out + start, n - start);
-        n -= start;
-
-        if (n > max)
-                cut = true;
-        if (cut && n > max - 3)
-                n = max - 3;
-        if (cut) {
-                /* Back off to the start of a character, so the cut splits none. */
-                while (n > 0 && ((unsigned char) out[n] & 0xc0) == 0x80)
-                        n--;
-                while (n > 0 && out[n - 1] == ' ')
-                        n--;
-                memcpy(out + n, "...", 3);
-                n += 3;
-        }
-        if (n == 0) {
-                *ret = NULL;
-                return 0;
-        }
-        out[n] = '\0';
-        *ret = TAKE_PTR(out);
-        return 0;
-}
-
-int job_report_set(JobReport *r, const char *key, const char *value) {
-        _cleanup_free_ char *clean = NULL, *k = NULL;
-        int rr;
-
-        if (!r || !detail_key_valid(key))
-                return -EINVAL;
-        rr = job_detail_sanitize(value, &clean);
-        if (rr < 0)
-                return rr;
-
-        for (size_t i = 0; i < r->n_details; i++)
-                if (streq(r->keys[i], key)) {
-                        if (!clean) {
-                                /* Nothing left to say: drop the key rather than send "". */
-                                free(r->keys[i]);
-                                free(r->values[i]);
-                                r->n_details--;
-                                r->keys[i] = r->keys[r->n_details];
-                                r->values[i] = r->values[r->n_details];
-                                r->keys[r->n_details] = r->values[r->n_details] = NULL;
-                                return 0;
-                        }
-                        free(r->values[i]);
-                        r->values[i] = TAKE_PTR(clean);
-                        return 0;
-                }
-        if (!clean)
-                return 0;
-        if (r->n_details >= JOB_STATUS_DETAILS_MAX)
-                return -E2BIG;
-        k = strdup(key);
-        if (!k)
-                return -ENOMEM;
-        r->keys[r->n_details] = TAKE_PTR(k);
-        r->values[r->n_details] = TAKE_PTR(clean);
-        r->n_details++;
-        return 0;
-}
-
-int job_report_set_progress(JobReport *r, unsigned percent) {
-        char buf[16];
-
-        snprintf(buf, sizeof(buf), "%u", MIN(percent, 100U));
-        return job_report_set(r, JOB_DETAIL_PROGRESS, buf);
-}
-
-int job_report_copy(const JobReport *r, JobReport *ret) {
-        JobReport c = { .status = r->status };
-
-        for (size_t i = 0; i < r->n_details; i++) {
-                c.keys[i] = strdup(r->keys[i]);
-                c.values[i] = strdup(r->values[i]);
-                c.n_details = i + 1;
-                if (!c.keys[i] || !c.values[i]) {
-                        job_report_done(&c);
-                        return -ENOMEM;
-                }
-        }
-        *ret = c;
-        return 0;
-}
-
-const char *job_report_get(const JobReport *r, const char *key) {
-        for (size_t i = 0; r && key && i < r->n_details; i++)
-                if (streq(r->keys[i], key))
-                        return r->values[i];
-        return NULL;
-}
-
-int job_report_encode(const JobReport *r, char **ret) {
-        if (!r)
-                return -EINVAL;
-        return message_encode_job_update(r->status, (const char *const *) r->keys,
-                                         (const char *const *) r->values, r->n_details, -1, ret);
-}
-
-/* --- Job documents --- */
-
-void job_document_extra_done(JobDocumentExtra *x) {
-        if (!x)
-                return;
-        free(x->sha256);
-        *x = JOB_DOCUMENT_EXTRA_NULL;
-}
-
-int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *ret) {
-        _cleanup_json_ json_object *root = NULL;
-        JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
-        json_object *exec, *doc, *v;
-        int r;
-
-        if (!ret)
-                return -EINVAL;
-        r = json_object_parse(data, size, MESSAGE_SIZE_MAX, &root);
-        if (r < 0)
-                return r;
-
-        if (json_object_object_get_ex(root, "execution", &exec) &&
-            json_object_is_type(exec, json_type_object) &&
-            json_object_object_get_ex(exec, "jobDocument", &doc) &&
-            json_object_is_type(doc, json_type_object)) {
-                if (json_object_object_get_ex(doc, "sha256", &v) && v) {
-                        if (json_object_is_type(v, json_type_string)) {
-                                x.sha256 = strdup(json_object_get_string(v));
-                                if (!x.sha256)
-                                        return -ENOMEM;
-                        } else
-                                x.sha256_invalid = true;
-                }
-                if (json_object_object_get_ex(doc, "size", &v) && v) {
-                        if (json_object_is_type(v, json_type_int) &&
-                            json_object_get_int64(v) >= 0)
-                                x.size = json_object_get_int64(v);
-                        else
-                                x.size_invalid = true;
-                }
-        }
-        *ret = x;
-        return 0;
-}
-
-/* firmwareId and deploymentId go into the installer's environment and the logs. */
-static bool id_field_valid(const char *s) {
-        size_t len;
-
-        if (isempty(s))
-                return false;
-        len = strnlen(s, JOB_ID_FIELD_MAX + 1);
-        if (len > JOB_ID_FIELD_MAX || !utf8_is_valid(s, len))
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
-                        return false;
-        return true;
-}
-
-static bool sha256_hex_valid(const char *s) {
-        if (!s || strnlen(s, 65) != 64)
-                return false;
-        for (size_t i = 0; i < 64; i++)
-                if (!strchr("0123456789abcdefABCDEF", s[i]))
-                        return false;
-        return true;
-}
-
-/* NULL when url is acceptable, else the reason. */
-static const char *url_problem(const char *url, bool allow_http) {
-        size_t len, skip;
-        const char *host;
-
-        if (isempty(url))
-                return "firmwareUrl is missing or not a string";
-        len = strnlen(url, JOB_URL_MAX + 1);
-        if (len > JOB_URL_MAX)
-                return "firmwareUrl is too long";
-        /* A URL is printable ASCII; anything else is a forged or broken document. */
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) url[i] <= 0x20 || (unsigned char) url[i] >= 0x7f)
-                        return "firmwareUrl contains white space, control or non-ASCII "
-                               "characters";
-        if (strncasecmp(url, "https://", 8) == 0)
-                skip = 8;
-        else if (strncasecmp(url, "http://", 7) == 0) {
-                if (!allow_http)
-                        return "firmwareUrl uses http://; lodevd downloads firmware over "
-                               "https:// only";
-                skip = 7;
-        } else
-                return "firmwareUrl is not an https:// URL";
-        host = url + skip;
-        if (*host == '\0' || strchr("/?#@:", *host))
-                return "firmwareUrl has no host";
-        return NULL;
-}
-
-int job_document_check(const char *job_id, const JobDocument *doc, const JobDocumentExtra *x,
-                       bool allow_http, char **ret_reason) {
-        _cleanup_free_ char *reason = NULL;
-        const char *problem = NULL;
-
-        if (!ret_reason)
-                return -EINVAL;
-        if (!topic_job_id_valid(job_id))
-                return -EINVAL;
-        if (!doc || isempty(doc->operation))
-                problem = "the job document has no operation";
-        else if (!streq(doc->operation, "firmware_update")) {
-                /* Name the operation, cut short: the document is the platform's, not ours. */
-                reason = strdup_printf("operation \"%.64s\" is not supported; lodevd runs "
-                                       "firmware_update jobs only",
-                                       doc->operation);
-                if (!reason)
-                        return -ENOMEM;
-        } else if (!doc->firmware_id)
-                problem = "firmwareId is missing or not a string";
-        else if (!id_field_valid(doc->firmware_id))
-                problem = "firmwareId is empty, too long or contains control characters";
-        else if (!doc->deployment_id)
-                problem = "deploymentId is missing or not a string";
-        else if (!id_field_valid(doc->deployment_id))
-                problem = "deploymentId is empty, too long or contains control characters";
-        else if ((problem = url_problem(doc->firmware_url, allow_http)))
-                ;
-        else if (x && x->sha256_invalid)
-                problem = "sha256 is not a string";
-        else if (x && x->sha256 && !sha256_hex_valid(x->sha256))
-                problem = "sha256 is not 64 hexadecimal digits";
-        else if (x && x->size_invalid)
-                problem = "size is not a non-negative integer";
-
-        if (!problem && !reason) {
-                *ret_reason = NULL;
-                return 0;
-        }
-        if (!reason) {
-                reason = strdup(problem);
-                if (!reason)
-                        return -ENOMEM;
-        }
-        *ret_reason = TAKE_PTR(reason);
-        return -EBADMSG;
-}
-
-int job_download_file_name(const char *job_id, char **ret) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[33];
-
-        if (!ret || !topic_job_id_valid(job_id))
-                return -EINVAL;
-        if (EVP_Digest(job_id, strlen(job_id), md, &md_len, EVP_sha256(), NULL) != 1 ||
-            md_len < 16)
-                return -EIO;
-        for (size_t i = 0; i < 16; i++)
-                snprintf(hex + 2 * i, 3, "%02x", md[i]);
-        *ret = strdup_printf("firmware-%s", hex);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* --- Journal --- */
-
-void job_journal_done(JobJournal *j) {
-        if (!j)
-                return;
-        free(j->job_id);
-        free(j->firmware_id);
-        free(j->deployment_id);
-        free(j->sha256);
-        free(j->file);
-        free(j->boot_id);
-        job_report_done(&j->report);
-        *j = JOB_JOURNAL_NULL;
-}
-
-static bool boot_id_valid(const char *s) {
-        size_t len = strnlen(s, BOOT_ID_MAX + 1);
-
-        if (len == 0 || len > BOOT_ID_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-                      (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-                        return false;
-        return true;
-}
-
-static bool lower_hex(const char *s) {
-        for (; *s; s++)
-                if (!strchr("0123456789abcdef", *s))
-                        return false;
-        return true;
-}
-
-static bool status_final(JobStatus s) {
-        return s == JOB_STATUS_SUCCEEDED || s == JOB_STATUS_FAILED || s == JOB_STATUS_REJECTED;
-}
-
-/* 0 when j is a journal that may be saved and would load back; -EINVAL otherwise. */
-static int journal_check(const JobJournal *j) {
-        _cleanup_free_ char *file = NULL, *payload = NULL;
-        bool needs_firmware;
-        int r;
-
-        if (j->phase <= JOB_PHASE_NONE || j->phase >= _JOB_PHASE_MAX)
-                return -EINVAL;
-        r = job_download_file_name(j->job_id, &file);
-        if (r < 0)
-                return r;
-        /* The file name is derived, never taken from the journal: a tampered journal must not
-         * point the installer at another file. */
-        if (!streq_ptr(j->file, file))
-                return -EINVAL;
-        needs_firmware = j->phase >= JOB_PHASE_ACCEPTED && j->phase <= JOB_PHASE_CONFIRMING;
-        if ((j->firmware_id && !id_field_valid(j->firmware_id)) ||
-            (j->deployment_id && !id_field_valid(j->deployment_id)) ||
-            (needs_firmware && (!j->firmware_id || !j->deployment_id)))
-                return -EINVAL;
-        if (j->sha256 && !(sha256_hex_valid(j->sha256) && lower_hex(j->sha256)))
-                return -EINVAL;
-        if (j->execution_number < -1 || j->version_number < -1 || j->size < -1 ||
-            j->offset > INT64_MAX || j->failed_offset > INT64_MAX ||
-            (j->size >= 0 && (j->offset > (uint64_t) j->size ||
-                              j->failed_offset > (uint64_t) j->size)) ||
-            j->download_tries > JOURNAL_COUNTER_MAX || j->attempts > JOURNAL_COUNTER_MAX ||
-            j->accepted_usec > INT64_MAX || j->updated_usec > INT64_MAX)
-                return -EINVAL;
-        if (j->boot_id && !boot_id_valid(j->boot_id))
-                return -EINVAL;
-
-        if (j->report.status == _JOB_STATUS_INVALID) {
-                if (j->phase == JOB_PHASE_REPORTING || j->report.n_details > 0)
-                        return -EINVAL;
-        } else {
-                if (!status_final(j->report.status) ||
-                    !(j->phase == JOB_PHASE_REPORTING || j->phase == JOB_PHASE_DONE))
-                        return -EINVAL;
-                /* The encoder knows the platform's rules for statusDetails. */
-                r = job_report_encode(&j->report, &payload);
-                if (r < 0)
-                        return r == -ENOMEM ? r : -EINVAL;
-        }
-        return 0;
-}
-
-/* A string member, left out when s is NULL. */
-static int json_add_optional_string(json_object *obj, const char *key, const char *s) {
-        return s ? json_add_string(obj, key, s) : 0;
-}
-
-static int json_add_int(json_object *obj, const char *key, int64_t i) {
-        return json_add(obj, key, json_object_new_int64(i));
-}
-
-static int journal_to_json(const JobJournal *j, char **ret) {
-        _cleanup_json_ json_object *root = NULL;
-        const char *s;
-        int r;
-
-        root = json_object_new_object();
-        if (!root)
-                return -ENOMEM;
-        if ((r = json_add_int(root, "version", JOURNAL_VERSION)) < 0 ||
-            (r = json_add_optional_string(root, "jobId", j->job_id)) < 0 ||
-            (r = json_add_optional_string(root, "phase", job_phase_to_string(j->phase))) < 0 ||
-            (r = json_add_optional_string(root, "firmwareId", j->firmware_id)) < 0 ||
-            (r = json_add_optional_string(root, "deploymentId", j->deployment_id)) < 0 ||
-            (r = json_add_optional_string(root, "sha256", j->sha256)) < 0 ||
-            (r = json_add_optional_string(root, "file", j->file)) < 0 ||
-            (r = json_add_int(root, "offset", (int64_t) j->offset)) < 0 ||
-            (r = json_add_int(root, "failedOffset", (int64_t) j->failed_offset)) < 0 ||
-            (r = json_add_int(root, "downloadTries", j->download_tries)) < 0 ||
-            (r = json_add_int(root, "attempts", j->attempts)) < 0 ||
-            (r = json_add_optional_string(root, "bootId", j->boot_id)) < 0 ||
-            (r = json_add_int(root, "acceptedAt", (int64_t) j->accepted_usec)) < 0 ||
-            (r = json_add_int(root, "updatedAt", (int64_t) j->updated_usec)) < 0)
-                return r;
-        if (j->execution_number >= 0 &&
-            (r = json_add_int(root, "executionNumber", j->execution_number)) < 0)
-                return r;
-        if (j->version_number >= 0 &&
-            (r = json_add_int(root, "versionNumber", j->version_number)) < 0)
-                return r;
-        if (j->size >= 0 && (r = json_add_int(root, "size", j->size)) < 0)
-                return r;
-        if (j->report.status != _JOB_STATUS_INVALID) {
-                json_object *details;
-
-                r = json_add_optional_string(root, "status", job_status_to_string(j->report.status));
-                if (r < 0)
-                        return r;
-                r = json_add(root, "statusDetails", details = json_object_new_object());
-                if (r < 0)
-                        return r;
-                for (size_t i = 0; i < j->report.n_details; i++) {
-                        r = json_add_optional_string(details, j->report.keys[i], j->report.values[i]);
-                        if (r < 0)
-                                return r;
-                }
-        }
-
-        s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
-                                                         JSON_C_TO_STRING_NOSLASHESCAPE);
-        if (!s)
-                return -ENOMEM;
-        *ret = strdup_printf("%s\n", s);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* String member: NULL when absent or null, -EBADMSG for another type. */
-static int journal_get_string(json_object *root, const char *key, char **ret) {
-        json_object *v;
-        const char *s;
-        int len;
-
-        if (!json_object_object_get_ex(root, key, &v) || !v) {
-                *ret = NULL;
-                return 0;
-        }
-        if (!json_object_is_type(v, json_type_string))
-                return -EBADMSG;
-        s = json_object_get_string(v);
-        len = json_object_get_string_len(v);
-        if (!s || len < 0 || !utf8_is_valid(s, (size_t) len))
-                return -EBADMSG;
-        *ret = strndup(s, (size_t) len);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* Non-negative integer member: def when absent, -EBADMSG for another type or a negative one. */
-static int journal_get_int(json_object *root, const char *key, int64_t def, int64_t *ret) {
-        json_object *v;
-
-        if (!json_object_object_get_ex(root, key, &v) || !v) {
-                *ret = def;
-                return 0;
-        }
-        if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0 ||
-            json_object_get_int64(v) == INT64_MAX) /* json-c clamps what does not fit */
-                return -EBADMSG;
-        *ret = json_object_get_int64(v);
-        return 0;
-}
-
-static int journal_from_json(json_object *root, JobJournal *ret) {
-        _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
-        _cleanup_free_ char *phase = NULL, *status = NULL;
-        int64_t version, offset, failed_offset, tries, attempts, accepted, updated;
-        json_object *details;
-        int r;
-
-        if ((r = journal_get_int(root, "version", -1, &version)) < 0 ||
-            (r = journal_get_string(root, "phase", &phase)) < 0 ||
-            (r = journal_get_string(root, "jobId", &j.job_id)) < 0 ||
-            (r = journal_get_string(root, "firmwareId", &j.firmware_id)) < 0 ||
-            (r = journal_get_string(root, "deploymentId", &j.deployment_id)) < 0 ||
-            (r = journal_get_string(root, "sha256", &j.sha256)) < 0 ||
-            (r = journal_get_string(root, "file", &j.file)) < 0 ||
-            (r = journal_get_string(root, "bootId", &j.boot_id)) < 0 ||
-            (r = journal_get_string(root, "status", &status)) < 0 ||
-            (r = journal_get_int(root, "executionNumber", -1, &j.execution_number)) < 0 ||
-            (r = journal_get_int(root, "versionNumber", -1, &j.version_number)) < 0 ||
-            (r = journal_get_int(root, "size", -1, &j.size)) < 0 ||
-            (r = journal_get_int(root, "offset", -1, &offset)) < 0 ||
-            (r = journal_get_int(root, "failedOffset", 0, &failed_offset)) < 0 ||
-            (r = journal_get_int(root, "downloadTries", 0, &tries)) < 0 ||
-            (r = journal_get_int(root, "attempts", -1, &attempts)) < 0 ||
-            (r = journal_get_int(root, "acceptedAt", 0, &accepted)) < 0 ||
-            (r = journal_get_int(root, "updatedAt", 0, &updated)) < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        if (version != JOURNAL_VERSION || offset < 0 || attempts < 0 ||
-            tries > JOURNAL_COUNTER_MAX || attempts > JOURNAL_COUNTER_MAX)
-                return -EBADMSG;
-        j.phase = job_phase_from_string(phase);
-        j.offset = (uint64_t) offset;
-        j.failed_offset = (uint64_t) failed_offset;
-        j.download_tries = (unsigned) tries;
-        j.attempts = (unsigned) attempts;
-        j.accepted_usec = (uint64_t) accepted;
-        j.updated_usec = (uint64_t) updated;
-
-        if (status) {
-                j.report.status = job_status_from_string(status);
-                if (j.report.status < 0)
-                        return -EBADMSG;
-        }
-        if (json_object_object_get_ex(root, "statusDetails", &details) && details) {
-                if (!status || !json_object_is_type(details, json_type_object) ||
-                    json_object_object_length(details) > (int) JOB_STATUS_DETAILS_MAX)
-                        return -EBADMSG;
-                json_object_object_foreach(details, key, value) {
-                        if (!json_object_is_type(value, json_type_string))
-                                return -EBADMSG;
-                        if (j.report.n_details >= JOB_STATUS_DETAILS_MAX)
-                                return -EBADMSG;
-                        j.report.keys[j.report.n_details] = strdup(key);
-                        j.report.values[j.report.n_details] =
-                                strdup(json_object_get_string(value));
-                        j.report.n_details++;
-                        if (!j.report.keys[j.report.n_details - 1] ||
-                            !j.report.values[j.report.n_details - 1])
-                                return -ENOMEM;
-                }
-        }
-
-        r = journal_check(&j);
-        if (r < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        *ret = j;
-        j = JOB_JOURNAL_NULL;
-        return 0;
-}
-
-static char *journal_path(const char *dir) {
-        return strdup_printf("%s/" JOB_JOURNAL_FILE, dir);
-}
-
-int job_journal_load(const char *dir, JobJournal *ret) {
-        _cleanup_free_ char *path = NULL, *data = NULL;
-        _cleanup_json_ json_object *root = NULL;
-        size_t len;
-        int r;
-
-        if (!dir || !ret)
-                return -EINVAL;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        r = read_file(path, JOB_JOURNAL_SIZE_MAX, &data, &len);
-        if (r < 0)
-                return r;
-        r = json_object_parse(data, len, JOB_JOURNAL_SIZE_MAX, &root);
-        if (r < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        return journal_from_json(root, ret);
-}
-
-int job_journal_save(const char *dir, const JobJournal *j) {
-        _cleanup_free_ char *path = NULL, *text = NULL;
-        int r;
-
-        if (!dir || !j)
-                return -EINVAL;
-        r = journal_check(j);
-        if (r < 0)
-                return r;
-        r = journal_to_json(j, &text);
-        if (r < 0)
-                return r;
-        r = mkdir_private(dir);
-        if (r < 0)
-                return r;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        return write_file_atomic(path, text, strlen(text), 0600);
-}
-
-int job_journal_remove(const char *dir) {
-        _cleanup_free_ char *path = NULL;
-
-        if (!dir)
-                return -EINVAL;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        if (unlink(path) < 0)
-                return errno == ENOENT ? 0 : -errno;
-        return fsync_directory_of(dir);
-}
-
-int job_journal_save_offset(const char *dir, JobJournal *j, uint64_t offset, uint64_t now_usec) {
-        uint64_t old_offset, old_usec;
-        int r;
-
-        if (!dir || !j || j->phase != JOB_PHASE_DOWNLOADING ||
-            (j->size >= 0 && offset > (uint64_t) j->size) || offset > INT64_MAX)
-                return -EINVAL;
-        old_offset = j->offset;
-        old_usec = j->updated_usec;
-        j->offset = offset;
-        j->updated_usec = now_usec;
-        r = job_journal_save(dir, j);
-        if (r < 0) {
-                j->offset = old_offset;
-                j->updated_usec = old_usec;
-        }
-        return r;
 }
 
 /* --- Decisions --- */
@@ -764,6 +41,19 @@ static void decision_init(JobDecision *d) {
 bool job_error_code_retryable(const char *code) {
         return code && (streq(code, "RequestThrottled") || streq(code, "InternalError") ||
                         streq(code, "ResourceNotFound"));
+}
+
+static bool error_code_moved_on(const char *code) {
+        return code && (streq(code, "InvalidStateTransition") ||
+                        streq(code, "TerminalStateReached") || streq(code, "VersionMismatch"));
+}
+
+uint64_t job_reboot_delay_usec(unsigned tries) {
+        uint64_t d = JOB_REBOOT_DELAY_MIN_USEC;
+
+        for (unsigned i = 1; i < tries && d < JOB_REBOOT_DELAY_MAX_USEC; i++)
+                d *= 2;
+        return MIN(d, JOB_REBOOT_DELAY_MAX_USEC);
 }
 
 static bool same_execution(const JobJournal *j, const char *job_id, int64_t execution_number) {
@@ -785,9 +75,47 @@ static JobStatus journal_listed(const JobJournal *j, const JobList *list) {
         return _JOB_STATUS_INVALID;
 }
 
+/* The journal changed within its phase: save it before acting. */
 static void touch(JobJournal *j, const JobContext *c, JobDecision *d) {
         j->updated_usec = c->now_usec;
         d->save = true;
+}
+
+/* The one way a job changes phase (grep enter_phase for every transition): sets the phase,
+ * resets what the new phase must not inherit from the old one, and marks the journal for
+ * saving. What the new phase starts with (a report, a boot id) the caller sets afterwards. */
+static void enter_phase(JobJournal *j, JobPhase phase, const JobContext *c, JobDecision *d) {
+        switch (phase) {
+        case JOB_PHASE_ACCEPTED:
+                job_report_reset(&j->report, _JOB_STATUS_INVALID);
+                j->boot_id = mfree(j->boot_id);
+                j->attempts = j->reboot_tries = 0;
+                _fallthrough_;
+        case JOB_PHASE_DOWNLOADING:
+                j->offset = j->failed_offset = 0;
+                j->download_tries = 0;
+                break;
+        case JOB_PHASE_AWAITING_REBOOT:
+                j->reboot_tries = 0;
+                _fallthrough_;
+        case JOB_PHASE_INSTALLING:
+        case JOB_PHASE_CONFIRMING:
+        case JOB_PHASE_ROLLING_BACK:
+                /* Restarts are counted from the step that can cause them. */
+                j->attempts = 0;
+                break;
+        default:
+                break;
+        }
+        /* Steps that are unsafe without their record: a job taken on, a download, an install,
+         * a reboot. Another step goes ahead from memory when its save fails. */
+        d->must_save = IN_SET(phase, JOB_PHASE_ACCEPTED, JOB_PHASE_DOWNLOADING,
+                              JOB_PHASE_INSTALLING, JOB_PHASE_AWAITING_REBOOT);
+        /* A fresh URL is wanted when a download starts, at no other change of phase. */
+        j->want_url = phase == JOB_PHASE_DOWNLOADING;
+        j->report_tries = 0;
+        j->phase = phase;
+        touch(j, c, d);
 }
 
 /* A fresh journal for job_id; the caller fills in the rest and swaps it in. */
@@ -811,18 +139,19 @@ static int journal_new(const char *job_id, int64_t execution_number, int64_t ver
         return 0;
 }
 
+/* What describes lodevd's run rather than the job stays. */
 static void journal_replace(JobJournal *j, JobJournal *n) {
-        bool corrupt = j->corrupt;
+        bool corrupt = j->corrupt, reconciled = j->reconciled;
 
         job_journal_done(j);
         *j = *n;
         j->corrupt = corrupt;
+        j->reconciled = reconciled;
         *n = JOB_JOURNAL_NULL;
 }
 
-/* The terminal status is decided: save it in REPORTING, then send it. */
-static int decide_final(JobJournal *j, JobStatus status, const char *reason,
-                        const char *stderr_line, const JobContext *c, JobDecision *d) {
+static int report_make(JobStatus status, const char *reason, const char *stderr_line,
+                       JobReport *ret) {
         _cleanup_(job_report_done) JobReport r = JOB_REPORT_NULL;
         int k;
 
@@ -832,41 +161,16 @@ static int decide_final(JobJournal *j, JobStatus status, const char *reason,
         if ((k = job_report_set(&r, JOB_DETAIL_REASON, reason)) < 0 ||
             (k = job_report_set(&r, JOB_DETAIL_STDERR, stderr_line)) < 0)
                 return k;
-        k = job_report_copy(&r, &d->report);
-        if (k < 0)
-                return k;
-
-        job_report_done(&j->report);
-        j->report = r;
+        *ret = r;
         r = JOB_REPORT_NULL;
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        j->want_url = false;
-        touch(j, c, d);
-        d->action = JOB_ACTION_REPORT;
-        d->remove_download = true;
-        d->job_id = j->job_id;
         return 0;
 }
 
-static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_line,
-                         const JobContext *c, JobDecision *d, const char *fmt, ...)
-        _printf_(6, 7);
+static char *vformat(const char *fmt, va_list ap) _printf_(1, 0);
+static char *vformat(const char *fmt, va_list ap) {
+        char *s = NULL;
 
-static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_line,
-                         const JobContext *c, JobDecision *d, const char *fmt, ...) {
-        _cleanup_free_ char *reason = NULL;
-        va_list ap;
-        int r;
-
-        va_start(ap, fmt);
-        r = vasprintf(&reason, fmt, ap);
-        va_end(ap);
-        if (r < 0) {
-                reason = NULL;
-                return -ENOMEM;
-        }
-        return decide_final(j, status, reason, stderr_line, c, d);
+        return vasprintf(&s, fmt, ap) < 0 ? NULL : s;
 }
 
 /* The saved report again, word for word. */
@@ -878,6 +182,74 @@ static int decide_resend(JobJournal *j, JobDecision *d) {
         d->action = JOB_ACTION_REPORT;
         d->job_id = j->job_id;
         return 0;
+}
+
+/* The terminal report is decided and saved in phase: REPORTING, to be sent now, or
+ * ROLLING_BACK, to be sent after INSTALLER rollback (status < 0 there: the job ends without
+ * a report). */
+static int decide_outcome(JobJournal *j, JobPhase phase, JobStatus status, const char *reason,
+                          const char *stderr_line, const JobContext *c, JobDecision *d) {
+        _cleanup_(job_report_done) JobReport r = JOB_REPORT_NULL;
+        int k;
+
+        if (status >= 0) {
+                k = report_make(status, reason, stderr_line, &r);
+                if (k < 0)
+                        return k;
+        }
+        enter_phase(j, phase, c, d);
+        job_report_done(&j->report);
+        j->report = r;
+        r = JOB_REPORT_NULL;
+        d->remove_download = true;
+        d->job_id = j->job_id;
+        if (phase == JOB_PHASE_ROLLING_BACK) {
+                d->action = JOB_ACTION_ROLLBACK;
+                return 0;
+        }
+        return decide_resend(j, d);
+}
+
+static int decide_final(JobJournal *j, JobStatus status, const char *reason,
+                        const char *stderr_line, const JobContext *c, JobDecision *d) {
+        return decide_outcome(j, JOB_PHASE_REPORTING, status, reason, stderr_line, c, d);
+}
+
+static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_line,
+                         const JobContext *c, JobDecision *d, const char *fmt, ...)
+        _printf_(6, 7);
+static int decide_finalf(JobJournal *j, JobStatus status, const char *stderr_line,
+                         const JobContext *c, JobDecision *d, const char *fmt, ...) {
+        _cleanup_free_ char *reason = NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        reason = vformat(fmt, ap);
+        va_end(ap);
+        if (!reason)
+                return -ENOMEM;
+        return decide_final(j, status, reason, stderr_line, c, d);
+}
+
+/* The install may have armed the new firmware: INSTALLER rollback before the FAILED report
+ * (fmt: its reason); without fmt, the job ends without a report. */
+static int decide_rollback(JobJournal *j, const char *stderr_line, const JobContext *c,
+                           JobDecision *d, const char *fmt, ...) _printf_(5, 6);
+static int decide_rollback(JobJournal *j, const char *stderr_line, const JobContext *c,
+                           JobDecision *d, const char *fmt, ...) {
+        _cleanup_free_ char *reason = NULL;
+        va_list ap;
+
+        if (fmt) {
+                va_start(ap, fmt);
+                reason = vformat(fmt, ap);
+                va_end(ap);
+                if (!reason)
+                        return -ENOMEM;
+        }
+        return decide_outcome(j, JOB_PHASE_ROLLING_BACK,
+                              fmt ? JOB_STATUS_FAILED : _JOB_STATUS_INVALID, reason, stderr_line,
+                              c, d);
 }
 
 /* IN_PROGRESS at 0 %: the job is ours now. */
@@ -896,23 +268,20 @@ static int decide_start(JobJournal *j, JobDecision *d) {
         return 0;
 }
 
-/* The platform moved on: stop without a report, and remember the job so it never runs
- * again. Past the point of no return the work goes on (see job.h). */
+/* M1-M3: the platform moved on. Stop without a report, and remember the job so it never runs
+ * again; past the point of no return the work goes on. */
 static int decide_moved_on(JobJournal *j, const JobContext *c, JobDecision *d) {
         switch (j->phase) {
         case JOB_PHASE_ACCEPTED:
         case JOB_PHASE_DOWNLOADING:
                 job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                j->phase = JOB_PHASE_DONE;
-                j->want_url = false;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_ABANDON;
                 d->remove_download = true;
                 d->job_id = j->job_id;
                 return 0;
         case JOB_PHASE_REPORTING:
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_GET_LIST;
                 return 0;
         default:
@@ -920,9 +289,9 @@ static int decide_moved_on(JobJournal *j, const JobContext *c, JobDecision *d) {
         }
 }
 
-/* A download try ended without the whole file; offset bytes are durable. Tries are counted
- * only while they make no progress: a slow link that gets a little further each time is
- * allowed to finish, one that gets nowhere is not retried for ever. */
+/* D2, D3: a download try ended without the whole file; offset bytes are durable. Tries are
+ * counted only while they make no progress: a slow link that gets a little further each time
+ * is allowed to finish, one that gets nowhere is not retried for ever. */
 static int decide_download_retry(JobJournal *j, uint64_t offset, bool backoff,
                                  const char *message, const JobContext *c, JobDecision *d) {
         unsigned tries;
@@ -931,18 +300,9 @@ static int decide_download_retry(JobJournal *j, uint64_t offset, bool backoff,
                 offset = (uint64_t) j->size;
         tries = offset > j->failed_offset ? 1 : j->download_tries + 1;
         if (tries >= JOB_DOWNLOAD_TRIES_MAX) {
-                int r;
-
-                if (message)
-                        r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d,
-                                          "the firmware download failed %u times without "
-                                          "progress: %s",
-                                          tries, message);
-                else
-                        r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d,
-                                          "the firmware download failed %u times without "
-                                          "progress",
-                                          tries);
+                int r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d,
+                                      "the firmware download failed %u times without progress%s%s",
+                                      tries, message ? ": " : "", strempty(message));
                 if (r < 0)
                         return r;
                 j->download_tries = tries;
@@ -959,47 +319,18 @@ static int decide_download_retry(JobJournal *j, uint64_t offset, bool backoff,
         return 0;
 }
 
-static unsigned max_attempts(const JobContext *c) {
-        return MAX(c->max_attempts, 1U);
-}
-
-static int decide_attempts_exceeded(JobJournal *j, unsigned attempts, const JobContext *c,
-                                    JobDecision *d) {
-        int r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d,
-                              "the device restarted %u times without finishing the update",
-                              attempts);
-        if (r < 0)
-                return r;
-        j->attempts = attempts;
-        return 0;
-}
-
-/* A restart of the device during the job counts as an attempt: true when that was one too
- * many and the job is failed (*r tells whether that worked); false with the attempt
- * recorded and the decision aimed at the job. */
-static bool count_attempt(JobJournal *j, const JobContext *c, JobDecision *d, int *r) {
-        unsigned attempts = j->attempts + 1;
-
-        if (attempts > max_attempts(c)) {
-                *r = decide_attempts_exceeded(j, attempts, c, d);
-                return true;
-        }
-        j->attempts = attempts;
-        touch(j, c, d);
-        d->job_id = j->job_id;
-        return false;
-}
-
-/* A finished job comes back (same execution): answer as before, never run it again. */
+/* A finished job comes back (same execution): answer as before, never run it again. A list
+ * or an execution that still shows it after the platform accepted the report in this run was
+ * sent before that: nothing to say again. */
 static int decide_revive(JobJournal *j, const JobContext *c, JobDecision *d) {
+        if (j->acknowledged)
+                return 0;
         if (j->report.status == _JOB_STATUS_INVALID)
                 return decide_final(j, JOB_STATUS_FAILED,
                                     "lodevd had already stopped this job and will not run it "
                                     "again",
                                     NULL, c, d);
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        touch(j, c, d);
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
         return decide_resend(j, d);
 }
 
@@ -1021,11 +352,13 @@ static int decide_orphan(JobJournal *j, const char *job_id, int64_t execution_nu
                          NULL, c, d);
         if (r < 0)
                 return r;
+        d->remove_download = false; /* there never was one */
         journal_replace(j, &n);
         d->job_id = j->job_id;
         return 0;
 }
 
+/* C1-C4. */
 static int reconcile_idle(JobJournal *j, const JobList *list, const JobContext *c,
                           JobDecision *d) {
         for (size_t i = 0; i < list->n_in_progress; i++) {
@@ -1045,14 +378,80 @@ static int reconcile_idle(JobJournal *j, const JobList *list, const JobContext *
                 if (!topic_job_id_valid(s->job_id))
                         continue;
                 if (j->phase == JOB_PHASE_DONE &&
-                    same_execution(j, s->job_id, s->execution_number))
+                    same_execution(j, s->job_id, s->execution_number)) {
+                        if (j->acknowledged)
+                                continue; /* a list from before the answer */
                         return decide_revive(j, c, d);
+                }
                 /* The list has no document: fetch it, and decide on the answer. */
                 d->action = JOB_ACTION_GET_JOB;
                 d->job_id = s->job_id;
                 return 0;
         }
         return 0;
+}
+
+/* A restart of the device during the job counts as an attempt: false with the attempt
+ * recorded; true when that was one too many (the caller decides what follows). */
+static bool attempt_exceeded(JobJournal *j, const JobContext *c, JobDecision *d) {
+        j->attempts++;
+        touch(j, c, d);
+        d->job_id = j->job_id;
+        return j->attempts > MAX(c->max_attempts, 1U); /* 0 is taken as 1 */
+}
+
+/* R1, R2: reboot_command once more, after a delay that grows, or roll back. */
+static int decide_reboot_retry(JobJournal *j, bool wait, const char *why, const JobContext *c,
+                               JobDecision *d) {
+        if (j->reboot_tries >= MAX(c->max_reboot_tries, 1U))
+                return decide_rollback(j, NULL, c, d,
+                                       "the device could not be rebooted into the new firmware "
+                                       "(%u tries): %s",
+                                       j->reboot_tries, why);
+        d->delay_usec = wait ? job_reboot_delay_usec(j->reboot_tries) : 0;
+        j->reboot_tries++;
+        touch(j, c, d);
+        d->action = JOB_ACTION_REBOOT;
+        d->job_id = j->job_id;
+        return 0;
+}
+
+/* C11-C14. */
+static int reconcile_awaiting_reboot(JobJournal *j, const JobContext *c, JobDecision *d) {
+        if (!(c->boot_id && j->boot_id && streq(c->boot_id, j->boot_id))) {
+                /* Another boot: the new firmware (or the old, after a fallback) is running.
+                 * This start is the first attempt at confirming it. */
+                enter_phase(j, JOB_PHASE_CONFIRMING, c, d);
+                j->attempts = 1;
+                d->action = JOB_ACTION_CONFIRM;
+                d->job_id = j->job_id;
+                return 0;
+        }
+        /* Only lodevd restarted: the reboot never happened. */
+        if (attempt_exceeded(j, c, d))
+                return decide_rollback(j, NULL, c, d,
+                                       "lodevd restarted %u times without the device rebooting "
+                                       "into the new firmware",
+                                       j->attempts);
+        return decide_reboot_retry(j, false, "lodevd restarted in the same boot", c, d);
+}
+
+/* H7, C18: the rollback is over (or given up): the saved report goes out, or the job ends. */
+static int decide_rolled_back(JobJournal *j, const char *how, const JobContext *c,
+                              JobDecision *d) {
+        int r;
+
+        if (j->report.status == _JOB_STATUS_INVALID) {
+                enter_phase(j, JOB_PHASE_DONE, c, d);
+                d->action = JOB_ACTION_GET_LIST;
+                d->job_id = NULL;
+                return 0;
+        }
+        r = job_report_set(&j->report, JOB_DETAIL_ROLLBACK, how);
+        if (r < 0)
+                return r;
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
+        return decide_resend(j, d);
 }
 
 int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, const JobContext *c,
@@ -1065,24 +464,25 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                 return -EINVAL;
         decision_init(&d);
         listed = phase_active(j->phase) && journal_listed(j, list) >= 0;
+        j->reconciled = true;
 
         switch (j->phase) {
         case JOB_PHASE_ACCEPTED:
                 if (!listed)
-                        r = decide_moved_on(j, c, &d);
+                        r = decide_moved_on(j, c, &d); /* C6 */
                 else {
                         j->report_tries = 0;
-                        r = decide_start(j, &d);
+                        r = decide_start(j, &d); /* C5 */
                 }
                 break;
 
         case JOB_PHASE_DOWNLOADING:
                 if (!listed)
-                        r = decide_moved_on(j, c, &d);
+                        r = decide_moved_on(j, c, &d); /* C6 */
                 else if (startup)
-                        r = decide_download_retry(j, j->offset, false, NULL, c, &d);
+                        r = decide_download_retry(j, j->offset, false, NULL, c, &d); /* C7 */
                 else if (j->want_url) {
-                        /* The answer to our GET may have been lost with the connection. */
+                        /* C8: the answer to our GET may have been lost with the connection. */
                         d.action = JOB_ACTION_GET_JOB;
                         d.job_id = j->job_id;
                 }
@@ -1090,56 +490,56 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
 
         case JOB_PHASE_INSTALLING:
                 if (!startup)
-                        break;
+                        break; /* C21 */
+                /* Whether the installer finished is unknown, and the installer's service may
+                 * finish it anyway: undo what it may have armed. Running it again could install
+                 * twice. */
                 if (listed)
-                        /* Whether the installer finished is unknown; running it again could
-                         * install twice, so the safe answer is to fail the job. */
-                        r = decide_final(j, JOB_STATUS_FAILED,
-                                         "interrupted during installation: lodevd or the device "
-                                         "restarted before the installer finished",
-                                         NULL, c, &d);
-                else {
-                        job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
-                        d.action = JOB_ACTION_ABANDON;
-                        d.remove_download = true;
-                        d.job_id = j->job_id;
-                }
+                        r = decide_rollback(j, NULL, c, &d, /* C9 */
+                                            "interrupted during installation: lodevd or the "
+                                            "device restarted before the installer finished");
+                else
+                        r = decide_rollback(j, NULL, c, &d, NULL); /* C10 */
                 break;
 
         case JOB_PHASE_AWAITING_REBOOT:
-                if (!startup)
-                        break;
-                if (count_attempt(j, c, &d, &r))
-                        break;
-                if (c->boot_id && j->boot_id && streq(c->boot_id, j->boot_id))
-                        /* Only lodevd restarted: the reboot never happened. */
-                        d.action = JOB_ACTION_REBOOT;
-                else {
-                        j->phase = JOB_PHASE_CONFIRMING;
-                        d.action = JOB_ACTION_CONFIRM;
-                }
+                if (startup)
+                        r = reconcile_awaiting_reboot(j, c, &d);
                 break;
 
         case JOB_PHASE_CONFIRMING:
                 if (!startup)
                         break;
-                if (count_attempt(j, c, &d, &r))
+                if (attempt_exceeded(j, c, &d)) /* C16 */
+                        r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, &d,
+                                          "the device restarted %u times without finishing the "
+                                          "update",
+                                          j->attempts);
+                else
+                        d.action = JOB_ACTION_CONFIRM; /* C15 */
+                break;
+
+        case JOB_PHASE_ROLLING_BACK:
+                if (!startup)
                         break;
-                d.action = JOB_ACTION_CONFIRM;
+                if (attempt_exceeded(j, c, &d)) { /* C18 */
+                        _cleanup_free_ char *how = strdup_printf(
+                                "did not finish: the device restarted %u times", j->attempts);
+
+                        r = how ? decide_rolled_back(j, how, c, &d) : -ENOMEM;
+                } else
+                        d.action = JOB_ACTION_ROLLBACK; /* C17 */
                 break;
 
         case JOB_PHASE_REPORTING:
                 if (listed) {
                         j->report_tries = 0;
-                        r = decide_resend(j, &d);
+                        r = decide_resend(j, &d); /* C19 */
                         break;
                 }
-                /* Acknowledged with the answer lost, or dropped by the platform: either way
-                 * nothing more to say. Then look for the next job. */
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, &d);
+                /* C20: acknowledged with the answer lost, or dropped by the platform: either
+                 * way nothing more to say. Then look for the next job. */
+                enter_phase(j, JOB_PHASE_DONE, c, &d);
                 r = reconcile_idle(j, list, c, &d);
                 break;
 
@@ -1160,57 +560,58 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
 }
 
 /* An execution while idle: start it, reject it, or fail it as an orphan. */
-static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                                 const JobContext *c, JobDecision *d) {
+static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobContext *c,
+                                 JobDecision *d) {
         _cleanup_(job_journal_done) JobJournal n = JOB_JOURNAL_NULL;
         _cleanup_free_ char *reason = NULL;
         int r;
 
+        if (!j->reconciled)
+                return 0; /* X1: the list asked for at the connect will name it too */
         if (e->status != JOB_STATUS_QUEUED && e->status != JOB_STATUS_IN_PROGRESS)
-                return 0; /* finished or canceled: nothing for us */
+                return 0; /* X5: finished or canceled: nothing for us */
         if (j->phase == JOB_PHASE_DONE && same_execution(j, e->job_id, e->execution_number))
-                return decide_revive(j, c, d);
-        if (e->status == JOB_STATUS_IN_PROGRESS)
+                return decide_revive(j, c, d); /* X6 */
+        if (e->status == JOB_STATUS_IN_PROGRESS) /* X4 */
                 return decide_orphan(j, e->job_id, e->execution_number, e->version_number, c, d);
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
         r = journal_new(e->job_id, e->execution_number, e->version_number, c, &n);
         if (r < 0)
                 return r;
-        if (reason) {
+        if (reason) { /* X3 */
                 r = decide_final(&n, JOB_STATUS_REJECTED, reason, NULL, c, d);
                 if (r < 0)
                         return r;
                 d->remove_download = false; /* there never was one */
-        } else {
+        } else { /* X2 */
                 n.firmware_id = strdup(e->document.firmware_id);
                 n.deployment_id = strdup(e->document.deployment_id);
                 if (!n.firmware_id || !n.deployment_id)
                         return -ENOMEM;
-                if (x && x->sha256) {
-                        n.sha256 = strdup(x->sha256);
+                if (e->document.sha256) {
+                        n.sha256 = strdup(e->document.sha256);
                         if (!n.sha256)
                                 return -ENOMEM;
                         for (char *p = n.sha256; *p; p++)
                                 if (*p >= 'A' && *p <= 'F')
                                         *p = (char) (*p - 'A' + 'a');
                 }
-                n.size = x ? x->size : -1;
-                n.phase = JOB_PHASE_ACCEPTED;
+                n.size = e->document.size;
+                enter_phase(&n, JOB_PHASE_ACCEPTED, c, d);
                 r = decide_start(&n, d);
                 if (r < 0)
                         return r;
-                d->save = true;
         }
         journal_replace(j, &n);
         d->job_id = j->job_id;
         return 0;
 }
 
-static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                            const JobContext *c, JobDecision *d) {
+static int handle_execution(JobJournal *j, const JobExecution *e, const JobContext *c,
+                            JobDecision *d) {
         bool has = e && e->job_id;
         _cleanup_free_ char *reason = NULL;
         int r;
@@ -1218,38 +619,39 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         if (has && !topic_job_id_valid(e->job_id))
                 return -EINVAL;
         if (!phase_active(j->phase))
-                return has ? handle_execution_idle(j, e, x, c, d) : 0;
+                return has ? handle_execution_idle(j, e, c, d) : 0; /* X1-X6 */
 
         if (!has)
-                /* Nothing pending on the platform while we run a job: it was canceled. */
+                /* X8: nothing pending on the platform while we run a job: it was canceled. */
                 return decide_moved_on(j, c, d);
         if (!streq(e->job_id, j->job_id)) {
-                /* $next names another job. Ours may still be listed behind it; ask for the
+                /* X7: $next names another job. Ours may still be listed behind it; ask for the
                  * whole list rather than drop a job on a guess. */
                 d->action = JOB_ACTION_GET_LIST;
                 return 0;
         }
         if (!same_execution(j, e->job_id, e->execution_number) ||
             (e->status != JOB_STATUS_QUEUED && e->status != JOB_STATUS_IN_PROGRESS))
-                return decide_moved_on(j, c, d);
+                return decide_moved_on(j, c, d); /* X8 */
 
         if (j->phase != JOB_PHASE_DOWNLOADING || !j->want_url)
-                return 0; /* a repeat of what we know */
+                return 0; /* X11: a repeat of what we know */
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
-        if (reason)
+        if (reason) /* X10 */
                 return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d);
         if (!streq_ptr(e->document.firmware_id, j->firmware_id) ||
             !streq_ptr(e->document.deployment_id, j->deployment_id) ||
-            (x ? x->size : -1) != j->size ||
-            (j->sha256 ? !(x && x->sha256 && strcasecmp(x->sha256, j->sha256) == 0)
-                       : (x && x->sha256)))
-                return decide_final(j, JOB_STATUS_FAILED,
+            e->document.size != j->size ||
+            (j->sha256 ? !(e->document.sha256 && strcasecmp(e->document.sha256, j->sha256) == 0)
+                       : e->document.sha256 != NULL))
+                return decide_final(j, JOB_STATUS_FAILED, /* X10 */
                                     "the job document changed while the job was running", NULL,
                                     c, d);
 
+        /* X9 */
         j->want_url = false;
         d->action = JOB_ACTION_DOWNLOAD;
         d->url = e->document.firmware_url;
@@ -1258,19 +660,93 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         return 0;
 }
 
-static int handle_update_rejected(JobJournal *j, const char *code, const JobContext *c,
-                                  JobDecision *d) {
-        bool retryable = job_error_code_retryable(code);
-        bool moved_on = code && (streq(code, "InvalidStateTransition") ||
-                                 streq(code, "TerminalStateReached") ||
-                                 streq(code, "VersionMismatch"));
+/* U1-U4: an execution that cannot be decoded, for a job whose id the topic gave. */
+static int handle_unreadable(JobJournal *j, const char *job_id, int error, const JobContext *c,
+                             JobDecision *d) {
+        _cleanup_free_ char *reason = NULL;
+        JobExecution e = { .job_id = (char *) job_id, .status = JOB_STATUS_QUEUED,
+                           .version_number = -1, .execution_number = -1,
+                           .document.size = -1 };
+        int r;
+
+        if (!job_id) {
+                /* U4: not even the job's id is known: the list names every pending job. */
+                d->action = JOB_ACTION_GET_LIST;
+                return 0;
+        }
+        if (!topic_job_id_valid(job_id))
+                return -EINVAL;
+        reason = strdup_printf("the job execution cannot be read: %s",
+                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
+        if (!reason)
+                return -ENOMEM;
+        if (phase_active(j->phase)) {
+                if (j->phase == JOB_PHASE_DOWNLOADING && j->want_url && streq(j->job_id, job_id))
+                        return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d); /* U2 */
+                return 0; /* U3: busy with a job: this one is looked at later */
+        }
+        /* U1: a job without a document: REJECTED, with the reason it cannot be read. */
+        r = handle_execution_idle(j, &e, c, d);
+        if (r < 0 || d->action != JOB_ACTION_REPORT || j->phase != JOB_PHASE_REPORTING)
+                return r;
+        r = job_report_set(&j->report, JOB_DETAIL_REASON, reason);
+        if (r >= 0)
+                r = job_report_set(&d->report, JOB_DETAIL_REASON, reason);
+        return r;
+}
+
+/* G1-G4: a <job>/get (or the list request, job_id NULL) the platform refused. */
+static int handle_get_rejected(JobJournal *j, const char *job_id, const char *code,
+                               const JobContext *c, JobDecision *d) {
+        bool ours = job_id && phase_active(j->phase) && streq_ptr(job_id, j->job_id);
+
+        if (ours && streq_ptr(code, "ResourceNotFound"))
+                return handle_execution(j, NULL, c, d); /* G2 */
+        d->backoff = true;
+        if (ours && j->want_url) {
+                d->action = JOB_ACTION_GET_JOB; /* G3 */
+                d->job_id = j->job_id;
+        } else
+                d->action = JOB_ACTION_GET_LIST; /* G1, G4 */
+        return 0;
+}
+
+/* A1-A9. */
+static int handle_update_answer(JobJournal *j, const JobEvent *ev, const JobContext *c,
+                                JobDecision *d) {
+        bool accepted = ev->type == JOB_EVENT_UPDATE_ACCEPTED;
+        const char *code = ev->error_code;
+        bool retryable = !accepted && job_error_code_retryable(code);
+        int r;
+
+        if (ev->job_id && !streq_ptr(ev->job_id, j->job_id))
+                return 0; /* A1: the late answer of another job's update */
+        if (!accepted && error_code_moved_on(code) && j->phase == JOB_PHASE_DOWNLOADING)
+                return decide_moved_on(j, c, d); /* A2 */
+        if (ev->progress)
+                return 0; /* A3: says nothing about a status change */
 
         switch (j->phase) {
         case JOB_PHASE_ACCEPTED:
         case JOB_PHASE_REPORTING:
+                if (accepted && j->phase == JOB_PHASE_ACCEPTED) {
+                        /* A4: IN_PROGRESS is on record: a fresh URL, and download at once. */
+                        enter_phase(j, JOB_PHASE_DOWNLOADING, c, d);
+                        d->action = JOB_ACTION_GET_JOB;
+                        d->job_id = j->job_id;
+                        return 0;
+                }
+                if (accepted) {
+                        /* A5 */
+                        enter_phase(j, JOB_PHASE_DONE, c, d);
+                        j->acknowledged = true;
+                        d->action = JOB_ACTION_GET_LIST;
+                        return 0;
+                }
                 if (retryable && j->report_tries + 1 < JOB_REPORT_TRIES_MAX) {
-                        int r = j->phase == JOB_PHASE_ACCEPTED ? decide_start(j, d)
-                                                               : decide_resend(j, d);
+                        /* A6 */
+                        r = j->phase == JOB_PHASE_ACCEPTED ? decide_start(j, d)
+                                                           : decide_resend(j, d);
                         if (r < 0)
                                 return r;
                         j->report_tries++;
@@ -1278,24 +754,20 @@ static int handle_update_rejected(JobJournal *j, const char *code, const JobCont
                         return 0;
                 }
                 if (retryable && j->phase == JOB_PHASE_REPORTING) {
-                        /* The platform keeps failing: stop for now. The saved report goes out
-                         * again at the next reconcile if the job is still listed. */
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, d);
+                        /* A7: the platform keeps failing: stop for now. The saved report goes
+                         * out again at the next reconcile if the job is still listed. */
+                        enter_phase(j, JOB_PHASE_DONE, c, d);
                         return 0;
                 }
-                /* Moved on, refused for good, or a start the platform will not take. */
+                /* A8: moved on, refused for good, or a start the platform will not take. */
                 return decide_moved_on(j, c, d);
 
-        case JOB_PHASE_DOWNLOADING:
-                /* A progress update; losing one is harmless unless the job is gone. */
-                return moved_on ? decide_moved_on(j, c, d) : 0;
-
         default:
-                return 0;
+                return 0; /* A9 */
         }
 }
 
+/* D1-D4. */
 static int handle_download_failed(JobJournal *j, const JobEvent *ev, const JobContext *c,
                                   JobDecision *d) {
         const char *what;
@@ -1321,47 +793,98 @@ static int handle_download_failed(JobJournal *j, const JobEvent *ev, const JobCo
         default:
                 return -EINVAL;
         }
-        if (isempty(ev->message))
-                return decide_final(j, JOB_STATUS_FAILED, what, NULL, c, d);
-        return decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d, "%s: %s", what, ev->message);
+        return decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d, "%s%s%s", what,
+                             isempty(ev->message) ? "" : ": ", strempty(ev->message));
 }
 
-static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecision *d) {
-        bool install = j->phase == JOB_PHASE_INSTALLING;
-        const char *hook = install ? "the installer" : "the confirm hook";
-
-        if (ev->type == JOB_EVENT_HOOK_EXITED && ev->code == 0)
-                return decide_final(j, JOB_STATUS_SUCCEEDED, NULL, NULL, c, d);
-
-        if (install && ev->type == JOB_EVENT_HOOK_EXITED && ev->code == 100) {
-                _cleanup_free_ char *boot_id = NULL;
-
-                if (c->boot_id && boot_id_valid(c->boot_id)) {
-                        boot_id = strdup(c->boot_id);
-                        if (!boot_id)
-                                return -ENOMEM;
-                }
-                free(j->boot_id);
-                j->boot_id = TAKE_PTR(boot_id);
-                j->phase = JOB_PHASE_AWAITING_REBOOT;
-                j->attempts = 0;
-                touch(j, c, d);
-                d->action = JOB_ACTION_REBOOT;
-                d->remove_download = true;
-                d->job_id = j->job_id;
-                return 0;
-        }
-
+/* How a hook ended, in words. */
+static char *hook_end_text(const JobEvent *ev) {
         switch (ev->type) {
         case JOB_EVENT_HOOK_EXITED:
-                return decide_finalf(j, JOB_STATUS_FAILED, ev->message, c, d,
-                                     "%s exited with status %d", hook, ev->code);
+                return strdup_printf("exited with status %d", ev->code);
         case JOB_EVENT_HOOK_KILLED:
-                return decide_finalf(j, JOB_STATUS_FAILED, ev->message, c, d,
-                                     "%s was killed by signal %d", hook, ev->code);
+                return strdup_printf("was killed by signal %d", ev->code);
         default:
-                return decide_finalf(j, JOB_STATUS_FAILED, ev->message, c, d,
-                                     "%s did not finish in time", hook);
+                return strdup("did not finish in time");
+        }
+}
+
+/* H1-H7. */
+static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecision *d) {
+        _cleanup_free_ char *how = hook_end_text(ev);
+        bool exited = ev->type == JOB_EVENT_HOOK_EXITED;
+
+        if (!how)
+                return -ENOMEM;
+        switch (j->phase) {
+        case JOB_PHASE_INSTALLING:
+                if (exited && ev->code == 0)
+                        return decide_final(j, JOB_STATUS_SUCCEEDED, NULL, NULL, c, d); /* H1 */
+                if (exited && ev->code == 100) {
+                        /* H2 */
+                        _cleanup_free_ char *boot_id = NULL;
+
+                        if (c->boot_id && job_boot_id_valid(c->boot_id)) {
+                                boot_id = strdup(c->boot_id);
+                                if (!boot_id)
+                                        return -ENOMEM;
+                        }
+                        enter_phase(j, JOB_PHASE_AWAITING_REBOOT, c, d);
+                        free(j->boot_id);
+                        j->boot_id = TAKE_PTR(boot_id);
+                        j->reboot_tries = 1;
+                        d->action = JOB_ACTION_REBOOT;
+                        d->remove_download = true;
+                        d->job_id = j->job_id;
+                        return 0;
+                }
+                if (exited) /* H3: the installer says it failed, and cleaned up after itself */
+                        return decide_finalf(j, JOB_STATUS_FAILED, ev->message, c, d,
+                                             "the installer %s", how);
+                /* H4: cut short: what it armed is undone first. */
+                return decide_rollback(j, ev->message, c, d, "the installer %s", how);
+
+        case JOB_PHASE_CONFIRMING:
+                if (exited && ev->code == 0)
+                        return decide_final(j, JOB_STATUS_SUCCEEDED, NULL, NULL, c, d); /* H5 */
+                return decide_finalf(j, JOB_STATUS_FAILED, ev->message, c, d, /* H6 */
+                                     "the confirm hook %s", how);
+
+        case JOB_PHASE_ROLLING_BACK: {
+                /* H7: the outcome goes with the report; the job ends either way. */
+                _cleanup_free_ char *text = strdup_printf("INSTALLER rollback %s%s%s", how,
+                                                          ev->message ? ": " : "",
+                                                          strempty(ev->message));
+
+                return text ? decide_rolled_back(j, text, c, d) : -ENOMEM;
+        }
+        default:
+                return 0; /* L1 */
+        }
+}
+
+/* S1-S3: a step that is unsafe without its record cannot be taken: the job ends from memory
+ * (the decision that follows is not must_save: there is no loop). */
+static int handle_save_failed(JobJournal *j, int error, const JobContext *c, JobDecision *d) {
+        const char *why = strerror(error < 0 ? -error : EIO);
+
+        switch (j->phase) {
+        case JOB_PHASE_ACCEPTED:
+                return decide_finalf(j, JOB_STATUS_REJECTED, NULL, c, d,
+                                     "the job journal cannot be saved: %s", why);
+        case JOB_PHASE_DOWNLOADING:
+        case JOB_PHASE_INSTALLING:
+                return decide_finalf(j, JOB_STATUS_FAILED, NULL, c, d,
+                                     "the job journal cannot be saved: %s", why);
+        case JOB_PHASE_AWAITING_REBOOT:
+                /* Without the record the reboot could not be told from a restart and the new
+                 * firmware never confirmed: it is not rebooted into. */
+                return decide_rollback(j, NULL, c, d,
+                                       "the job journal cannot be saved (%s), so the device is "
+                                       "not rebooted into the new firmware",
+                                       why);
+        default:
+                return 0;
         }
 }
 
@@ -1375,39 +898,28 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
 
         switch (ev->type) {
         case JOB_EVENT_EXECUTION:
-                r = handle_execution(j, ev->execution, ev->extra, c, &d);
+                r = handle_execution(j, ev->execution, c, &d);
+                break;
+
+        case JOB_EVENT_EXECUTION_UNREADABLE:
+                r = handle_unreadable(j, ev->job_id, ev->error, c, &d);
+                break;
+
+        case JOB_EVENT_GET_REJECTED:
+                r = handle_get_rejected(j, ev->job_id, ev->error_code, c, &d);
                 break;
 
         case JOB_EVENT_UPDATE_ACCEPTED:
-                if (j->phase == JOB_PHASE_ACCEPTED) {
-                        /* IN_PROGRESS is on record: fetch a fresh URL and download at once. */
-                        j->phase = JOB_PHASE_DOWNLOADING;
-                        j->offset = j->failed_offset = 0;
-                        j->download_tries = 0;
-                        j->want_url = true;
-                        touch(j, c, &d);
-                        d.action = JOB_ACTION_GET_JOB;
-                        d.job_id = j->job_id;
-                } else if (j->phase == JOB_PHASE_REPORTING) {
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
-                        d.action = JOB_ACTION_GET_LIST;
-                }
-                break;
-
         case JOB_EVENT_UPDATE_REJECTED:
-                r = handle_update_rejected(j, ev->error_code, c, &d);
+                r = handle_update_answer(j, ev, c, &d);
                 break;
 
         case JOB_EVENT_DOWNLOAD_DONE:
                 if (j->phase != JOB_PHASE_DOWNLOADING)
                         break;
-                /* Saved before the installer runs: after a crash from here on, the job is
+                /* D1: saved before the installer runs: after a crash from here on, the job is
                  * never installed again. */
-                j->phase = JOB_PHASE_INSTALLING;
-                j->attempts = 0;
-                j->want_url = false;
-                touch(j, c, &d);
+                enter_phase(j, JOB_PHASE_INSTALLING, c, &d);
                 d.action = JOB_ACTION_INSTALL;
                 d.job_id = j->job_id;
                 break;
@@ -1420,19 +932,28 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
         case JOB_EVENT_HOOK_EXITED:
         case JOB_EVENT_HOOK_KILLED:
         case JOB_EVENT_HOOK_TIMEOUT:
-                if (j->phase == JOB_PHASE_INSTALLING || j->phase == JOB_PHASE_CONFIRMING)
-                        r = handle_hook(j, ev, c, &d);
+                r = handle_hook(j, ev, c, &d);
                 break;
 
         case JOB_EVENT_REBOOT_FAILED:
+        case JOB_EVENT_REBOOT_TIMEOUT: {
+                _cleanup_free_ char *why = NULL;
+
                 if (j->phase != JOB_PHASE_AWAITING_REBOOT)
                         break;
-                if (isempty(ev->message))
-                        r = decide_final(j, JOB_STATUS_FAILED, "the reboot command failed", NULL,
-                                         c, &d);
+                if (ev->type == JOB_EVENT_REBOOT_TIMEOUT)
+                        why = strdup_printf("still the same boot %d s after the reboot command",
+                                            ev->code);
                 else
-                        r = decide_finalf(j, JOB_STATUS_FAILED, NULL, c, &d,
-                                          "the reboot command failed: %s", ev->message);
+                        why = strdup_printf("the reboot command failed%s%s",
+                                            isempty(ev->message) ? "" : ": ",
+                                            strempty(ev->message));
+                r = why ? decide_reboot_retry(j, true, why, c, &d) : -ENOMEM;
+                break;
+        }
+
+        case JOB_EVENT_SAVE_FAILED:
+                r = handle_save_failed(j, ev->error, c, &d);
                 break;
 
         default:

@@ -1,50 +1,25 @@
 /* SPDX-License-Identifier: MIT */
-#include <dirent.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <systemd/sd-id128.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <time.h>
 
-#include "backoff.h"
 #include "event-util.h"
 #include "fileio.h"
-#include "hook.h"
+#include "backoff.h"
+#include "firmware-download.h"
 #include "job.h"
+#include "jobs-channel.h"
+#include "jobs-steps.h"
 #include "jobs.h"
 #include "log.h"
 #include "topic.h"
 #include "util.h"
 
-/* A request or update without an answer in this time is sent again. */
-#define ANSWER_TIMEOUT_USEC (UINT64_C(30) * 1000000)
 /* Retries of requests the platform refused for a passing reason, and of the journal. */
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
-/* The download is made durable (fsync, journal offset) at least this often. */
-#define SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
-#define SYNC_USEC (UINT64_C(1) * 1000000)
-/* Room left free beside the firmware. */
+/* Room left free beside the firmware, the spool's room and the journal. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
-/* The reboot command gets this long to return. */
-#define REBOOT_COMMAND_TIMEOUT_USEC (UINT64_C(120) * 1000000)
-/* Messages waiting for the channel: a list request, a job request, an update. */
-#define OUTGOING_MAX 8U
-
-typedef enum OutKind {
-        OUT_LIST,
-        OUT_JOB,
-        OUT_UPDATE,
-} OutKind;
-
-typedef struct Outgoing {
-        OutKind kind;
-        char *topic;
-        char *payload;
-} Outgoing;
-
 typedef struct CheckWaiter {
         JobsCheckDone done;
         void *userdata;
@@ -63,16 +38,8 @@ struct Jobs {
         bool started; /* the start-up reconcile was done */
 
         Connection *connection;
-        Channel *channel;
+        JobsChannel *channel;
         char *thing;
-        Outgoing out[OUTGOING_MAX];
-        size_t n_out;
-        /* What waits for an answer: one request and one update at most. */
-        Outgoing *request_sent, *update_sent;
-        bool update_is_progress; /* the update waiting is a progress report */
-        Outgoing *update_next;   /* the update to send once the one sent is answered */
-        bool update_next_is_progress;
-        sd_event_source *request_timer, *update_timer;
 
         /* A GET_JOB or REPORT decided "with backoff". */
         Backoff backoff;
@@ -84,44 +51,14 @@ struct Jobs {
         CheckWaiter waiters[JOBS_CHECK_WAITERS_MAX];
         size_t n_waiters;
 
-        /* The download. */
-        HttpTransfer *transfer;
-        int fd;
-        uint64_t pos, synced, total;
-        uint64_t synced_usec;
-        EVP_MD_CTX *sha;
-
-        /* Hooks and the reboot. */
-        Hook *hook;
-        Hook *reboot_hook;
-        bool reboot_waiting;
-        sd_event_source *reboot_timer;
-        Inhibitors *inhibitors;
+        FirmwareDownload *download;
+        JobSteps *steps; /* the hooks and the reboot */
 
         unsigned percent;
         bool has_percent;
         JobProgressThrottle throttle;
         char percent_text[8];
 };
-
-static inline void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
-static void outgoing_done(Outgoing *o) {
-        free(o->topic);
-        free(o->payload);
-        *o = (Outgoing) {};
-}
-
-static Outgoing *outgoing_free(Outgoing *o) {
-        if (o) {
-                outgoing_done(o);
-                free(o);
-        }
-        return NULL;
-}
 
 static uint64_t now_realtime(void) {
         struct timespec ts;
@@ -133,6 +70,7 @@ static uint64_t now_realtime(void) {
 static void context(Jobs *s, JobContext *c) {
         *c = (JobContext) {
                 .max_attempts = s->config->max_attempts,
+                .max_reboot_tries = s->config->max_reboot_tries,
                 .allow_http = s->config->allow_http,
                 .now_usec = now_realtime(),
                 .boot_id = s->boot_id,
@@ -185,158 +123,28 @@ void jobs_current(Jobs *s, const char **ret_id, const char **ret_status,
                 *ret_percent = "";
 }
 
-/* --- Outgoing messages --- */
-
-static int queue_message(Jobs *s, OutKind kind, char *topic, char *payload) {
-        if (s->n_out >= OUTGOING_MAX) {
-                free(topic);
-                free(payload);
-                return -ENOBUFS;
-        }
-        s->out[s->n_out++] = (Outgoing) { .kind = kind, .topic = topic, .payload = payload };
-        if (s->channel)
-                channel_wake(s->channel);
-        return 0;
-}
-
-static bool queued_kind(Jobs *s, OutKind kind) {
-        for (size_t i = 0; i < s->n_out; i++)
-                if (s->out[i].kind == kind)
-                        return true;
-        return false;
-}
+/* --- Requests and updates --- */
 
 static void request_list(Jobs *s) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-
-        if (!s->connection || queued_kind(s, OUT_LIST) ||
-            (s->request_sent && s->request_sent->kind == OUT_LIST))
-                return;
-        if (topic_build(TOPIC_JOBS_GET, s->thing, NULL, NULL, &topic) < 0 ||
-            !(payload = strdup("{}"))) {
-                log_oom();
-                return;
-        }
-        (void) queue_message(s, OUT_LIST, TAKE_PTR(topic), TAKE_PTR(payload));
+        jobs_channel_request_list(s->channel);
 }
 
 static void request_job(Jobs *s, const char *id) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-
-        if (!s->connection)
-                return;
-        if (topic_build(TOPIC_JOB_GET, s->thing, NULL, id, &topic) < 0) {
-                log_error("Cannot build the request for job %s, ignoring.", id);
-                return;
-        }
-        for (size_t i = 0; i < s->n_out; i++)
-                if (s->out[i].kind == OUT_JOB && streq(s->out[i].topic, topic))
-                        return;
-        payload = strdup("{\"includeJobDocument\":true}");
-        if (!payload) {
-                log_oom();
-                return;
-        }
-        (void) queue_message(s, OUT_JOB, TAKE_PTR(topic), TAKE_PTR(payload));
+        jobs_channel_request_job(s->channel, id);
 }
 
-static void send_next_update(Jobs *s);
-
-/* Updates go one at a time: an answer on <job>/update/accepted carries no token, so it can
- * only be matched to the one update that is waiting. A newer update replaces one not yet
- * sent: the last word is the one that counts. */
 static void queue_update(Jobs *s, const JobReport *report, bool progress) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-        Outgoing *o;
+        _cleanup_free_ char *payload = NULL;
         int r;
 
         if (!job_id(s))
                 return;
-        r = topic_build(TOPIC_JOB_UPDATE, s->thing, NULL, job_id(s), &topic);
+        r = job_report_encode(report, &payload);
         if (r >= 0)
-                r = job_report_encode(report, &payload);
-        if (r < 0) {
-                log_event(LOG_ERR, NULL, job_id(s), NULL,
-                          "Cannot encode the status update of the job: %s", strerror(-r));
-                return;
-        }
-        /* A progress report never replaces a status change still to be sent. */
-        if (progress && s->update_next && !s->update_next_is_progress)
-                return;
-        o = calloc(1, sizeof(*o));
-        if (!o) {
-                log_oom();
-                return;
-        }
-        *o = (Outgoing) { .kind = OUT_UPDATE, .topic = TAKE_PTR(topic), .payload = TAKE_PTR(payload) };
-        outgoing_free(s->update_next);
-        s->update_next = o;
-        s->update_next_is_progress = progress;
-        send_next_update(s);
-}
-
-static void send_next_update(Jobs *s) {
-        Outgoing *o;
-
-        if (s->update_sent || !s->update_next || !s->connection)
-                return;
-        o = TAKE_PTR(s->update_next);
-        s->update_is_progress = s->update_next_is_progress;
-        if (queue_message(s, OUT_UPDATE, o->topic, o->payload) < 0) {
-                free(o);
-                return;
-        }
-        free(o);
-        /* Marked as sent when the channel takes it (see channel_next()). */
-}
-
-static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata);
-static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata);
-
-static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing o, *copy;
-        int r;
-
-        if (s->n_out == 0)
-                return 0;
-        log_debug("Jobs: publishing to %s.", s->out[0].topic);
-        o = s->out[0];
-        memmove(s->out, s->out + 1, (s->n_out - 1) * sizeof(Outgoing));
-        s->n_out--;
-
-        /* Kept until answered, to send again when the answer does not come. */
-        copy = calloc(1, sizeof(*copy));
-        if (copy) {
-                copy->kind = o.kind;
-                copy->topic = strdup(o.topic);
-                copy->payload = strdup(o.payload);
-                if (!copy->topic || !copy->payload)
-                        copy = outgoing_free(copy);
-        }
-        if (o.kind == OUT_UPDATE) {
-                outgoing_free(s->update_sent);
-                s->update_sent = copy;
-                r = event_arm_timer(s->event, &s->update_timer, ANSWER_TIMEOUT_USEC, 0, false,
-                                    on_update_timeout, s, "job-update-timeout");
-        } else {
-                outgoing_free(s->request_sent);
-                s->request_sent = copy;
-                r = event_arm_timer(s->event, &s->request_timer, ANSWER_TIMEOUT_USEC, 0, false,
-                                    on_request_timeout, s, "job-request-timeout");
-        }
+                r = jobs_channel_update(s->channel, job_id(s), payload, progress);
         if (r < 0)
-                log_error_errno(r, "Failed to arm the job answer timer: %m");
-        *ret = (ChannelMessage) {
-                .topic = o.topic,
-                .data = o.payload,
-                .len = strlen(o.payload),
-        };
-        return 1;
-}
-
-static void channel_acked(Channel *ch, uint64_t cookie, void *userdata) {
-        /* The answer topics say what came of it. */
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Cannot queue the status update of the job: %s", strerror(-r));
 }
 
 static void check_waiters_done(Jobs *s, int error) {
@@ -349,69 +157,31 @@ static void check_waiters_done(Jobs *s, int error) {
                 w[i].done(error, w[i].userdata);
 }
 
-static void channel_online(Channel *ch, void *userdata) {
-        Jobs *s = userdata;
-
+static void on_channel_online(void *userdata) {
         /* Every (re)connect: what happened while away is in the list. */
-        request_list(s);
-        send_next_update(s);
+        request_list(userdata);
 }
 
-static void channel_offline(Channel *ch, void *userdata) {
-        Jobs *s = userdata;
-
-        check_waiters_done(s, -ENOTCONN);
+static void on_channel_offline(void *userdata) {
+        check_waiters_done(userdata, -ENOTCONN);
 }
 
-static const ChannelOps channel_ops = {
-        .next = channel_next,
-        .acked = channel_acked,
-        .online = channel_online,
-        .offline = channel_offline,
+static void on_list_timeout(void *userdata) {
+        check_waiters_done(userdata, -ETIMEDOUT);
+}
+
+static const JobsChannelCallbacks channel_callbacks = {
+        .online = on_channel_online,
+        .offline = on_channel_offline,
+        .list_timeout = on_list_timeout,
 };
-
-static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing *o = TAKE_PTR(s->request_sent);
-
-        if (!o)
-                return 0;
-        log_debug("No answer to %s, asking again.", o->topic);
-        if (o->kind == OUT_LIST)
-                check_waiters_done(s, -ETIMEDOUT);
-        if (queue_message(s, o->kind, o->topic, o->payload) < 0)
-                log_debug("Job request queue full, dropping the request.");
-        free(o);
-        return 0;
-}
-
-static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-        Outgoing *o = TAKE_PTR(s->update_sent);
-
-        if (!o)
-                return 0;
-        if (s->update_is_progress || s->update_next) {
-                /* Superseded or only progress: the next one says more. */
-                outgoing_free(o);
-                send_next_update(s);
-                return 0;
-        }
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "No answer to the job's status update; "
-                  "sending it again.");
-        s->update_next = o;
-        s->update_next_is_progress = false;
-        send_next_update(s);
-        return 0;
-}
 
 /* --- Applying decisions --- */
 
 static void apply(Jobs *s, JobPhase before, JobDecision *d);
 static void stop_download(Jobs *s);
 static void start_download(Jobs *s, const char *url, uint64_t offset);
-static void run_hook(Jobs *s, bool install);
-static void start_reboot(Jobs *s);
+static void set_progress(Jobs *s, unsigned percent, const char *step);
 
 static void run_event(Jobs *s, const JobEvent *ev) {
         _cleanup_(job_decision_done) JobDecision d = {};
@@ -466,13 +236,16 @@ static void later(Jobs *s, JobAction a, const char *id, const JobReport *report)
 
 static void remove_download(Jobs *s) {
         _cleanup_free_ char *path = NULL;
+        int r;
 
         if (!s->journal.file)
                 return;
         path = strdup_printf("%s/%s", s->dir, s->journal.file);
-        if (path && unlink(path) < 0 && errno != ENOENT)
+        r = path ? firmware_download_remove(s->event, path) : -ENOMEM;
+        if (r < 0)
                 log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                          "Failed to remove the firmware download %s, ignoring: %m", path);
+                          "Failed to remove the firmware download %s, ignoring: %s",
+                          strempty(path), strerror(-r));
 }
 
 static void log_finished(Jobs *s) {
@@ -487,34 +260,37 @@ static void log_finished(Jobs *s) {
                   strempty(e_reason), err ? "; installer said: " : "", strempty(e_err));
 }
 
-/* A save that fails leaves memory ahead of the disk: go back to what the disk says and decide
- * again as after a restart, which is what the journal is made for. */
-static void journal_save_failed(Jobs *s, int error) {
-        JobJournal j = JOB_JOURNAL_NULL;
-        int r;
-
-        log_event(LOG_ERR, NULL, job_id(s), NULL,
-                  "Failed to save the job journal in %s, going back to the saved state: %s",
-                  s->dir, strerror(-error));
-        stop_download(s);
-        r = job_journal_load(s->dir, &j);
-        job_journal_done(&s->journal);
-        s->journal = r >= 0 ? j : JOB_JOURNAL_NULL;
-        s->started = false;
-        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-        current_changed(s);
-}
-
 /* before: the phase the journal had before the decision changed it. */
 static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
+        _cleanup_free_ char *file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        const JobStepsJob steps_job = {
+                .job_id = job_id(s),
+                .firmware_id = s->journal.firmware_id,
+                .deployment_id = s->journal.deployment_id,
+                .thing = s->thing,
+                .file = file,
+                .reboot_tries = s->journal.reboot_tries,
+        };
         int r;
 
         if (d->save) {
                 r = job_journal_save(s->dir, &s->journal);
-                if (r < 0) {
-                        journal_save_failed(s, r);
+                if (r < 0 && d->must_save) {
+                        /* The step is not safe without its record: the job ends instead. */
+                        JobEvent ev = { .type = JOB_EVENT_SAVE_FAILED, .error = r };
+
+                        log_event(LOG_ERR, NULL, job_id(s), NULL,
+                                  "Job %s: failed to save the job journal in %s (%s); the job "
+                                  "ends here.",
+                                  job_id(s), s->dir, strerror(-r));
+                        run_event(s, &ev);
                         return;
                 }
+                if (r < 0)
+                        log_event(LOG_ERR, NULL, job_id(s), NULL,
+                                  "Job %s: failed to save the job journal in %s (%s); going on "
+                                  "from memory.",
+                                  job_id(s), s->dir, strerror(-r));
         }
         if (d->remove_download)
                 remove_download(s);
@@ -526,7 +302,10 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         case JOB_ACTION_NONE:
                 break;
         case JOB_ACTION_GET_LIST:
-                request_list(s);
+                if (d->backoff)
+                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                else
+                        request_list(s);
                 break;
         case JOB_ACTION_GET_JOB:
                 if (d->backoff)
@@ -546,13 +325,15 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
                 start_download(s, d->url, d->offset);
                 break;
         case JOB_ACTION_INSTALL:
-                run_hook(s, true);
-                break;
         case JOB_ACTION_CONFIRM:
-                run_hook(s, false);
+        case JOB_ACTION_ROLLBACK:
+                job_progress_reset(&s->throttle);
+                s->has_percent = false;
+                job_steps_run_hook(s->steps, d->action, &steps_job);
                 break;
         case JOB_ACTION_REBOOT:
-                start_reboot(s);
+                s->has_percent = false;
+                job_steps_reboot(s->steps, d->delay_usec, &steps_job);
                 break;
         case JOB_ACTION_ABANDON:
                 log_event(LOG_NOTICE, LODEV_MESSAGE_JOB_FINISHED, d->job_id, NULL,
@@ -567,6 +348,10 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         default:
                 break;
         }
+
+        /* A reboot asked for while rebooting was the plan; not after. */
+        if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT)
+                job_steps_cancel_reboot(s->steps);
 
         /* JobUpdated for a change of phase, and the property. */
         if (s->journal.phase != phase) {
@@ -605,10 +390,7 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         _cleanup_(job_list_done) JobList list = {};
         int r;
 
-        if (s->request_sent && s->request_sent->kind == OUT_LIST) {
-                s->request_sent = outgoing_free(s->request_sent);
-                event_disarm(s->request_timer);
-        }
+        jobs_channel_request_answered(s->channel, true);
         r = message_decode_job_list(data, len, &list);
         if (r < 0) {
                 log_warning("The platform's job list cannot be decoded (%s), ignoring.",
@@ -620,64 +402,33 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         check_waiters_done(s, 0);
 }
 
-/* A document the decoder cannot take (over 128 KiB, not JSON) for a job we know the id of:
- * fed to the state machine as a job without a document, so it is REJECTED with a reason
- * instead of being asked for again and again. */
-static void reject_unreadable(Jobs *s, const char *id, int error) {
-        _cleanup_(job_decision_done) JobDecision d = {};
-        _cleanup_free_ char *reason = NULL;
-        JobExecution e = { .job_id = (char *) id, .status = JOB_STATUS_QUEUED,
-                           .version_number = -1, .execution_number = -1 };
-        JobEvent ev = { .type = JOB_EVENT_EXECUTION, .execution = &e };
-        JobContext c;
-        int r;
-
-        if (job_id(s) && s->journal.phase != JOB_PHASE_DONE)
-                return; /* busy with a job: this one is looked at later */
-        reason = strdup_printf("the job execution cannot be read: %s",
-                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
-        log_event(LOG_WARNING, NULL, id, NULL, "Job %s: %s; rejecting it.", id,
-                  reason ? reason : "unreadable");
-        JobPhase before = s->journal.phase;
-
-        context(s, &c);
-        r = job_handle(&s->journal, &ev, &c, &d);
-        if (r < 0)
-                return;
-        if (reason && d.action == JOB_ACTION_REPORT) {
-                (void) job_report_set(&s->journal.report, JOB_DETAIL_REASON, reason);
-                (void) job_report_set(&d.report, JOB_DETAIL_REASON, reason);
-        }
-        apply(s, before, &d);
-}
-
 static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
                          size_t len) {
         _cleanup_(job_execution_done) JobExecution e = {};
-        _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
         JobEvent ev = { .type = JOB_EVENT_EXECUTION };
         int r;
 
-        if (kind == TOPIC_JOB_GET_ACCEPTED && s->request_sent && s->request_sent->kind == OUT_JOB) {
-                s->request_sent = outgoing_free(s->request_sent);
-                event_disarm(s->request_timer);
-        }
+        if (kind == TOPIC_JOB_GET_ACCEPTED)
+                jobs_channel_request_answered(s->channel, false);
         r = message_decode_job_execution(data, len, &e);
-        if (r > 0) {
-                int k = job_document_extra_decode(data, len, &x);
-                if (k < 0)
-                        r = k;
-        }
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
-                        reject_unreadable(s, topic_job, r);
+                        JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE,
+                                       .job_id = topic_job, .error = r };
+
+                        log_event(LOG_WARNING, NULL, topic_job, NULL,
+                                  "Job %s: the execution cannot be decoded (%s).", topic_job,
+                                  strerror(-r));
+                        run_event(s, &u);
                         return;
                 }
+                JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE, .error = r };
+
                 log_warning("A job notification from the platform cannot be decoded (%s: "
                             "malformed, or a job id that is not [a-zA-Z0-9_-]{1,64}); asking "
                             "for the job list.",
                             strerror(-r));
-                request_list(s);
+                run_event(s, &u);
                 return;
         }
         if (r > 0 && !topic_job_id_valid(e.job_id)) {
@@ -695,100 +446,105 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 return;
         }
         ev.execution = r > 0 ? &e : NULL;
-        ev.extra = r > 0 ? &x : NULL;
         run_event(s, &ev);
 }
 
 static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, const void *data,
                              size_t len) {
         _cleanup_(platform_error_done) PlatformError err = {};
-        bool progress = s->update_is_progress;
-        JobEvent ev = {};
+        JobEvent ev = { .job_id = topic_job };
 
-        if (!s->update_sent || !streq_ptr(topic_job, job_id(s))) {
+        /* Matched by job: an answer for another job's update (one re-sent, say, after the
+         * next job began) still frees the way for the next update. */
+        if (!jobs_channel_update_answered(s->channel, topic_job, &ev.progress)) {
                 log_debug("An update answer for job %s that nothing waits for, ignoring.",
                           strempty(topic_job));
                 return;
         }
-        s->update_sent = outgoing_free(s->update_sent);
-        event_disarm(s->update_timer);
 
         if (accepted)
                 ev.type = JOB_EVENT_UPDATE_ACCEPTED;
         else {
                 if (message_decode_error(data, len, &err) < 0) {
                         log_warning("The rejection of job %s's update cannot be decoded, "
-                                    "taking it as InternalError.", job_id(s));
+                                    "taking it as InternalError.", topic_job);
                         err.error_code = strdup("InternalError");
                 }
                 ev.type = JOB_EVENT_UPDATE_REJECTED;
                 ev.error_code = err.error_code;
-                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                log_event(LOG_WARNING, NULL, topic_job, NULL,
                           "The platform rejected the status update of job %s: %s: %s",
-                          job_id(s), strempty(err.error_code), strempty(err.error_message));
+                          topic_job, strempty(err.error_code), strempty(err.error_message));
         }
-        /* The answer to a progress report says nothing about a status change, unless the
-         * platform moved on. */
-        if (!progress || (!accepted && !job_error_code_retryable(err.error_code) &&
-                          !streq_ptr(err.error_code, "InvalidRequest")))
-                run_event(s, &ev);
-        send_next_update(s);
+        run_event(s, &ev);
 }
 
-static void on_message(const char *topic, const void *data, size_t len, void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *id = NULL;
+/* The job id a topic under a filter names; NULL when it names none or another kind. */
+static char *topic_job_id(Jobs *s, const char *topic, TopicKind want) {
+        char *id = NULL;
         TopicKind kind;
-        int r;
 
-        r = topic_classify(topic, s->thing, NULL, &kind, &id);
-        if (r < 0) {
-                log_debug("Message on %s that is no jobs answer, ignoring.", topic);
-                return;
+        if (topic_classify(topic, s->thing, NULL, &kind, &id) < 0 || kind != want) {
+                free(id);
+                log_debug("Message on %s is no %s, ignoring.", topic, topic_kind_to_string(want));
+                return NULL;
         }
-        log_debug("Jobs: %s (%zu bytes).", topic_kind_to_string(kind), len);
-        switch (kind) {
-        case TOPIC_JOBS_GET_ACCEPTED:
-                on_list(s, data, len);
-                break;
-        case TOPIC_JOBS_GET_REJECTED:
-        case TOPIC_JOB_GET_REJECTED: {
-                _cleanup_(platform_error_done) PlatformError err = {};
-                bool list = kind == TOPIC_JOBS_GET_REJECTED;
+        return id;
+}
 
-                (void) message_decode_error(data, len, &err);
-                log_warning("The platform rejected the request for %s: %s: %s",
-                            list ? "the job list" : strempty(id), strempty(err.error_code),
-                            strempty(err.error_message));
-                if (s->request_sent) {
-                        s->request_sent = outgoing_free(s->request_sent);
-                        event_disarm(s->request_timer);
-                }
-                if (list) {
-                        check_waiters_done(s, -EIO);
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-                } else if (streq_ptr(err.error_code, "ResourceNotFound") &&
-                           streq_ptr(id, job_id(s))) {
-                        /* Our job is gone: the same as no execution pending. */
-                        JobEvent ev = { .type = JOB_EVENT_EXECUTION };
-                        run_event(s, &ev);
-                } else if (streq_ptr(id, job_id(s)) && s->journal.want_url)
-                        later(s, JOB_ACTION_GET_JOB, id, NULL);
-                else
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-                break;
-        }
-        case TOPIC_JOBS_NOTIFY_NEXT:
-        case TOPIC_JOB_GET_ACCEPTED:
-                on_execution(s, kind, id, data, len);
-                break;
-        case TOPIC_JOB_UPDATE_ACCEPTED:
-        case TOPIC_JOB_UPDATE_REJECTED:
-                on_update_answer(s, kind == TOPIC_JOB_UPDATE_ACCEPTED, id, data, len);
-                break;
-        default:
-                break;
-        }
+static void get_rejected(Jobs *s, const char *id, const void *data, size_t len) {
+        _cleanup_(platform_error_done) PlatformError err = {};
+        JobEvent ev = { .type = JOB_EVENT_GET_REJECTED, .job_id = id };
+
+        (void) message_decode_error(data, len, &err);
+        log_warning("The platform rejected the request for %s: %s: %s",
+                    id ? id : "the job list", strempty(err.error_code),
+                    strempty(err.error_message));
+        jobs_channel_requests_answered(s->channel);
+        if (!id)
+                check_waiters_done(s, -EIO);
+        ev.error_code = err.error_code;
+        run_event(s, &ev);
+}
+
+static void on_notify_next(const char *topic, const void *data, size_t len, void *userdata) {
+        on_execution(userdata, TOPIC_JOBS_NOTIFY_NEXT, NULL, data, len);
+}
+
+static void on_list_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        on_list(userdata, data, len);
+}
+
+static void on_list_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        get_rejected(userdata, NULL, data, len);
+}
+
+static void on_job_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_ACCEPTED);
+
+        if (id)
+                on_execution(userdata, TOPIC_JOB_GET_ACCEPTED, id, data, len);
+}
+
+static void on_job_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_REJECTED);
+
+        if (id)
+                get_rejected(userdata, id, data, len);
+}
+
+static void on_update_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_ACCEPTED);
+
+        if (id)
+                on_update_answer(userdata, true, id, data, len);
+}
+
+static void on_update_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_REJECTED);
+
+        if (id)
+                on_update_answer(userdata, false, id, data, len);
 }
 
 /* --- Progress --- */
@@ -815,445 +571,107 @@ static void set_progress(Jobs *s, unsigned percent, const char *step) {
 
 /* --- Download --- */
 
-static void download_close(Jobs *s) {
-        http_transfer_cancel(s->transfer);
-        s->transfer = NULL;
-        s->fd = safe_close(s->fd);
-        if (s->sha) {
-                EVP_MD_CTX_free(s->sha);
-                s->sha = NULL;
-        }
-}
-
 static void stop_download(Jobs *s) {
-        download_close(s);
+        s->download = firmware_download_free(s->download);
 }
 
-/* Makes what is written durable and records it, so that a crash resumes from here. */
-static int download_sync(Jobs *s) {
-        int r;
-
-        if (s->fd < 0 || s->pos == s->synced)
-                return 0;
-        if (fsync(s->fd) < 0)
-                return -errno;
-        r = job_journal_save_offset(s->dir, &s->journal, s->pos, now_realtime());
-        if (r < 0)
-                return r;
-        s->synced = s->pos;
-        s->synced_usec = event_now(s->event);
-        return 0;
-}
-
-static void download_failed(Jobs *s, JobDownloadError error, const char *message) {
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = error,
-                        .message = message };
-        uint64_t offset;
-
-        /* The bytes already here count on the next try. */
-        if (s->fd >= 0 && fsync(s->fd) >= 0)
-                s->synced = s->pos;
-        offset = s->synced;
-        download_close(s);
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the download stopped after %" PRIu64
-                  " bytes: %s.", job_id(s), offset, strempty(message));
-        ev.offset = offset;
-        run_event(s, &ev);
-}
-
-static void download_done(Jobs *s) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[2 * EVP_MAX_MD_SIZE + 1];
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
-        _cleanup_free_ char *msg = NULL;
-
-        if (s->journal.size >= 0 && s->pos != (uint64_t) s->journal.size) {
-                msg = strdup_printf("%" PRIu64 " bytes instead of %" PRId64, s->pos,
-                                    s->journal.size);
-                /* Start over: the bytes here are not the document's. */
-                s->pos = 0;
-                (void) ftruncate(s->fd, 0);
-                download_close(s);
-                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                  .download_error = JOB_DOWNLOAD_CORRUPT, .message = msg };
-                run_event(s, &ev);
-                return;
-        }
-        if (s->sha) {
-                if (EVP_DigestFinal_ex(s->sha, md, &md_len) != 1) {
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, "SHA-256 failed");
-                        return;
-                }
-                for (unsigned i = 0; i < md_len; i++)
-                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-                if (!streq(hex, s->journal.sha256)) {
-                        msg = strdup_printf("SHA-256 %s, the job document says %s", hex,
-                                            s->journal.sha256);
-                        (void) ftruncate(s->fd, 0);
-                        download_close(s);
-                        ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                          .download_error = JOB_DOWNLOAD_CORRUPT,
-                                          .message = msg };
-                        run_event(s, &ev);
-                        return;
-                }
-        }
-        if (fsync(s->fd) < 0) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, strerror(errno));
-                return;
-        }
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: firmware downloaded, %" PRIu64
-                  " bytes%s.", job_id(s), s->pos, s->sha ? ", SHA-256 verified" : "");
-        download_close(s);
-        run_event(s, &ev);
-}
-
-static unsigned download_percent(Jobs *s) {
-        uint64_t total = s->journal.size >= 0 ? (uint64_t) s->journal.size : s->total;
-
-        return total > 0 ? (unsigned) MIN(s->pos * 100 / total, UINT64_C(100)) : 0;
-}
-
-static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
-                   void *userdata) {
+static int on_download_synced(FirmwareDownload *d, uint64_t offset, void *userdata) {
         Jobs *s = userdata;
-        int r;
 
-        if (offset != s->pos) {
-                /* The server sent the whole file instead of the range: start over. */
-                if (offset != 0)
-                        return -EBADMSG;
-                if (ftruncate(s->fd, 0) < 0)
-                        return -errno;
-                s->pos = s->synced = 0;
-                if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        return -EIO;
-        }
-        if (s->journal.size >= 0 && s->pos + len > (uint64_t) s->journal.size)
-                return -EFBIG;
-        r = pwrite_full(s->fd, data, len, s->pos);
-        if (r < 0)
-                return r;
-        if (s->sha && EVP_DigestUpdate(s->sha, data, len) != 1)
-                return -EIO;
-        if (len > 0)
-                /* Progress: failures from here on are counted afresh. */
-                backoff_reset(&s->backoff);
-        s->pos += len;
-        if (s->pos - s->synced >= SYNC_BYTES ||
-            event_now(s->event) - s->synced_usec >= SYNC_USEC) {
-                r = download_sync(s);
-                if (r < 0)
-                        return r;
-        }
-        set_progress(s, download_percent(s), "downloading");
-        return 0;
+        return job_journal_save_offset(s->dir, &s->journal, offset, now_realtime());
 }
 
-static void on_download_progress(HttpTransfer *t, uint64_t done, uint64_t total,
+static void on_download_progress(FirmwareDownload *d, uint64_t done, uint64_t total,
                                  void *userdata) {
         Jobs *s = userdata;
 
-        s->total = total;
+        /* Progress: failures from here on are counted afresh. */
+        backoff_reset(&s->backoff);
+        set_progress(s, total > 0 ? (unsigned) MIN(done * 100 / total, UINT64_C(100)) : 0,
+                     "downloading");
 }
 
-static void on_download_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
+/* Free space the download must leave: what the observation spool may still take, the job
+ * journal (written twice over during an atomic replace) and a margin. */
+static uint64_t on_download_reserve(FirmwareDownload *d, void *userdata) {
         Jobs *s = userdata;
-        _cleanup_free_ char *msg = NULL;
+        uint64_t max = s->config->spool_max_bytes, used = 0;
 
-        s->transfer = NULL;
-        if (res->error < 0) {
-                msg = strdup_printf("%s", res->error_text ?: strerror(-res->error));
-                if (res->error == -EFBIG)
-                        download_failed(s, JOB_DOWNLOAD_CORRUPT,
-                                        "the server sent more bytes than the job document's "
-                                        "size");
-                else if (res->error == -ENOSPC || res->error == -EDQUOT)
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                else if (res->error == -EIO || res->error == -EBADF)
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                else
-                        download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-                return;
-        }
-        if (res->status >= 200 && res->status < 300) {
-                download_done(s);
-                return;
-        }
-        msg = strdup_printf("HTTP %ld", res->status);
-        if (res->status == 403)
-                download_failed(s, JOB_DOWNLOAD_EXPIRED, msg);
-        else if (res->status == 416 && s->pos > 0) {
-                /* Nothing past our offset: the file here is not what the server has. */
-                (void) ftruncate(s->fd, 0);
-                s->pos = s->synced = 0;
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-        } else if (res->status >= 400 && res->status < 500)
-                download_failed(s, JOB_DOWNLOAD_REFUSED, msg);
-        else
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+        if (s->cb.spool_used_bytes)
+                used = MIN(s->cb.spool_used_bytes(s->userdata), max);
+        return max - used + 2 * JOB_JOURNAL_SIZE_MAX + SPACE_MARGIN;
 }
 
-/* The SHA-256 of the bytes already here, when resuming. */
-static int hash_prefix(Jobs *s, uint64_t len) {
-        _cleanup_free_ char *buf = malloc(1024 * 1024);
-        uint64_t at = 0;
+static void on_download_finished(FirmwareDownload *d, const FirmwareDownloadResult *res,
+                                 void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *message = res->message ? strdup(res->message) : NULL;
+        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
 
-        if (!buf)
-                return -ENOMEM;
-        while (at < len) {
-                size_t n = (size_t) MIN(len - at, (uint64_t) 1024 * 1024);
-                int r = pread_full(s->fd, buf, n, at);
-
-                if (r < 0)
-                        return r;
-                if (EVP_DigestUpdate(s->sha, buf, n) != 1)
-                        return -EIO;
-                at += n;
+        if (res->complete)
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: firmware downloaded, %" PRIu64 " bytes%s.", job_id(s),
+                          res->offset, s->journal.sha256 ? ", SHA-256 verified" : "");
+        else {
+                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                  .download_error = res->error,
+                                  .offset = res->offset,
+                                  .message = message ?: "out of memory" };
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: the download stopped after %" PRIu64 " bytes: %s.",
+                          job_id(s), res->offset, strempty(message));
         }
-        return 0;
+        s->download = firmware_download_free(s->download); /* res goes with it */
+        run_event(s, &ev);
 }
+
+static const FirmwareDownloadCallbacks download_callbacks = {
+        .synced = on_download_synced,
+        .progress = on_download_progress,
+        .reserve = on_download_reserve,
+        .finished = on_download_finished,
+};
 
 static void start_download(Jobs *s, const char *url, uint64_t offset) {
-        _cleanup_free_ char *path = NULL, *msg = NULL;
-        struct statvfs sv;
-        struct stat st;
+        _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        FirmwareDownloadParams p = {
+                .path = path,
+                .url = url,
+                .offset = offset,
+                .size = s->journal.size,
+                .sha256 = s->journal.sha256,
+                .max_size = s->config->max_download_bytes,
+        };
         int r;
 
-        download_close(s);
-        path = strdup_printf("%s/%s", s->dir, s->journal.file);
-        if (!path) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, "out of memory");
-                return;
-        }
-        s->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (s->fd < 0 || fstat(s->fd, &st) < 0) {
-                msg = strdup_printf("cannot open %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        /* Only what the journal says is durable counts; the rest may be garbage. */
-        if ((uint64_t) st.st_size < offset)
-                offset = 0;
-        if (ftruncate(s->fd, (off_t) offset) < 0) {
-                msg = strdup_printf("cannot truncate %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        s->pos = s->synced = offset;
-        s->synced_usec = event_now(s->event);
-        s->total = 0;
-
-        if (fstatvfs(s->fd, &sv) >= 0 && s->journal.size >= 0) {
-                uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
-                uint64_t need = (uint64_t) s->journal.size - offset + SPACE_MARGIN;
-
-                if (avail < need) {
-                        msg = strdup_printf("%" PRIu64 " bytes needed in %s, %" PRIu64
-                                            " available", need, s->dir, avail);
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                        return;
-                }
-        }
-        if (s->journal.sha256) {
-                /* read access for the prefix hash */
-                s->fd = safe_close(s->fd);
-                s->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-                s->sha = EVP_MD_CTX_new();
-                r = s->fd < 0 ? -errno : !s->sha ? -ENOMEM : 0;
-                if (r >= 0 && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        r = -EIO;
-                if (r >= 0)
-                        r = hash_prefix(s, offset);
-                if (r < 0) {
-                        msg = strdup_printf("cannot hash %s: %s", path, strerror(-r));
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                        return;
-                }
-        }
-        if (s->journal.size >= 0 && offset == (uint64_t) s->journal.size && offset > 0) {
-                download_done(s); /* everything was here before the restart */
-                return;
-        }
+        stop_download(s);
         job_progress_reset(&s->throttle);
         s->has_percent = false;
         log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: downloading firmware %s%s.",
                   job_id(s), s->journal.firmware_id, offset > 0 ? " (resuming)" : "");
-        r = http_get(s->http, url, offset, on_data, on_download_progress, on_download_finished,
-                     s, &s->transfer);
+        r = path ? firmware_download_start(s->event, s->http, &p, &download_callbacks, s,
+                                           &s->download)
+                 : -ENOMEM;
         if (r < 0) {
-                msg = strdup_printf("cannot start the download: %s", strerror(-r));
-                download_failed(s, r == -EPROTONOSUPPORT || r == -EINVAL
-                                           ? JOB_DOWNLOAD_REFUSED
-                                           : JOB_DOWNLOAD_LOCAL,
-                                msg);
-                return;
-        }
-        set_progress(s, download_percent(s), "downloading");
-}
+                JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                .download_error = JOB_DOWNLOAD_LOCAL,
+                                .offset = offset,
+                                .message = strerror(-r) };
 
-/* --- Hooks --- */
-
-static void on_hook_progress(Hook *h, unsigned percent, void *userdata) {
-        Jobs *s = userdata;
-
-        set_progress(s, percent, s->journal.phase == JOB_PHASE_INSTALLING ? "installing"
-                                                                           : "confirming");
-}
-
-static void on_hook_line(Hook *h, const char *line, void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *e = escape_control(line);
-
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "installer: %s", strempty(e));
-}
-
-static void on_hook_ended(Hook *h, HookEnd end, int code, const char *last_line,
-                          void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *line = last_line ? strdup(last_line) : NULL;
-        JobEvent ev = { .code = code, .message = line };
-
-        s->hook = hook_free(s->hook, false);
-        ev.type = end == HOOK_EXITED   ? JOB_EVENT_HOOK_EXITED
-                  : end == HOOK_KILLED ? JOB_EVENT_HOOK_KILLED
-                                       : JOB_EVENT_HOOK_TIMEOUT;
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the installer %s %d.", job_id(s),
-                  end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
-                                                                     ? "was killed by signal"
-                                                                     : "timed out,",
-                  code);
-        run_event(s, &ev);
-}
-
-static const HookCallbacks hook_callbacks = {
-        .progress = on_hook_progress,
-        .line = on_hook_line,
-        .ended = on_hook_ended,
-};
-
-static void run_hook(Jobs *s, bool install) {
-        _cleanup_free_ char *file = NULL, *e_job = NULL, *e_fw = NULL, *e_dep = NULL,
-                            *e_thing = NULL;
-        const char *installer = s->config->installer;
-        JobEvent ev = { .type = JOB_EVENT_HOOK_EXITED, .code = 127 };
-        int r;
-
-        file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
-        e_job = strdup_printf("LODEV_JOB_ID=%s", job_id(s));
-        e_fw = strdup_printf("LODEV_FIRMWARE_ID=%s", strempty(s->journal.firmware_id));
-        e_dep = strdup_printf("LODEV_DEPLOYMENT_ID=%s", strempty(s->journal.deployment_id));
-        e_thing = strdup_printf("LODEV_THING_NAME=%s", strempty(s->thing));
-        if (!file || !e_job || !e_fw || !e_dep || !e_thing) {
-                log_oom();
-                ev.message = "out of memory";
-                run_event(s, &ev);
-                return;
-        }
-        char *argv_install[] = { (char *) installer, (char *) "install", file, NULL };
-        char *argv_confirm[] = { (char *) installer, (char *) "confirm", NULL };
-        char *env[] = { e_job, e_fw, e_dep, e_thing, (char *) "LODEV_PROGRESS_FD=3", NULL };
-
-        job_progress_reset(&s->throttle);
-        s->has_percent = false;
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: running %s %s.", job_id(s),
-                  installer, install ? "install" : "confirm");
-        r = hook_spawn(s->event, install ? argv_install : argv_confirm, env,
-                       (uint64_t) s->config->install_timeout * 1000000, true, &hook_callbacks,
-                       s, &s->hook);
-        if (r < 0) {
-                _cleanup_free_ char *msg = strdup_printf("cannot run %s: %s", installer,
-                                                          strerror(-r));
-
-                ev.message = msg;
-                log_event(LOG_ERR, NULL, job_id(s), NULL, "Job %s: %s", job_id(s),
-                          strempty(msg));
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Job %s: cannot start the download: %s", job_id(s), strerror(-r));
                 run_event(s, &ev);
         }
 }
 
-/* --- Reboot --- */
+/* --- Hooks and the reboot --- */
 
-static void on_reboot_ended(Hook *h, HookEnd end, int code, const char *last_line,
-                            void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *msg = NULL;
-        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
-
-        if (end == HOOK_EXITED && code == 0) {
-                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                          "Job %s: reboot requested; the job is confirmed after the restart.",
-                          job_id(s));
-                s->reboot_hook = hook_free(s->reboot_hook, false);
-                return;
-        }
-        msg = strdup_printf("%s %s %d%s%s", s->config->reboot_command,
-                            end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
-                                                                       ? "was killed by signal"
-                                                                       : "timed out",
-                            code, last_line ? ": " : "", strempty(last_line));
-        s->reboot_hook = hook_free(s->reboot_hook, false);
-        ev.message = msg;
-        run_event(s, &ev);
+static void on_step_ended(const JobEvent *ev, void *userdata) {
+        run_event(userdata, ev);
 }
 
-static const HookCallbacks reboot_callbacks = {
-        .ended = on_reboot_ended,
-};
-
-static void reboot_now(Jobs *s) {
-        char *argv[] = { (char *) "/bin/sh", (char *) "-c", s->config->reboot_command, NULL };
-        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
-        int r;
-
-        s->reboot_waiting = false;
-        s->reboot_timer = sd_event_source_disable_unref(s->reboot_timer);
-        if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT || s->reboot_hook)
-                return;
-        log_event(LOG_NOTICE, NULL, job_id(s), NULL, "Job %s: rebooting with \"%s\".",
-                  job_id(s), s->config->reboot_command);
-        r = hook_spawn(s->event, argv, NULL, REBOOT_COMMAND_TIMEOUT_USEC, false,
-                       &reboot_callbacks, s, &s->reboot_hook);
-        if (r < 0) {
-                _cleanup_free_ char *msg = strdup_printf("cannot run it: %s", strerror(-r));
-
-                ev.message = msg;
-                run_event(s, &ev);
-        }
-}
-
-static int on_reboot_timer(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-
-        log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                  "Job %s: reboot inhibitors still held after firmware.max_reboot_delay "
-                  "(%u s); rebooting anyway.",
-                  job_id(s), s->config->max_reboot_delay);
-        reboot_now(s);
-        return 0;
-}
-
-static void start_reboot(Jobs *s) {
-        size_t n = inhibitors_count(s->inhibitors);
-        int r;
-
-        s->has_percent = false;
-        if (n == 0) {
-                reboot_now(s);
-                return;
-        }
-        log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                  "Job %s: the reboot waits for %zu inhibitor(s), at most %u s.", job_id(s), n,
-                  s->config->max_reboot_delay);
-        s->reboot_waiting = true;
-        r = event_arm_timer(s->event, &s->reboot_timer,
-                            (uint64_t) s->config->max_reboot_delay * 1000000, 0, false,
-                            on_reboot_timer, s, "reboot-delay");
-        if (r < 0) {
-                log_error_errno(r, "Failed to arm the reboot delay timer, rebooting now: %m");
-                reboot_now(s);
-        }
+static void on_step_progress(unsigned percent, const char *step, void *userdata) {
+        set_progress(userdata, percent, step);
 }
 
 static void on_inhibitors_changed(void *userdata) {
@@ -1261,16 +679,17 @@ static void on_inhibitors_changed(void *userdata) {
 
         if (s->cb.inhibitors_changed)
                 s->cb.inhibitors_changed(s->userdata);
-        if (s->reboot_waiting && inhibitors_count(s->inhibitors) == 0) {
-                log_event(LOG_INFO, NULL, job_id(s), NULL,
-                          "Job %s: the last reboot inhibitor was released.", job_id(s));
-                reboot_now(s);
-        }
 }
+
+static const JobStepsCallbacks steps_callbacks = {
+        .ended = on_step_ended,
+        .progress = on_step_progress,
+        .inhibitors_changed = on_inhibitors_changed,
+};
 
 int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *owner,
                         int *ret_fd) {
-        int r = inhibitors_add(s->inhibitors, who, why, owner, ret_fd);
+        int r = inhibitors_add(job_steps_inhibitors(s->steps), who, why, owner, ret_fd);
         _cleanup_free_ char *e_who = NULL, *e_why = NULL;
 
         if (r < 0)
@@ -1283,7 +702,7 @@ int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *o
 }
 
 const Inhibitors *jobs_inhibitors(const Jobs *s) {
-        return s->inhibitors;
+        return job_steps_inhibitors(s->steps);
 }
 
 /* --- Lifecycle --- */
@@ -1298,7 +717,9 @@ int jobs_check(Jobs *s, JobsCheckDone done, void *userdata) {
         return 0;
 }
 
-static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
+static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter,
+                     void (*handler)(const char *topic, const void *data, size_t len,
+                                     void *userdata)) {
         _cleanup_free_ char *t = NULL;
         int r;
 
@@ -1306,30 +727,35 @@ static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
                    : topic_build(kind, s->thing, NULL, NULL, &t);
         if (r < 0)
                 return r;
-        return connection_subscribe(c, t, on_message, s);
+        return connection_subscribe(c, t, handler, s);
 }
 
 int jobs_attach(Jobs *s, Connection *c) {
+        static const struct {
+                TopicKind kind;
+                bool filter; /* <thing>/jobs/+/...: one filter for every job */
+                void (*handler)(const char *topic, const void *data, size_t len,
+                                void *userdata);
+        } topics[] = {
+                { TOPIC_JOBS_NOTIFY_NEXT, false, on_notify_next },
+                { TOPIC_JOBS_GET_ACCEPTED, false, on_list_accepted },
+                { TOPIC_JOBS_GET_REJECTED, false, on_list_rejected },
+                { TOPIC_JOB_GET_ACCEPTED, true, on_job_accepted },
+                { TOPIC_JOB_GET_REJECTED, true, on_job_rejected },
+                { TOPIC_JOB_UPDATE_ACCEPTED, true, on_update_accepted },
+                { TOPIC_JOB_UPDATE_REJECTED, true, on_update_rejected },
+        };
         int r;
 
         r = free_and_strdup(&s->thing, connection_thing_name(c));
         if (r < 0)
                 return r;
-        r = subscribe(s, c, TOPIC_JOBS_NOTIFY_NEXT, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_ACCEPTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_REJECTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_REJECTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_REJECTED, true);
-        if (r >= 0)
-                r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
+        for (size_t i = 0; i < ELEMENTSOF(topics); i++) {
+                r = subscribe(s, c, topics[i].kind, topics[i].filter, topics[i].handler);
+                if (r < 0)
+                        return r;
+        }
+        r = jobs_channel_attach(s->channel, c, s->thing);
         if (r < 0)
                 return r;
         s->connection = c;
@@ -1346,19 +772,7 @@ int jobs_attach(Jobs *s, Connection *c) {
 
 void jobs_detach(Jobs *s) {
         check_waiters_done(s, -ENOTCONN);
-        for (size_t i = 0; i < s->n_out; i++)
-                outgoing_done(&s->out[i]);
-        s->n_out = 0;
-        /* An update waiting for its answer is sent again on the next connection. */
-        if (s->update_sent && !s->update_is_progress && !s->update_next) {
-                s->update_next = TAKE_PTR(s->update_sent);
-                s->update_next_is_progress = false;
-        }
-        s->update_sent = outgoing_free(s->update_sent);
-        s->request_sent = outgoing_free(s->request_sent);
-        event_disarm(s->request_timer);
-        event_disarm(s->update_timer);
-        s->channel = NULL;
+        jobs_channel_detach(s->channel);
         s->connection = NULL;
 }
 
@@ -1395,7 +809,9 @@ static void remove_stale_downloads(Jobs *s) {
                     (s->journal.phase == JOB_PHASE_DOWNLOADING ||
                      s->journal.phase == JOB_PHASE_INSTALLING))
                         continue;
-                (void) unlinkat(dirfd(d), de->d_name, 0);
+                _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, de->d_name);
+                if (path)
+                        (void) firmware_download_remove(s->event, path);
         }
 }
 
@@ -1415,7 +831,6 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 .userdata = userdata,
                 .journal = JOB_JOURNAL_NULL,
                 .retry_report = JOB_REPORT_NULL,
-                .fd = -EBADF,
         };
         backoff_init(&s->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
         s->dir = strdup_printf("%s/job", config->state_dir);
@@ -1423,7 +838,9 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 jobs_free(s);
                 return log_oom();
         }
-        r = inhibitors_new(event, on_inhibitors_changed, s, &s->inhibitors);
+        r = jobs_channel_new(event, &channel_callbacks, s, &s->channel);
+        if (r >= 0)
+                r = job_steps_new(event, config, &steps_callbacks, s, &s->steps);
         if (r < 0) {
                 jobs_free(s);
                 return log_oom();
@@ -1440,6 +857,24 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                           "A job the platform lists as IN_PROGRESS will be failed.",
                           s->dir);
                 (void) job_journal_remove(s->dir);
+                s->journal = JOB_JOURNAL_NULL;
+                s->journal.corrupt = true;
+        } else if (r == -EPROTONOSUPPORT) {
+                /* A later lodevd wrote it (this one runs after a fallback, say): what it says
+                 * cannot be read, and is not deleted. */
+                r = job_journal_set_aside(s->dir);
+                if (r < 0) {
+                        log_error_errno(r, "The job journal %s/" JOB_JOURNAL_FILE " was written "
+                                        "by a newer lodevd and cannot be set aside: %m",
+                                        s->dir);
+                        jobs_free(s);
+                        return r;
+                }
+                log_event(LOG_ERR, NULL, NULL, NULL,
+                          "The job journal %s/" JOB_JOURNAL_FILE " was written by a newer "
+                          "lodevd; kept as " JOB_JOURNAL_FILE ".newer. A job the platform "
+                          "lists as IN_PROGRESS will be failed.",
+                          s->dir);
                 s->journal = JOB_JOURNAL_NULL;
                 s->journal.corrupt = true;
         } else if (r < 0 && r != -ENOENT) {
@@ -1459,19 +894,10 @@ Jobs *jobs_free(Jobs *s) {
         if (!s)
                 return NULL;
         check_waiters_done(s, -ECANCELED);
-        download_close(s);
-        s->hook = hook_free(s->hook, true);
-        s->reboot_hook = hook_free(s->reboot_hook, false);
-        for (size_t i = 0; i < s->n_out; i++)
-                outgoing_done(&s->out[i]);
-        outgoing_free(s->request_sent);
-        outgoing_free(s->update_sent);
-        outgoing_free(s->update_next);
-        sd_event_source_disable_unref(s->request_timer);
-        sd_event_source_disable_unref(s->update_timer);
+        stop_download(s);
+        s->steps = job_steps_free(s->steps);
+        jobs_channel_free(s->channel);
         sd_event_source_disable_unref(s->retry_timer);
-        sd_event_source_disable_unref(s->reboot_timer);
-        inhibitors_free(s->inhibitors);
         job_report_done(&s->retry_report);
         free(s->retry_job_id);
         job_journal_done(&s->journal);

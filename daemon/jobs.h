@@ -2,13 +2,13 @@
 #pragma once
 
 /* The jobs service: firmware update jobs (SPEC §2, §6) from the platform's Jobs API to the
- * installer hook and back. job.c decides every step; this file does the I/O it asks for:
- * the journal on disk (<state_dir>/job/current) saved before every step, requests and status
- * updates on a control channel of the device connection (one update waiting for its answer at
- * a time, so that every answer belongs to a known update), the resumable download into
- * <state_dir>/job/firmware-<hash of the job id> on the manager's HTTP client, the installer and
- * confirm hooks (hook.c), and the reboot once no InhibitReboot holder is left (inhibit.c).
- * Knows nothing of D-Bus: results go out through callbacks. */
+ * installer hook and back. job.c decides every step (the table in job.h); this service does
+ * the I/O it asks for: the journal on disk (<state_dir>/job/current) saved before every step,
+ * requests and status updates on a control channel of the device connection (jobs-channel.c),
+ * the resumable download into <state_dir>/job/firmware-<hash of the job id> on the manager's
+ * HTTP client (firmware-download.c), the install, confirm and rollback hooks and the reboot
+ * once no InhibitReboot holder is left (jobs-steps.c). One handler per topic filter feeds the
+ * answers in as events. Knows nothing of D-Bus: results go out through callbacks. */
 
 #include <stdbool.h>
 #include <systemd/sd-event.h>
@@ -32,6 +32,9 @@ typedef struct JobsCallbacks {
          * progress of the phase, message a reason or the hook's last stderr line. */
         void (*updated)(const char *job_id, const char *status, unsigned percent,
                         const char *message, void *userdata);
+        /* Bytes the observation spool holds now (spool.max_bytes bounds it): the rest of its
+         * room is kept free of firmware. Optional. */
+        uint64_t (*spool_used_bytes)(void *userdata);
 } JobsCallbacks;
 
 /* config is the manager's and outlives the service; its firmware and http keys are read at

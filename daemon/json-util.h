@@ -35,6 +35,8 @@ int json_object_parse(const void *data, size_t size, size_t max, json_object **r
  * or null gives 0 and NULL: the caller decides whether that is allowed. Another type is
  * -EBADMSG. */
 int json_member_string(json_object *obj, const char *key, size_t max, char **ret);
+/* The same, borrowed from obj (valid while obj is); missing or null gives 0 and NULL. */
+int json_member_string_borrow(json_object *obj, const char *key, size_t max, const char **ret);
 /* The same, but missing, null or "" is -EBADMSG. */
 int json_member_required_string(json_object *obj, const char *key, size_t max, char **ret);
 /* Free text from the platform that may end up in a log line, LastError or lodevctl output:
@@ -60,6 +62,7 @@ int json_member_array(json_object *obj, const char *key, json_object **ret);
 /* Adds v (consumed, also on failure) under key; a NULL v is taken for a failed allocation. */
 int json_add(json_object *obj, const char *key, json_object *v);
 int json_add_string(json_object *obj, const char *key, const char *s);
+int json_add_int64(json_object *obj, const char *key, int64_t i);
 /* A number that reads back as the same double, in its shortest text. */
 json_object *json_new_number(double d);
 /* The compact text of obj, newly allocated; -E2BIG past MESSAGE_SIZE_MAX. */

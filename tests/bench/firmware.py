@@ -10,12 +10,21 @@ installer starting: it includes the MQTT exchanges (IN_PROGRESS, fetching the jo
 durability syncs and the verification, so it is if anything pessimistic. Peak RSS is VmHWM of a
 lodevd started afresh for each size: it must not grow with the file.
 
-    tests/bench/firmware.py [--sizes-mib 64,512]
+The resume measure (--resume-mib, 1024 by default; 0 skips it): a download of that size is cut
+1 MiB before its end, and lodevd resumes it, hashing again the bytes it has. lodevd runs with
+WATCHDOG_USEC=100 ms, so its loop sends WATCHDOG=1 every 50 ms or so when nothing holds it up;
+the longest gap between two of them, from the cut to the installer, is the longest the loop
+stood still (printed less the usual gap, as "longest stall"; on a busy machine it includes the
+time lodevd waited for a core, and the fsync()s of the journal and the file). lodevd's own
+debug line says how long the longest step of the hashing took.
+
+    tests/bench/firmware.py [--sizes-mib 64,512] [--resume-mib 1024]
 """
 
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,49 +80,70 @@ NO_SHA = False
 RATE = 0  # bytes per second for both, 0 = loopback at full speed
 
 
+class BenchDevice:
+    """A lodevd of its own (private bus, the recording hook), online, for one measure."""
+
+    def __init__(self, platform, scratch, rate=0, verbose=False, extra_env=None):
+        self.work = tempfile.mkdtemp(prefix="lodev-bench-fw-", dir=scratch)
+        self.rec = os.path.join(self.work, "rec")
+        os.makedirs(self.rec)
+        hook = os.path.join(self.work, "hook")
+        with open(hook, "w") as f:
+            f.write(HOOK.format(rec=self.rec))
+        os.chmod(hook, 0o755)
+        self.bus = lodevtest.Bus()
+        config = os.path.join(self.work, "lodevd.conf")
+        lodevtest.write_device_config(config, self.work, platform,
+                                      firmware={"installer": hook, "reboot_command": "/bin/true"},
+                                      transfers={"max_rate": rate})
+        self.d = lodevtest.Daemon(self.bus, self.work, config, verbose=verbose)
+        try:
+            self.d.start(extra_env=extra_env)
+            self.d.wait_online()
+            self.thing = self.d.status()["thing_name"]
+        except BaseException:
+            self.stop()
+            raise
+
+    def installer_started(self):
+        """When the installer started (its own clock), waiting for it."""
+        started = os.path.join(self.rec, "started")
+        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
+                             interval=0.01, what="the installer")
+        with open(started) as f:
+            return float(f.read())
+
+    def succeeded(self, platform, job):
+        lodevtest.wait_until(
+            lambda: platform.job_execution(self.thing, job)["status"] == "SUCCEEDED", 60,
+            what="SUCCEEDED")
+
+    def stop(self):
+        self.d.stop()
+        self.bus.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def run_size(platform, size, scratch):
     fw_id, sha = make_firmware(platform, size)
     out = os.path.join(scratch, "curl.out")
     base = min(curl_seconds(platform.firmware_url(fw_id), out) for _ in range(2))
     os.unlink(out)
 
-    work = tempfile.mkdtemp(prefix="lodev-bench-fw-", dir=scratch)
-    rec = os.path.join(work, "rec")
-    os.makedirs(rec)
-    hook = os.path.join(work, "hook")
-    with open(hook, "w") as f:
-        f.write(HOOK.format(rec=rec))
-    os.chmod(hook, 0o755)
-    bus = lodevtest.Bus()
-    config = os.path.join(work, "lodevd.conf")
-    lodevtest.write_device_config(config, work, platform,
-                                  firmware={"installer": hook, "reboot_command": "/bin/true"},
-                                  transfers={"max_rate": RATE})
-    d = lodevtest.Daemon(bus, work, config, verbose=False)
+    dev = BenchDevice(platform, scratch, rate=RATE)
     try:
-        d.start()
-        d.wait_online()
-        thing = d.status()["thing_name"]
-        idle = vm_hwm_kib(d.proc.pid)
+        idle = vm_hwm_kib(dev.d.proc.pid)
         doc = {"operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
                "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size}
         if not NO_SHA:
             doc["sha256"] = sha
         t0 = time.time()
-        job = platform.queue_job(thing, document=doc)
-        started = os.path.join(rec, "started")
-        lodevtest.wait_until(lambda: os.path.exists(started) and os.path.getsize(started), 600,
-                             interval=0.01, what="the installer")
-        with open(started) as f:
-            t1 = float(f.read())
-        lodevtest.wait_until(
-            lambda: platform.job_execution(thing, job)["status"] == "SUCCEEDED", 60,
-            what="SUCCEEDED")
-        peak = vm_hwm_kib(d.proc.pid)
+        job = platform.queue_job(dev.thing, document=doc)
+        t1 = dev.installer_started()
+        dev.succeeded(platform, job)
+        peak = vm_hwm_kib(dev.d.proc.pid)
     finally:
-        d.stop()
-        bus.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        dev.stop()
         os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
     mib = size / 1048576
     took = t1 - t0
@@ -127,12 +157,55 @@ def run_size(platform, size, scratch):
           flush=True)
 
 
+def run_resume(platform, size, scratch):
+    fw_id, sha = make_firmware(platform, size)
+    dev = BenchDevice(platform, scratch, verbose=True, extra_env={"WATCHDOG_USEC": "100000"})
+    try:
+        platform.cut_next_download(size - 1024 * 1024)
+        job = platform.queue_job(dev.thing, document={
+            "operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
+            "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size, "sha256": sha})
+        lodevtest.wait_until(lambda: any(x["path"] == "/firmware/" + fw_id and x.get("cut")
+                                         for x in platform.downloads()), 600, interval=0.01,
+                             what="the cut download")
+        t0 = time.monotonic()
+        dev.installer_started()
+        t1 = time.monotonic()
+        dev.succeeded(platform, job)
+        ticks = [t for t in dev.d.notify.watchdog if t0 <= t <= t1]
+        steps = re.findall(r"Re-hashed the (\d+) bytes .* in (\d+) steps, the longest (\d+) us "
+                           r"\(CPU (\d+) us\)", dev.d.output())
+    finally:
+        dev.stop()
+        os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
+    if steps:
+        hashed, n, longest, cpu = steps[-1]
+        print("%5d MiB resume: the %d MiB already there hashed again in %s steps, the longest "
+              "callback %.1f ms (%.1f ms of CPU; the rest waiting for a core or the disk)"
+              % (size // 1048576, int(hashed) // 1048576, n, int(longest) / 1000,
+                 int(cpu) / 1000))
+    else:
+        print("%5d MiB resume: hashed again in one callback (no step count)" % (size // 1048576))
+    gaps = sorted(b - a for a, b in zip(ticks, ticks[1:]))
+    if not gaps:
+        print("%5d MiB resume: no watchdog pings (lodevd without WATCHDOG_USEC support?)"
+              % (size // 1048576))
+        return
+    usual = gaps[len(gaps) // 2]
+    print("%5d MiB resume at %d MiB: cut to installer %.2f s, %d watchdog pings, usual gap "
+          "%.0f ms, longest %.0f ms: longest stall of the loop %.0f ms"
+          % (size // 1048576, (size - 1048576) // 1048576, t1 - t0, len(ticks), usual * 1000,
+             gaps[-1] * 1000, max(0.0, gaps[-1] - usual) * 1000), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes-mib", default="64,512")
     ap.add_argument("--no-sha", action="store_true", help="a document without sha256")
     ap.add_argument("--rate-mib", type=int, default=0,
                     help="cap both downloads at this many MiB/s, as a real link would")
+    ap.add_argument("--resume-mib", type=int, default=1024,
+                    help="the size of the resumed download (0: none)")
     args = ap.parse_args()
     global NO_SHA, RATE
     NO_SHA = args.no_sha
@@ -140,8 +213,10 @@ def main():
     scratch = tempfile.mkdtemp(prefix="lodev-bench-")
     try:
         with Platform.start(os.path.join(scratch, "platform")) as p:
-            for s in args.sizes_mib.split(","):
+            for s in filter(None, args.sizes_mib.split(",")):
                 run_size(p, int(s) * 1024 * 1024, scratch)
+            if args.resume_mib:
+                run_resume(p, args.resume_mib * 1024 * 1024, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

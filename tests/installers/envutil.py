@@ -152,13 +152,20 @@ JOB_ENV = {
 }
 
 
-def run_hook(hook, *args, env=None, timeout=120.0):
-    """Runs HOOK ARGS as lodevd does (SPEC §6) and collects what lodevd would see."""
+def run_hook(hook, *args, env=None, timeout=120.0, user=None):
+    """Runs HOOK ARGS as lodevd does (SPEC §6) and collects what lodevd would see; as
+    USER (setpriv, no supplementary groups) when given, as lodevd runs as its own user."""
     e = dict(os.environ)
     e.update(JOB_ENV)
     if env:
         e.update(env)
     r, w = os.pipe()
+    if user:
+        # lodevd makes the pipe as the hook's user: so must the test, for the hook to open
+        # /proc/self/fd/N.
+        import pwd
+
+        os.fchown(w, pwd.getpwnam(user).pw_uid, -1)
     e["LODEV_PROGRESS_FD"] = str(w)
     progress_lines = []
 
@@ -171,7 +178,9 @@ def run_hook(hook, *args, env=None, timeout=120.0):
     t.start()
     start = time.monotonic()
     try:
-        p = subprocess.Popen([hook] + list(args), env=e, stdin=subprocess.DEVNULL,
+        prefix = (["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups"]
+                  if user else [])
+        p = subprocess.Popen(prefix + [hook] + list(args), env=e, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              pass_fds=(w,), close_fds=True, process_group=0)
     finally:

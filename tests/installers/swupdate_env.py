@@ -10,6 +10,12 @@ mount namespace where DIR/boot is bind-mounted on /boot: env.wrap(argv).
     env.swu("x", payload, signer=env.make_untrusted_signer())
     env.hook_env()                   # LODEV_SWUPDATE_CONF (the hook's config file) and
                                      # LODEV_HOOK_STATE_DIR
+    SwupdateEnv(directory, mode="service")
+                                     # the hook in its default mode: env.service() runs
+                                     # what lodevd-swupdate.path would (the root side,
+                                     # "swupdate serve", in the namespace), and the hook
+                                     # itself needs no privilege (env.user: run it as
+                                     # nobody, with no write access to /boot)
     env.wrap(argv)                   # argv run inside the namespace with /boot bound
     env.reboot()                     # the fake bootloader boots what rootslot says
     env.reboot(fallback=True)        # it falls back: rootslot back to the booted slot
@@ -24,6 +30,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
+import time
 
 from envutil import make_pki, run
 
@@ -53,7 +61,8 @@ SW_DESCRIPTION = """software = {{
 class SwupdateEnv:
     SLOT_SIZE = 16 * 1024 * 1024
 
-    def __init__(self, directory):
+    def __init__(self, directory, mode="standalone"):
+        self.mode = mode
         self.dir = os.path.abspath(directory)
         self.pki = make_pki(os.path.join(self.dir, "pki"), "dev")
         os.makedirs(self.path("boot", "grub"), exist_ok=True)
@@ -68,7 +77,19 @@ class SwupdateEnv:
         self.booted_file = self.path("booted")
         self._set_booted("A")
         self.state_dir = self.path("hook-state")
+        self.service_dir = self.path("service")
         self.conf = self.path("swupdate-hook.conf")
+        self.user = None
+        if mode == "service":
+            # The hook's side runs as nobody: it reads the config and the images, and
+            # writes only its requests.
+            os.makedirs(self.service_dir)
+            os.chown(self.service_dir, 65534, 65534)
+            d = self.dir
+            while d != "/":
+                os.chmod(d, os.stat(d).st_mode | 0o055)
+                d = os.path.dirname(d)
+            self.user = "nobody"
         self.write_conf()
 
     def path(self, *parts):
@@ -90,12 +111,17 @@ class SwupdateEnv:
             "SWUPDATE_BOOTLOADER": "grub",
             "SWUPDATE_GRUBENV": "/boot/grub/grubenv",
             "SWUPDATE_BOOTED_FILE": self.booted_file,
+            "SWUPDATE_MODE": self.mode,
+            "SWUPDATE_SERVICE_DIR": self.service_dir,
+            "SWUPDATE_FILES_DIR": self.dir,
+            "SWUPDATE_SERVICE_TIMEOUT": "120",
         }
         values.update(extra)
         with open(self.conf, "w") as f:
             f.write("# written by swupdate_env.py\n")
             for k, v in values.items():
                 f.write("%s='%s'\n" % (k, v.replace("'", "'\\''")))
+        os.chmod(self.conf, 0o644)
 
     def hook_env(self):
         return {"LODEV_SWUPDATE_CONF": self.conf, "LODEV_HOOK_STATE_DIR": self.state_dir}
@@ -104,6 +130,12 @@ class SwupdateEnv:
         """ARGV run in a private mount namespace with DIR/boot on /boot."""
         return ["unshare", "-m", "--propagation", "private", "sh", "-c",
                 'mount --bind "$0" /boot && exec "$@"', self.path("boot")] + list(argv)
+
+    def service(self):
+        """What lodevd-swupdate.path and lodevd-swupdate.service do, as a context: a
+        request left in the service directory starts "swupdate serve" as root in the
+        namespace with /boot, one at a time."""
+        return _Service(self)
 
     # The fake bootloader.
 
@@ -158,3 +190,34 @@ class SwupdateEnv:
     def slot_starts_with(self, name, payload):
         with open(self.slot_path(name), "rb") as f:
             return f.read(len(payload)) == payload
+
+
+class _Service:
+    def __init__(self, env):
+        self.env = env
+        self.runs = []  # (op, returncode) of each serve
+        self.stopping = False
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping = True
+        self.thread.join(30)
+
+    def _watch(self):
+        request = os.path.join(self.env.service_dir, "request")
+        hook = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf",
+                            "hooks", "swupdate")
+        e = dict(os.environ, **self.env.hook_env())
+        while not self.stopping:
+            if os.path.exists(request):
+                with open(request) as f:
+                    op = [l[3:].strip() for l in f if l.startswith("op=")]
+                r = subprocess.run(self.env.wrap([os.path.abspath(hook), "serve"]), env=e,
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   timeout=300)
+                self.runs.append((op[0] if op else None, r.returncode, r.stderr))
+            time.sleep(0.05)

@@ -121,6 +121,7 @@ class Notify:
         self.sock.bind(self.path)
         self.sock.settimeout(0.2)
         self.messages = []
+        self.watchdog = []  # time.monotonic() of each WATCHDOG=1
         self.cond = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._drain, daemon=True)
@@ -134,8 +135,12 @@ class Notify:
                 continue
             except OSError:
                 return
+            now = time.monotonic()
             with self.cond:
-                self.messages.extend(data.decode(errors="replace").split("\n"))
+                lines = data.decode(errors="replace").split("\n")
+                self.messages.extend(lines)
+                if "WATCHDOG=1" in lines:
+                    self.watchdog.append(now)
                 self.cond.notify_all()
 
     def wait_for(self, key, timeout=20.0):

@@ -57,13 +57,16 @@ class Device:
             f.write("#!/bin/sh\n" + hook_script)
         os.chmod(hook, 0o755)
         reboot = os.path.join(workdir, "reboot")
+        self.reboot_fails = os.path.join(workdir, "reboot-fails")
         with open(reboot, "w") as f:
-            f.write("#!/bin/sh\necho \"$(date +%%s.%%N)\" >>'%s'\n" % self.reboot_marker)
+            f.write("#!/bin/sh\necho \"$(date +%%s.%%N)\" >>'%s'\n"
+                    "[ ! -e '%s' ] || { echo 'reboot: refused' >&2; exit 1; }\n"
+                    % (self.reboot_marker, self.reboot_fails))
         os.chmod(reboot, 0o755)
         config = os.path.join(workdir, "lodevd.conf")
         lodevtest.write_device_config(config, workdir, platform, firmware={
             "installer": hook, "reboot_command": reboot, "install_timeout": 120,
-            "max_reboot_delay": 5, "max_attempts": 3})
+            "max_reboot_delay": 5, "max_attempts": 3, "max_reboot_tries": 2})
         # lodevd in a mount namespace where the boot id is the test's.
         self.daemon = lodevtest.Daemon(bus, workdir, config, boot_id=self.boot_id)
 
@@ -163,6 +166,24 @@ def test_untrusted_bundle_fails_without_reboot(platform, device, rauc):
     assert rauc.boot_state()["primary"] == "A"
 
 
+def test_reboot_refused_rolls_back(platform, device, rauc):
+    """The install armed slot B but the device cannot be rebooted: after max_reboot_tries
+    lodevd runs the hook's rollback, RAUC makes the running slot A primary again, and only
+    then is the job FAILED."""
+    open(device.reboot_fails, "w").close()
+    thing, job = queue(platform, device, "fw-5", rauc.bundle("v5", os.urandom(128 * 1024)))
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "FAILED", e
+    assert "could not be rebooted" in details_text(e), e
+    assert "rolled back: the booted slot A is primary again" in \
+        e["statusDetails"].get("rollback", ""), e
+    assert device.reboots_requested() == 2
+    assert rauc.boot_state()["primary"] == "A"
+    with open(rauc.path("backend.log")) as f:
+        log = f.read().split("\n")
+    assert log.index("set-primary A") > log.index("set-primary B"), log
+
+
 def test_repeated_restarts_confirm_once(platform, device, rauc):
     """lodevd restarts again after the reboot, before or after confirming: the
     confirm hook runs again and the job still ends SUCCEEDED once."""
@@ -202,6 +223,52 @@ def swu_device(bus, workdir, platform, swupdate):
     d.daemon.wait_online()
     yield d
     d.daemon.stop()
+
+
+@pytest.fixture
+def swu_service_device(bus, workdir, platform):
+    """The swupdate hook in its default mode through lodevd: lodevd runs it, it leaves
+    requests for the root side (what lodevd-swupdate.path starts)."""
+    require_root()
+    require_tools("swupdate", "cpio", "openssl", "grub-editenv", "unshare")
+    from swupdate_env import SwupdateEnv
+
+    swupdate = SwupdateEnv(os.path.join(workdir, "swupdate"), mode="service")
+    # lodevd keeps its downloads in its state directory: the service takes files there.
+    swupdate.write_conf(SWUPDATE_FILES_DIR=os.path.join(workdir, "state", "job"))
+    env = "".join("export %s='%s'\n" % kv for kv in swupdate.hook_env().items())
+    script = env + "exec '%s' \"$@\"\n" % os.path.join(HOOKS_DIR, "swupdate")
+    d = Device(bus, workdir, platform, script,
+               lambda slot: swupdate.reboot(fallback=slot is not None))
+    with swupdate.service() as service:
+        d.daemon.start()
+        d.daemon.wait_online()
+        d.swupdate, d.service = swupdate, service
+        yield d
+        d.daemon.stop()
+
+
+def test_swupdate_service_update_rollback_and_update(platform, swu_service_device):
+    d = swu_service_device
+    swupdate = d.swupdate
+    open(d.reboot_fails, "w").close()
+    thing, job = queue(platform, d, "swu-6", swupdate.swu("v6", os.urandom(512 * 1024)))
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "FAILED" and "could not be rebooted" in details_text(e), e
+    grubenv = swupdate.grubenv()
+    assert grubenv["rootslot"] == "A" and "upgrade_available" not in grubenv, grubenv
+    assert [op for op, code, _ in d.service.runs] == ["install", "rollback"], d.service.runs
+
+    os.unlink(d.reboot_fails)
+    payload = os.urandom(256 * 1024)
+    thing, job = queue(platform, d, "swu-7", swupdate.swu("v7", payload, version="7.0"))
+    lodevtest.wait_until(lambda: d.reboots_requested() >= 3, timeout=120,
+                         what="reboot_command")
+    assert swupdate.slot_starts_with("B", payload)
+    d.reboot()
+    e = wait_status(platform, thing, job, ("SUCCEEDED", "FAILED"))
+    assert e["status"] == "SUCCEEDED", e
+    assert "upgrade_available" not in swupdate.grubenv()
 
 
 def test_swupdate_update_reboot_confirm(platform, swu_device, swupdate):

@@ -6,8 +6,12 @@ say (tests/installers/rauc_env.py, swupdate_env.py), with simulated reboots."""
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 
@@ -126,6 +130,60 @@ def test_rauc_incompatible_bundle_and_no_service(rauc):
     assert r.code == 1 and r.last_error.startswith("rauc: "), r
 
 
+def test_rauc_rollback_after_armed_install(rauc):
+    """An install armed slot B (primary B, state bad); rollback makes the booted slot A
+    primary again, so the next boot stays on the running firmware."""
+    r = rauc_hook(rauc, "install", rauc.bundle("v2", os.urandom(256 * 1024)))
+    assert r.code == 100, r
+    assert rauc.boot_state()["primary"] == "B"
+    r = rauc_hook(rauc, "rollback")
+    assert r.code == 0, r
+    assert "rolled back: the booted slot A is primary again" in r.last_error, r
+    assert rauc.boot_state()["primary"] == "A"
+    assert not os.path.exists(rauc.path("hook-state", "rauc.target"))
+    # Nothing to confirm any more; a reboot boots A.
+    rauc.reboot()
+    assert rauc.booted == "A"
+    r = rauc_hook(rauc, "confirm")
+    assert r.code == 1 and "no pending update" in r.last_error, r
+    # Rolling back again changes nothing.
+    assert rauc_hook(rauc, "rollback").code == 0
+    assert rauc.boot_state()["primary"] == "A"
+
+
+def test_rauc_rollback_waits_for_a_cut_install(rauc):
+    """The hook's install is killed half-way (lodevd's timeout, a restart): RAUC's service
+    goes on and arms slot B at its end. rollback waits for it, then undoes it."""
+    bundle = rauc.bundle("v2", os.urandom(15 * 1024 * 1024))
+    e = dict(os.environ, **rauc.hook_env(), LODEV_HOOK_STATE_DIR=rauc.path("hook-state"))
+    hook = subprocess.Popen([RAUC_HOOK, "install", bundle], env=e, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            process_group=0)
+    op = ["busctl", "--user", "get-property", "de.pengutronix.rauc", "/",
+          "de.pengutronix.rauc.Installer", "Operation"]
+    from envutil import wait_until
+
+    wait_until(lambda: '"installing"' in subprocess.run(op, env=rauc.env(), capture_output=True,
+                                                        text=True).stdout,
+               30, "RAUC installing")
+    os.killpg(hook.pid, signal.SIGKILL)
+    hook.wait(10)
+    r = rauc_hook(rauc, "rollback")
+    assert r.code == 0, r
+    assert '"idle"' in subprocess.run(op, env=rauc.env(), capture_output=True, text=True).stdout
+    # The install finished in the service (B written, B armed), and was undone after.
+    with open(rauc.path("backend.log")) as f:
+        log = f.read().split("\n")
+    assert "set-primary B" in log and log.index("set-primary A") > log.index("set-primary B"), log
+    assert rauc.boot_state()["primary"] == "A"
+
+
+def test_rauc_rollback_with_nothing_armed(rauc):
+    r = rauc_hook(rauc, "rollback")
+    assert r.code == 0, r
+    assert rauc.boot_state() == {"primary": "A", "state_A": "good", "state_B": "good"}
+
+
 # SWUpdate
 
 
@@ -192,6 +250,109 @@ def test_swupdate_untrusted_image(swupdate):
     assert not os.path.exists(os.path.join(swupdate.state_dir, "swupdate.target"))
 
 
+def test_swupdate_rollback_after_armed_install(swupdate):
+    r = swupdate_hook(swupdate, "install", swupdate.swu("v2", os.urandom(128 * 1024)))
+    assert r.code == 100, r
+    assert swupdate.grubenv()["rootslot"] == "B"
+    r = swupdate_hook(swupdate, "rollback")
+    assert r.code == 0, r
+    assert "rolled back: slot A (running) boots next" in r.last_error, r
+    env = swupdate.grubenv()
+    assert env["rootslot"] == "A" and "upgrade_available" not in env and env["ustate"] == "3", env
+    swupdate.reboot()
+    assert swupdate.booted == "A"
+    assert not os.path.exists(os.path.join(swupdate.state_dir, "swupdate.target"))
+
+
+# SWUpdate in its default mode, the way lodevd's hardened unit runs it: the hook as an
+# unprivileged user without write access to /boot, the root side in what
+# lodevd-swupdate.path starts.
+
+
+@pytest.fixture
+def swupdate_service(scratch):
+    require_root()
+    require_tools("swupdate", "cpio", "openssl", "grub-editenv", "unshare", "setpriv")
+    from swupdate_env import SwupdateEnv
+
+    env = SwupdateEnv(os.path.join(scratch, "swupdate"), mode="service")
+    with env.service() as service:
+        env.runs = service.runs
+        yield env
+
+
+def service_hook(env, *args, **kw):
+    return run_hook(SWUPDATE_HOOK, *args, env=env.hook_env(), timeout=180, user=env.user, **kw)
+
+
+def test_swupdate_service_install_reboot_confirm(swupdate_service):
+    env = swupdate_service
+    payload = os.urandom(1024 * 1024)
+    r = service_hook(env, "install", env.swu("v2", payload))
+    assert r.code == 100, r
+    assert_progress(r)
+    assert r.last_error == "swupdate: installed into slot B; reboot needed", r
+    assert env.slot_starts_with("B", payload)
+    assert env.grubenv()["rootslot"] == "B"
+    # The hook itself could not have written there.
+    r = run_hook("/bin/sh", "-c", ": >>/tmp/x/../../%s" % env.grubenv_path.lstrip("/"),
+                 user="nobody")
+    assert r.code != 0
+    env.reboot()
+    r = service_hook(env, "confirm")
+    assert r.code == 0, r
+    assert "upgrade_available" not in env.grubenv()
+    assert [op for op, code, _ in env.runs] == ["install", "confirm"], env.runs
+
+
+def test_swupdate_service_rollback(swupdate_service):
+    env = swupdate_service
+    r = service_hook(env, "install", env.swu("v2", os.urandom(128 * 1024)))
+    assert r.code == 100, r
+    r = service_hook(env, "rollback")
+    assert r.code == 0, r
+    grubenv = env.grubenv()
+    assert grubenv["rootslot"] == "A" and "upgrade_available" not in grubenv, grubenv
+    # A failed install reports SWUpdate's reason through the service too.
+    swu = env.swu("evil", os.urandom(64 * 1024), signer=env.make_untrusted_signer())
+    r = service_hook(env, "install", swu)
+    assert r.code == 1 and r.last_error == "swupdate: Authentication of all signatures failed", r
+
+
+def test_swupdate_service_refuses_other_files(swupdate_service, scratch):
+    env = swupdate_service
+    outside = os.path.join(scratch, "elsewhere.swu")
+    shutil.copy(env.swu("v2", os.urandom(4096)), outside)
+    os.chmod(outside, 0o644)
+    r = service_hook(env, "install", outside)
+    assert r.code == 1 and "is not a file in " + env.dir in r.last_error, r
+    assert env.grubenv()["rootslot"] == "A"
+
+
+def test_swupdate_service_rollback_waits_for_a_cut_install(swupdate_service):
+    """The hook is killed while the service installs: the install goes on; the rollback
+    request waits behind it and then undoes what it armed."""
+    env = swupdate_service
+    swu = env.swu("v2", os.urandom(8 * 1024 * 1024))
+    e = dict(os.environ, **env.hook_env(), LODEV_JOB_ID="job-1")
+    hook = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             SWUPDATE_HOOK, "install", swu], env=e, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            process_group=0)
+    from envutil import wait_until
+
+    wait_until(lambda: os.path.exists(os.path.join(env.service_dir, "progress")), 30,
+               "the service at work")
+    os.killpg(hook.pid, signal.SIGKILL)
+    hook.wait(10)
+    r = service_hook(env, "rollback")
+    assert r.code == 0, r
+    assert [op for op, code, _ in env.runs] == ["install", "rollback"], env.runs
+    assert env.runs[0][1] == 0  # the service finished the install
+    grubenv = env.grubenv()
+    assert grubenv["rootslot"] == "A" and "upgrade_available" not in grubenv, grubenv
+
+
 def test_swupdate_bad_config(swupdate):
     swupdate.write_conf(SWUPDATE_BOOTED_FILE=swupdate.path("nonexistent"))
     r = swupdate_hook(swupdate, "install", swupdate.swu("v2", b"x" * 4096))
@@ -218,7 +379,12 @@ def test_copy_install(scratch):
     assert len(r.progress) >= 4, r.progress
     with open(dest, "rb") as f:
         assert f.read() == data
-    assert os.listdir(dest_dir) == ["firmware.bin"]
+    # No temporary file left; the previous file is kept for a rollback of this job.
+    assert sorted(os.listdir(dest_dir)) == [".firmware.bin.lodevd-previous",
+                                            ".firmware.bin.lodevd-previous.job",
+                                            "firmware.bin"]
+    with open(os.path.join(dest_dir, ".firmware.bin.lodevd-previous"), "rb") as f:
+        assert f.read() == b"old"
     assert run_hook(COPY_HOOK, "confirm").code == 0
 
 
@@ -247,6 +413,37 @@ def test_copy_config_file_and_failures(scratch):
     assert r.code == 1 and r.last_error.startswith("copy: no such file"), r
     r = run_hook(COPY_HOOK, "frobnicate")
     assert r.code == 2, r
+
+
+def test_copy_rollback(scratch):
+    """rollback puts back what the install of the same job replaced, removes what it
+    created, and leaves alone what another job installed."""
+    src = os.path.join(scratch, "fw.bin")
+    with open(src, "wb") as f:
+        f.write(b"new firmware")
+    dest = os.path.join(scratch, "firmware.bin")
+    with open(dest, "wb") as f:
+        f.write(b"old")
+    env = {"LODEV_COPY_DEST": dest, "LODEV_JOB_ID": "job-7"}
+    assert run_hook(COPY_HOOK, "install", src, env=env).code == 0
+    r = run_hook(COPY_HOOK, "rollback", env=env)
+    assert r.code == 0 and "as it was before job job-7" in r.last_error, r
+    with open(dest, "rb") as f:
+        assert f.read() == b"old"
+    # Again: nothing more to do.
+    r = run_hook(COPY_HOOK, "rollback", env=env)
+    assert r.code == 0 and "nothing of job job-7" in r.last_error, r
+    # A job that installed and succeeded is not undone by another job's rollback.
+    assert run_hook(COPY_HOOK, "install", src, env=env).code == 0
+    r = run_hook(COPY_HOOK, "rollback", env=dict(env, LODEV_JOB_ID="job-8"))
+    assert r.code == 0 and "nothing of job job-8" in r.last_error, r
+    with open(dest, "rb") as f:
+        assert f.read() == b"new firmware"
+    # An install that created the file: its rollback removes it.
+    os.unlink(dest)
+    assert run_hook(COPY_HOOK, "install", src, env=dict(env, LODEV_JOB_ID="job-9")).code == 0
+    assert run_hook(COPY_HOOK, "rollback", env=dict(env, LODEV_JOB_ID="job-9")).code == 0
+    assert not os.path.exists(dest)
 
 
 def test_hooks_are_posix_sh():

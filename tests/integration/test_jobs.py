@@ -25,6 +25,8 @@ echo "$1|$2|$LODEV_JOB_ID|$LODEV_FIRMWARE_ID|$LODEV_DEPLOYMENT_ID|$LODEV_THING_N
 ls /proc/self/fd > "$rec/fds-$1"
 case "$1" in
 install)
+        tr '\0' '\n' < /proc/$$/environ > "$rec/env-install"
+        echo $$ > "$rec/install.pid"
         cp "$2" "$rec/installed-$LODEV_JOB_ID"
         for p in 10 40 70 100; do echo $p >&3; done
         if [ -f "$rec/grandchild" ]; then
@@ -41,12 +43,19 @@ confirm)
         while [ -f "$rec/hold-confirm" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
         exit $(cat "$rec/confirm-exit" 2>/dev/null || echo 0)
         ;;
+rollback)
+        date +%s.%N >> "$rec/rollback-times"
+        env > "$rec/env-rollback"
+        echo "rollback: nothing armed any more" >&2
+        exit $(cat "$rec/rollback-exit" 2>/dev/null || echo 0)
+        ;;
 esac
 exit 3
 """
 
 REBOOT = """#!/bin/sh
 echo reboot >> "{rec}/reboots"
+exit $(cat "{rec}/reboot-exit" 2>/dev/null || echo 0)
 """
 
 
@@ -103,6 +112,13 @@ class Device:
         except FileNotFoundError:
             return []
         return [l for l in lines if kind is None or l[0] == kind]
+
+    def rollback_times(self):
+        try:
+            with open(os.path.join(self.rec, "rollback-times")) as f:
+                return [float(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return []
 
     def reboots(self):
         try:
@@ -180,6 +196,20 @@ def device_terminals(platform, thing, job):
 
 
 LAST_DEVICE = []
+
+
+def failed_after_rollback(platform, device, job):
+    """The job's FAILED came after exactly one INSTALLER rollback (SPEC §6: never FAILED while
+    the firmware may still be armed), with how the rollback ended in statusDetails."""
+    hist = platform.job_history(device.thing, job)
+    failed = [h for h in hist if h["status"] == "FAILED"]
+    assert len(failed) == 1, hist
+    rollbacks = device.rollback_times()
+    assert len(rollbacks) == 1, (rollbacks, device.calls())
+    assert rollbacks[0] < failed[0]["time"], (rollbacks, failed)
+    assert "rollback exited with status 0" in failed[0]["statusDetails"].get("rollback", ""), \
+        failed
+    return failed[0]
 
 
 def wait_status(platform, thing, job, want, timeout=60):
@@ -334,6 +364,7 @@ def test_restarts_without_reboot_are_bounded(device, platform):
     ex = wait_status(platform, d.thing, job, "FAILED")
     assert "restarted" in ex["statusDetails"]["reason"]
     assert d.reboots() == 3 and len(d.calls("install")) == 1
+    failed_after_rollback(platform, d, job)
 
 
 @pytest.mark.parametrize("phase", ["downloading", "installing", "awaiting-reboot", "confirming"])
@@ -373,7 +404,11 @@ def test_sigkill_in_each_phase(device, platform, phase):
     want = "FAILED" if phase == "installing" else "SUCCEEDED"
     ex = wait_status(platform, d.thing, job, want, timeout=90)
     if phase == "installing":
+        # RAUC's service finishes an install its client left: rolled back first.
         assert "interrupted" in ex["statusDetails"]["reason"]
+        failed_after_rollback(platform, d, job)
+    else:
+        assert d.rollback_times() == []
     time.sleep(1)
     assert device_terminals(platform, d.thing, job) == [want]
     assert len(d.calls("install")) == 1
@@ -387,12 +422,128 @@ def test_sigkill_in_each_phase(device, platform, phase):
 
 
 def test_hook_timeout_fails_with_stderr(device, platform):
+    """A timed-out install may have armed the new firmware: rolled back before FAILED."""
     d = device(firmware={"install_timeout": 2}).start()
     d.flag("hold-install")
     fw, data = firmware(platform, 64 * 1024)
     job = platform.queue_job(d.thing, document=document(fw, data))
     ex = wait_status(platform, d.thing, job, "FAILED", timeout=40)
     assert "did not finish in time" in ex["statusDetails"]["reason"]
+    failed = failed_after_rollback(platform, d, job)
+    # The rollback's own words go with it, not as the installer's.
+    assert failed["statusDetails"]["rollback"].endswith(": rollback: nothing armed any more")
+    assert "rollback" not in ex["statusDetails"].get("stderr", "")
+
+
+NO_CLOSE_RANGE = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-no-close-range.so")
+
+
+def test_hook_environment_and_descriptors(device, platform, workdir):
+    """The hook's environment is an allow-list of lodevd's plus the job's variables (SPEC §6):
+    a LODEV_JOB_ID lodevd got does not shadow the job's, and NOTIFY_SOCKET, WATCHDOG_* and
+    other LODEV_* stay out. Where close_range() fails, the descriptors are closed another way:
+    one leaked without close-on-exec does not reach the hook."""
+    d = device()
+    d.daemon.start(extra_env={"LODEV_JOB_ID": "job-forged", "LODEV_SECRET": "s3cret",
+                              "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
+                              "LANG": "C.UTF-8", "LC_TIME": "C", "SOMETHING_ELSE": "x",
+                              "LD_PRELOAD": NO_CLOSE_RANGE,
+                              "LODEV_LEAK_FLAG": os.path.join(workdir, "leak")})
+    d.daemon.wait_online()
+    d.thing = d.daemon.status()["thing_name"]
+    open(os.path.join(workdir, "leak"), "w").close()
+    leaked = "/proc/%d/fd/77" % d.daemon.proc.pid
+    wait_until(lambda: os.path.exists(leaked), 10, what="the leaked descriptor")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    env = {}
+    # The environment the hook was started with (/proc/PID/environ), before the shell made
+    # one variable of two.
+    with open(os.path.join(d.rec, "env-install")) as f:
+        for line in f:
+            if "=" in line:  # the first of a name wins, as getenv() takes it
+                env.setdefault(*line.rstrip("\n").split("=", 1))
+    assert env["LODEV_JOB_ID"] == job, env
+    assert env["LODEV_FIRMWARE_ID"] == fw and env["LODEV_DEPLOYMENT_ID"] == "dep-" + fw
+    assert env["LODEV_THING_NAME"] == d.thing and env["LODEV_PROGRESS_FD"] == "3"
+    lodev = sorted(k for k in env if k.startswith("LODEV_"))
+    assert lodev == ["LODEV_DEPLOYMENT_ID", "LODEV_FIRMWARE_ID", "LODEV_JOB_ID",
+                     "LODEV_PROGRESS_FD", "LODEV_THING_NAME"], lodev
+    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SOMETHING_ELSE",
+              "LD_PRELOAD", "LODEV_LEAK_FLAG"):
+        assert k not in env, (k, env)
+    assert env["LANG"] == "C.UTF-8" and env["LC_TIME"] == "C" and env["PATH"], env
+    assert env["DBUS_SYSTEM_BUS_ADDRESS"] == d.bus.address
+    with open(os.path.join(d.rec, "fds-install")) as f:
+        fds = sorted(int(x) for x in f.read().split())
+    assert 77 not in fds and fds[:4] == [0, 1, 2, 3] and len(fds) <= 5, fds
+    # lodevd itself still holds the leaked descriptor: the hook did not miss it by chance.
+    assert os.path.exists(leaked)
+
+
+def test_killed_installer_rolled_back_before_failed(device, platform):
+    d = device().start()
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: os.path.exists(os.path.join(d.rec, "install.pid")), 30,
+               what="the installer")
+    with open(os.path.join(d.rec, "install.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "killed by signal 9" in ex["statusDetails"]["reason"], ex
+    failed_after_rollback(platform, d, job)
+    d.unflag("hold-install")
+
+
+def test_reboot_command_fails_retried_then_rolled_back(device, platform):
+    """reboot_command fails after an install that exited 100: run again with a growing
+    wait, up to max_reboot_tries (3 by default), then INSTALLER rollback, then FAILED;
+    never FAILED with the slot armed. The next job then runs."""
+    d = device().start()
+    d.flag("install-exit", "100")
+    d.flag("reboot-exit", "1")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    t0 = time.monotonic()
+    ex = wait_status(platform, d.thing, job, "FAILED", timeout=90)
+    assert d.reboots() == 3, d.reboots()
+    # The waits between the tries: 2 s, then 4 s.
+    assert time.monotonic() - t0 >= 6
+    assert "could not be rebooted into the new firmware (3 tries)" in \
+        ex["statusDetails"]["reason"], ex
+    failed_after_rollback(platform, d, job)
+    assert d.calls("confirm") == []
+    assert device_terminals(platform, d.thing, job) == ["FAILED"]
+    d.unflag("install-exit")
+    d.unflag("reboot-exit")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
+
+
+def test_reboot_that_does_not_happen_runs_again(device, platform):
+    """reboot_command exits 0 but the device stays in the same boot: after reboot_timeout it
+    runs again, and after max_reboot_tries the install is rolled back and the job FAILED; the
+    device is not stuck in awaiting-reboot, and the next job runs."""
+    d = device(firmware={"reboot_timeout": 10, "max_reboot_tries": 2}).start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    t1 = time.monotonic()
+    assert d.jobs()["status"] == "awaiting-reboot"
+    wait_until(lambda: d.reboots() == 2, 30, what="the reboot command again")
+    assert time.monotonic() - t1 >= 10
+    ex = wait_status(platform, d.thing, job, "FAILED", timeout=40)
+    assert "still the same boot 10 s after the reboot command" in ex["statusDetails"]["reason"]
+    failed_after_rollback(platform, d, job)
+    wait_until(lambda: d.jobs()["id"] == "", 10, what="lodevd to be idle")
+    d.unflag("install-exit")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
 
 
 def test_hook_failure_reports_last_stderr_line(device, platform):
@@ -411,6 +562,270 @@ def test_unknown_operation_rejected(device, platform):
     ex = wait_status(platform, d.thing, job, "REJECTED")
     assert "not supported" in ex["statusDetails"]["reason"]
     assert d.calls() == []
+
+
+def job_errors(platform, job):
+    return [e for e in platform.errors() if "/jobs/%s/" % job in e["topic"]]
+
+
+def test_job_queued_at_startup_answered_once(device, platform):
+    """A job queued while lodevd is down reaches it twice at the next start: notify-next
+    (kept for the persistent session) and the list it asks for. It is decided and reported
+    once: no second REJECTED that the platform would refuse."""
+    for _ in range(3):
+        d = device().start()
+        d.stop()
+        job = platform.queue_job(d.thing, document={"operation": "reboot_now"})
+        d.start()
+        ex = wait_status(platform, d.thing, job, "REJECTED")
+        assert "not supported" in ex["statusDetails"]["reason"]
+        time.sleep(2)
+        assert device_terminals(platform, d.thing, job) == ["REJECTED"]
+        assert job_errors(platform, job) == [], job_errors(platform, job)
+        d.stop()
+
+
+def test_next_job_not_held_by_the_last_ones_update(device, platform):
+    """The previous job's final update was carried out but its answers were lost, and it is
+    being sent again when the next job starts: the next job's first update does not wait
+    behind it (30 s), and goes out within 2 s of lodevd learning the previous one is over."""
+    d = device().start()
+    d.flag("hold-install")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.jobs()["status"] == "installing", 30, what="the install")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    time.sleep(1)  # the progress report of the install is answered
+    # SUCCEEDED is recorded, and its answer and that of the copy sent after the reconnect
+    # are lost.
+    platform.lose_next_answer("jobs-update", 2)
+    d.unflag("hold-install")
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    time.sleep(1)
+    t0 = time.time()
+    platform.drop_client(d.thing)
+    wait_status(platform, d.thing, job2, "SUCCEEDED", timeout=90)
+    started = [h["time"] for h in platform.job_history(d.thing, job2)
+               if h["status"] == "IN_PROGRESS"]
+    assert started[0] - t0 < 5.0, (t0, started, d.daemon.output()[-3000:])
+    assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
+
+
+FAULT_INJECT = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
+
+
+def test_journal_that_cannot_be_saved_ends_the_job(device, platform, workdir):
+    """The disk is full for the job journal (ENOSPC from the LD_PRELOAD shim): a new job is
+    REJECTED once with the reason, from memory, and not retried in a loop; one under way
+    is FAILED. Once the disk has room again, the next job runs."""
+    flag = os.path.join(workdir, "journal-fault")
+    d = device(transfers={"max_rate": 1024 * 1024})
+    d.daemon.start(extra_env={"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_FLAG": flag,
+                              "LODEV_FAULT_PATH": "/job/current.tmp", "LODEV_FAULT_ERRNO": "28"})
+    d.daemon.wait_online()
+    d.thing = d.daemon.status()["thing_name"]
+    open(flag, "w").close()
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "REJECTED")
+    assert "the job journal cannot be saved: No space left on device" in \
+        ex["statusDetails"]["reason"], ex
+    time.sleep(3)
+    assert statuses(platform, d.thing, job) == ["QUEUED", "REJECTED"]
+    assert job_errors(platform, job) == []
+    assert d.daemon.proc.poll() is None
+    assert d.calls() == []
+
+    # Full again half-way through a download: FAILED, reported from memory.
+    os.unlink(flag)
+    fw2, data2 = firmware(platform, 4 * 1024 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_until(lambda: d.journal().get("offset", 0) > 0, 30, what="a durable part")
+    open(flag, "w").close()
+    ex = wait_status(platform, d.thing, job2, "FAILED", timeout=60)
+    assert "No space left on device" in ex["statusDetails"]["reason"], ex
+    assert device_terminals(platform, d.thing, job2) == ["FAILED"]
+    assert d.calls() == []
+
+    os.unlink(flag)
+    fw3, data3 = firmware(platform, 64 * 1024)
+    job3 = platform.queue_job(d.thing, document=document(fw3, data3))
+    wait_status(platform, d.thing, job3, "SUCCEEDED")
+
+
+def test_older_journal_confirmed(device, platform):
+    """The journal of an older lodevd (version 1, what the firmware before this one wrote) in
+    awaiting-reboot: an update that brings a new journal format is still confirmed after its
+    reboot."""
+    d = device().start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    path = os.path.join(d.workdir, "state", "job", "current")
+    with open(path) as f:
+        journal = json.load(f)
+    assert journal["version"] == 2 and journal["phase"] == "awaiting-reboot"
+    journal["version"] = 1
+    del journal["rebootTries"]
+    with open(path, "w") as f:
+        json.dump(journal, f)
+    d.new_boot()
+    d.start()
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    assert len(d.calls("confirm")) == 1
+
+
+def test_newer_journal_kept(device, platform):
+    """A journal written by a newer lodevd (after a fallback to older firmware, say) is not
+    read and not deleted; the job it was about is failed as one without a record."""
+    d = device().start()
+    d.flag("hold-install")
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    wait_until(lambda: d.calls("install"), 30, what="the install")
+    path = os.path.join(d.workdir, "state", "job", "current")
+    d.stop(signal.SIGKILL)
+    d.unflag("hold-install")
+    newer = '{"version": 99, "phase": "something new", "jobId": "%s"}\n' % job2
+    with open(path, "w") as f:
+        f.write(newer)
+    d.start()
+    ex = wait_status(platform, d.thing, job2, "FAILED")
+    assert "unreadable" in ex["statusDetails"]["reason"], ex
+    with open(path + ".newer") as f:
+        assert f.read() == newer
+    assert "written by a newer lodevd" in d.daemon.output()
+
+
+class Server:
+    """A small HTTP server of the test's own on loopback: answer(path) -> (status, headers,
+    body) for each GET; the paths asked for are kept."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.paths.append(self.path)
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.paths = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("answer, words", [
+    ((302, [("Location", "file:///etc/passwd")], b""), "firmware download was refused"),
+    ((404, [], b"no such firmware"), "HTTP 404"),
+])
+def test_permanent_download_errors_fail_at_once(device, platform, answer, words):
+    """What cannot pass is not retried: a redirect to a scheme lodevd refuses, a 404."""
+    server = Server(lambda path: answer)
+    try:
+        d = device().start()
+        job = platform.queue_job(d.thing, document={
+            "operation": "firmware_update", "deploymentId": "dep-x", "firmwareId": "fw-x",
+            "firmwareUrl": server.url + "/fw.bin"})
+        t0 = time.monotonic()
+        ex = wait_status(platform, d.thing, job, "FAILED")
+        assert time.monotonic() - t0 < 10
+        assert words in ex["statusDetails"]["reason"], ex
+        assert server.paths == ["/fw.bin"], server.paths
+        assert d.calls() == []
+    finally:
+        server.stop()
+
+
+def test_download_keeps_the_spools_room(device, platform):
+    """The observation spool may take up to spool.max_bytes: a download that would leave less
+    free than what the spool may still take fails, with a reason that says so, without a
+    byte fetched."""
+    d = device(spool={"max_bytes": 1 << 40}).start()
+    fw, data = firmware(platform, 256 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    reason = ex["statusDetails"]["reason"]
+    assert "not enough space for the firmware" in reason, ex
+    assert "must stay free for the observation spool and the job journal" in reason, ex
+    assert not [x for x in platform.downloads() if x["path"] == "/firmware/" + fw]
+    assert d.calls() == []
+
+
+def test_download_capped_without_a_size(device, platform):
+    """Without a size in the document a download takes at most firmware.max_download_bytes;
+    with one, at most that size (a server that sends more is not what the document says)."""
+    d = device(firmware={"max_download_bytes": 1024 * 1024}).start()
+    fw, data = firmware(platform, 3 * 1024 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw))
+    ex = wait_status(platform, d.thing, job, "FAILED")
+    assert "larger than firmware.max_download_bytes, 1048576 bytes" in \
+        ex["statusDetails"]["reason"], ex
+    doc = document(fw, data)
+    doc["size"] = 1024 * 1024
+    doc["sha256"] = hashlib.sha256(data[:1024 * 1024]).hexdigest()
+    job2 = platform.queue_job(d.thing, document=doc)
+    ex = wait_status(platform, d.thing, job2, "FAILED")
+    assert "does not match the job document" in ex["statusDetails"]["reason"], ex
+    wait_until(lambda: d.downloads_dir() == [], 10, what="the download to be removed")
+    assert d.calls() == []
+
+
+def test_resume_hash_does_not_hold_the_loop(device, platform, workdir):
+    """A download cut near the end of 1 GiB resumes: the bytes already there are hashed again
+    from the loop in short steps, so the watchdog (WATCHDOG_USEC 200 ms, pinged from the loop)
+    never waits long; hashing them in one go held the loop for a second or more."""
+    size = 1024 * 1024 * 1024
+    fw_id = "big-" + uuid.uuid4().hex[:8]
+    path = os.path.join(platform.workdir, "firmware", fw_id)
+    digest = hashlib.sha256()
+    chunk = os.urandom(4 * 1024 * 1024)
+    with open(path, "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+            digest.update(chunk)
+    try:
+        d = device()
+        d.daemon.start(extra_env={"WATCHDOG_USEC": "200000"})
+        d.daemon.wait_online()
+        d.thing = d.daemon.status()["thing_name"]
+        platform.cut_next_download(size - 1024 * 1024)
+        job = platform.queue_job(d.thing, document={
+            "operation": "firmware_update", "deploymentId": "dep", "firmwareId": fw_id,
+            "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id,
+            "sha256": digest.hexdigest(), "size": size})
+        wait_until(lambda: any(x["path"] == "/firmware/" + fw_id and x.get("cut")
+                               for x in platform.downloads()), 120, what="the cut download")
+        t0 = time.monotonic()
+        wait_status(platform, d.thing, job, "SUCCEEDED", timeout=300)
+        dl = [x for x in platform.downloads() if x["path"] == "/firmware/" + fw_id]
+        assert dl[-1]["status"] == 206 and dl[-1]["range"] == \
+            "bytes=%d-" % (size - 1024 * 1024), dl
+        ticks = [t for t in d.daemon.notify.watchdog if t >= t0]
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        assert len(ticks) > 10, ticks
+        assert max(gaps) < 0.5, "the loop stood still for %.3f s" % max(gaps)
+    finally:
+        os.unlink(path)
 
 
 def test_sha256_mismatch_fails(device, platform):
@@ -486,6 +901,43 @@ def test_check_jobs_and_jobs_command(device, platform, bus):
     assert job in r.stdout and "installing" in r.stdout
     d.unflag("hold-install")
     wait_status(platform, d.thing, job, "SUCCEEDED")
+
+
+def check_jobs_error(bus):
+    """CheckJobs() through dbus-send: the error name, or None on success."""
+    import subprocess
+
+    r = subprocess.run(["dbus-send", "--system", "--print-reply", "--reply-timeout=90000",
+                        "--dest=com.lifeomic.Device1", "/com/lifeomic/Device1",
+                        "com.lifeomic.Device1.CheckJobs"],
+                       env=bus.env(), capture_output=True, text=True, timeout=120)
+    if r.returncode == 0:
+        return None
+    return r.stderr.split(":")[0].replace("Error ", "").strip()
+
+
+def test_check_jobs_errors_are_distinct(device, platform, bus):
+    """CheckJobs: no answer from the platform is Timeout, no connection is Offline, each with
+    its own error name (liblodev: ETIMEDOUT, ENETDOWN) rather than one Failed for both."""
+    d = device().start()
+    # The list request of the connect is answered first, so that the one ignored is ours.
+    assert check_jobs_error(bus) is None
+    platform.ignore_next("jobs-get")
+    t0 = time.monotonic()
+    assert check_jobs_error(bus) == "com.lifeomic.Device1.Error.Timeout"
+    assert 25 < time.monotonic() - t0 < 60
+    r = lodevtest.lodevctl(bus, "jobs", "--check")
+    assert r.returncode == 0, r.stderr
+    platform.broker_stop()
+    try:
+        wait_until(lambda: d.daemon.status()["state"] != "online", 30, what="offline")
+        assert check_jobs_error(bus) == "com.lifeomic.Device1.Error.Offline"
+        r = lodevtest.lodevctl(bus, "jobs", "--check")
+        assert r.returncode == 1 and "not online" in r.stderr, (r.returncode, r.stderr)
+    finally:
+        platform.broker_start()
+    d.daemon.wait_online(60)
+    assert check_jobs_error(bus) is None
 
 
 HOSTILE = [

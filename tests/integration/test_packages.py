@@ -192,6 +192,8 @@ def test_packages_hold_what_meson_installs(debs):
     daemon = contents["lodevd"]
     for want in ("usr/sbin/lodevd", "usr/bin/lodevctl", "lib/systemd/system/lodevd.service",
                  "lib/systemd/system/lodevd-reboot.path", "usr/lib/sysusers.d/lodevd.conf",
+                 "lib/systemd/system/lodevd-swupdate.path",
+                 "lib/systemd/system/lodevd-swupdate.service",
                  "usr/share/dbus-1/system.d/com.lifeomic.Device1.conf",
                  "usr/share/dbus-1/system-services/com.lifeomic.Device1.service",
                  "usr/share/dbus-1/interfaces/com.lifeomic.Device1.xml",
@@ -260,11 +262,13 @@ def test_maintainer_scripts(debs, tmp_path):
         with open(os.path.join(ctl, name)) as f:
             scripts[name] = f.read()
     assert re.search(r"^\s*systemd-sysusers .*lodevd\.conf", scripts["postinst"], re.M)
-    for unit in ("lodevd.service", "lodevd-reboot.path"):
+    for unit in ("lodevd.service", "lodevd-reboot.path", "lodevd-swupdate.path"):
         assert "deb-systemd-helper enable '%s'" % unit in scripts["postinst"], unit
-    # The reboot service is never started, restarted or stopped by the package.
+    # The reboot and the SWUpdate services are never started, restarted or stopped by the
+    # package.
     for name, text in scripts.items():
         assert "lodevd-reboot.service" not in text, name
+        assert "lodevd-swupdate.service" not in text, name
 
     # The postrm for real, in a mount namespace of its own with empty /var/lib and /run.
     require_tool("unshare")

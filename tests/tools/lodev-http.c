@@ -35,8 +35,6 @@
 #include "log.h"
 #include "util.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
-
 static sd_event *event;
 static int out_fd = -EBADF;
 static uint64_t cancel_after = UINT64_MAX;
@@ -316,8 +314,8 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "lodev-http: %s: %m\n", argv[optind + 2]);
                         return 1;
                 }
-                r = http_get(client, argv[optind + 1], offset, on_data, on_progress, on_finished,
-                             NULL, NULL);
+                r = http_get(client, argv[optind + 1], offset, 0, on_data, on_progress,
+                             on_finished, NULL, NULL);
         }
         if (r < 0) {
                 print_result(NULL, r);

@@ -326,6 +326,11 @@ class Platform:
         """The next request of `kind` gets no answer at all."""
         return self._call("ignore_next", kind=kind, count=count)
 
+    def lose_next_answer(self, kind, count=1):
+        """The next `count` requests of `kind` (jobs kinds) are carried out, but their
+        answers are lost on the way back."""
+        return self._call("lose_next_answer", kind=kind, count=count)
+
     def set_throttle(self, enabled, rate=100):
         """Drop a client's publishes beyond `rate` per second (on by default, as
         AWS IoT Core)."""

@@ -312,6 +312,10 @@ class Emulator:
         self.faults.ignore_next(kind, count)
         return True
 
+    def rpc_lose_next_answer(self, kind, count=1):
+        self.faults.lose_next_answer(kind, count)
+        return True
+
     def rpc_set_throttle(self, enabled, rate=THROTTLE_RATE):
         self.throttle_rate = int(rate) if enabled else 0
         self.broker.throttle_rate = self.throttle_rate  # kept across broker restarts

@@ -48,6 +48,7 @@ class Faults:
         self._put_cuts = []
         self._rejections = {k: [] for k in REQUEST_KINDS}
         self._ignores = {k: 0 for k in REQUEST_KINDS}
+        self._lost_answers = {k: 0 for k in REQUEST_KINDS}
 
     @staticmethod
     def _check_kind(kind):
@@ -128,6 +129,18 @@ class Faults:
                 return True
             return False
 
+    def lose_next_answer(self, kind, count=1):
+        self._check_kind(kind)
+        with self._lock:
+            self._lost_answers[kind] += count
+
+    def take_lost_answer(self, kind):
+        with self._lock:
+            if self._lost_answers[kind]:
+                self._lost_answers[kind] -= 1
+                return True
+            return False
+
     def pending(self):
         """What is still armed, for `status`."""
         with self._lock:
@@ -138,4 +151,5 @@ class Faults:
                 "cut_next_put": list(self._put_cuts),
                 "reject_next": {k: len(v) for k, v in self._rejections.items() if v},
                 "ignore_next": {k: v for k, v in self._ignores.items() if v},
+                "lose_next_answer": {k: v for k, v in self._lost_answers.items() if v},
             }

@@ -336,12 +336,18 @@ class Service:
             answer = action(body)
         except JobError as e:
             self.emu.record_error(kind, req, e.code, e.message)
+            if self.emu.faults.take_lost_answer(kind):
+                log.info("fault: the answer to %s from %s is lost", kind, req.client_id)
+                return
             self._jobs_reject(base, body, e)
             return
         answer["timestamp"] = int(time.time())
         if isinstance(body.get("clientToken"), str):
             answer["clientToken"] = body["clientToken"]
-        self.publish(base + "/accepted", answer)
+        if self.emu.faults.take_lost_answer(kind):
+            log.info("fault: the answer to %s from %s is lost", kind, req.client_id)
+        else:
+            self.publish(base + "/accepted", answer)
         self.emu.jobs_changed(thing, before)
 
     def _jobs_reject(self, base, body, err):
