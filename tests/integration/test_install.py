@@ -100,6 +100,7 @@ def test_layout(root):
     for hook in ("rauc", "swupdate", "copy"):
         assert_file(root, "usr/libexec/lodevd/hooks/" + hook, executable=True)
     assert_file(root, "usr/libexec/lodevd/request-reboot", executable=True)
+    assert_file(root, "usr/libexec/lodevd/lodevd-transfer", executable=True)
 
 
 def test_library_files(root):
