@@ -1,0 +1,496 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""Transfers benchmark: what lodevd costs at rest and while it moves files, against the
+baselines the project measures itself by, in one run, on one machine.
+
+Rows (medians of --rounds runs each, a ratio beside each baseline):
+  idle USS of lodevd online (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) vs
+    mosquitto_sub's holding one TLS connection to the same broker with the same identity;
+  a firmware download (--fw-mib, default 256 MiB) through a job with sha256 and size, from
+    queuing the job to the installer starting, vs `curl -o` of the same file;
+  CPU per GiB of that download (lodevd and its children, the transfer helper) vs `curl -o`
+    plus `sha256sum`;
+  a file upload (--up-mib, default 1 GiB), the PUT alone (transfer id to TransferFinished)
+    vs `curl -T` to a freshly signed URL of the same emulator;
+  p99 of one-at-a-time SubmitObservation round trips (tests/tools/lodev-submit --window 1)
+    while a --big-mib firmware downloads at full speed vs idle;
+  RSS of lodevd plus its children during that download: idle, peak, growth;
+  the cost of starting the transfer helper: ms per transfer of a 1 KiB file through it vs
+    `curl -o` of the same (only when the build has daemon/lodevd-transfer);
+  idle wakeups per minute (epoll_wait returns, strace -c) with the watchdog on (30 s).
+
+    tests/bench/transfers.py [--rounds 3] [--fw-mib 256] [--up-mib 1024] [--big-mib 1024]
+                             [--idle-seconds 40]
+
+The machine's load average is printed at the start and the end: the machine is shared.
+"""
+
+import argparse
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, os.path.join(HERE, "..", "platform"))
+os.environ.setdefault("LODEV_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
+os.environ.setdefault("LODEV_SOURCE_DIR", os.path.join(HERE, "..", ".."))
+
+import lodevtest  # noqa: E402
+from lodev_platform import Platform  # noqa: E402
+
+MiB = 1024 * 1024
+HELPER = os.path.join(lodevtest.BUILD_DIR, "daemon", "lodevd-transfer")
+SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
+TICK = os.sysconf("SC_CLK_TCK")
+
+HOOK = """#!/bin/sh
+date +%s.%N > "{rec}/started"
+exit 0
+"""
+
+
+def load():
+    return "load average %s" % " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def memory_kib(pid):
+    """(USS, PSS, RSS) from smaps_rollup. USS counts a library page only when no other process
+    maps it: on a shared machine where other programs use libcurl's libraries it reads lower
+    than on a gateway where lodevd alone does; PSS and RSS are printed beside it."""
+    v = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            k, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                v[k] = int(rest.split()[0])
+    return v["Private_Clean"] + v["Private_Dirty"], v["Pss"], v["Rss"]
+
+
+def uss_kib(pid):
+    return memory_kib(pid)[0]
+
+
+def rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def cpu_seconds(pid):
+    """utime + stime of the process and of its children it has waited for."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def row(name, ours, base=None, fmt="%.1f", note=""):
+    """One line: our figure, the baseline and the ratio ours/baseline."""
+    s = "%-60s %9s" % (name, fmt % ours)
+    if base is not None:
+        s += "  vs %9s" % (fmt % base)
+        s += "  ratio %5.2f" % (ours / base) if base else "  ratio   n/a"
+    if note:
+        s += "  (" + note + ")"
+    print(s, flush=True)
+
+
+class Device:
+    """One lodevd of the emulator, provisioned, with a hook that records when it starts."""
+
+    def __init__(self, platform, scratch, watchdog=False, **conf):
+        self.work = tempfile.mkdtemp(prefix="lodev-bench-dev-", dir=scratch)
+        self.rec = os.path.join(self.work, "rec")
+        os.makedirs(self.rec)
+        hook = os.path.join(self.work, "hook")
+        with open(hook, "w") as f:
+            f.write(HOOK.format(rec=self.rec))
+        os.chmod(hook, 0o755)
+        self.bus = lodevtest.Bus()
+        self.config = os.path.join(self.work, "lodevd.conf")
+        lodevtest.write_device_config(self.config, self.work, platform,
+                                      firmware={"installer": hook, "reboot_command": "/bin/true"},
+                                      platform={"keepalive": 1200}, log_level="notice", **conf)
+        self.d = lodevtest.Daemon(self.bus, self.work, self.config, verbose=False)
+        env = {"WATCHDOG_USEC": "30000000"} if watchdog else None
+        self.d.start(extra_env=env)
+        self.d.wait_online()
+        self.thing = self.d.status()["thing_name"]
+        self.pid = self.d.proc.pid
+
+    def stop(self):
+        try:
+            self.d.stop()
+        finally:
+            self.bus.stop()
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def run_job(self, platform, fw_id, size, sha, during=None):
+        """Queues a firmware job; returns (seconds to the installer, CPU seconds, samples of
+        during() taken every 50 ms while the job runs)."""
+        started = os.path.join(self.rec, "started")
+        if os.path.exists(started):
+            os.unlink(started)
+        doc = {"operation": "firmware_update", "deploymentId": "bench", "firmwareId": fw_id,
+               "firmwareUrl": "${lodev:firmware-url:%s}" % fw_id, "size": size, "sha256": sha}
+        cpu0 = cpu_seconds(self.pid)
+        samples = []
+        t0 = time.time()
+        job = platform.queue_job(self.thing, document=doc)
+        deadline = time.monotonic() + 900
+        while not (os.path.exists(started) and os.path.getsize(started)):
+            if during:
+                samples.append(during())
+            if time.monotonic() > deadline:
+                raise SystemExit("the installer never started:\n" + self.d.output()[-3000:])
+            time.sleep(0.05)
+        with open(started) as f:
+            t1 = float(f.read())
+        lodevtest.wait_until(lambda: platform.job_execution(self.thing, job)["status"] == "SUCCEEDED",
+                             120, what="SUCCEEDED")
+        # The helper has been reaped by now: its CPU is in lodevd's children's share.
+        return t1 - t0, cpu_seconds(self.pid) - cpu0, samples
+
+
+def make_firmware(platform, fw_id, size):
+    path = os.path.join(platform.workdir, "firmware", fw_id)
+    digest = hashlib.sha256()
+    chunk = os.urandom(4 * MiB)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            digest.update(chunk[:n])
+            left -= n
+    return path, digest.hexdigest()
+
+
+def mosquitto_sub_uss(platform, ident, thing, seconds=3):
+    p = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(platform.mqtt_port),
+                          "--cafile", platform.ca_file, "--cert", os.path.join(ident, "device.pem"),
+                          "--key", os.path.join(ident, "device.key"), "-i", thing, "-t", thing],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(seconds)
+        if p.poll() is not None:
+            raise SystemExit("mosquitto_sub: %s" % p.stderr.read().decode())
+        return memory_kib(p.pid)
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def idle_memory(platform, scratch, rounds):
+    usses, subs = [], []
+    for _ in range(rounds):
+        dev = Device(platform, scratch)
+        try:
+            time.sleep(2)
+            usses.append(memory_kib(dev.pid))
+            ident = os.path.join(dev.work, "state", "identity")
+            thing = dev.thing
+            dev.d.stop()
+            time.sleep(1.1)  # one CONNECT a second per client id
+            subs.append(mosquitto_sub_uss(platform, ident, thing))
+        finally:
+            dev.stop()
+    for i, name in enumerate(("USS", "PSS", "RSS")):
+        row("idle %s of lodevd online, nothing to send (MiB)" % name, med([u[i] for u in usses]) / 1024,
+            med([s[i] for s in subs]) / 1024, fmt="%.2f", note="vs mosquitto_sub holding one TLS connection")
+
+
+def firmware(platform, scratch, rounds, size):
+    fw_id = "bench-fw"
+    path, sha = make_firmware(platform, fw_id, size)
+    out = os.path.join(scratch, "curl.out")
+    curl_t, curl_cpu, ours_t, ours_cpu = [], [], [], []
+    dev = Device(platform, scratch, transfers={"max_bytes": 64 * MiB})
+    try:
+        for _ in range(rounds):
+            c0 = children_cpu()
+            t0 = time.monotonic()
+            subprocess.run(["curl", "-s", "-f", "-o", out, platform.firmware_url(fw_id)], check=True)
+            curl_t.append(time.monotonic() - t0)
+            subprocess.run(["sha256sum", out], check=True, stdout=subprocess.DEVNULL)
+            curl_cpu.append(children_cpu() - c0)
+            os.unlink(out)
+            took, cpu, _ = dev.run_job(platform, fw_id, size, sha)
+            ours_t.append(took)
+            ours_cpu.append(cpu)
+    finally:
+        dev.stop()
+        os.unlink(path)
+    mib = size / MiB
+    row("firmware download %d MiB, sha256, loopback (MiB/s)" % mib, mib / med(ours_t), mib / med(curl_t),
+        fmt="%.0f", note="job queued to installer start vs curl -o")
+    gib = size / (1024 * MiB)
+    row("CPU per GiB downloaded, lodevd + helper (s)", med(ours_cpu) / gib, med(curl_cpu) / gib,
+        fmt="%.2f", note="vs curl -o + sha256sum")
+
+
+def upload(platform, scratch, rounds, size):
+    dev = Device(platform, scratch, transfers={"max_bytes": 2 * size + 64 * MiB})
+    path = os.path.join(scratch, "payload.bin")
+    chunk = os.urandom(4 * MiB)
+    with open(path, "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+    puts, curls = [], []
+    try:
+        for i in range(rounds):
+            p = subprocess.Popen([lodevtest.LODEVCTL, "upload", path, "--name", "l-%d.bin" % i, "--wait"],
+                                 env=dev.bus.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            p.stdout.readline()  # the id: the copy is durable, the PUT starts
+            t_id = time.monotonic()
+            _, err = p.communicate(timeout=1800)
+            if p.returncode != 0:
+                raise SystemExit("lodevctl upload failed: %s" % err)
+            puts.append(time.monotonic() - t_id)
+            url = platform.upload_link(dev.thing, "c-%d.bin" % i, "application/octet-stream")
+            t0 = time.monotonic()
+            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", path,
+                                "-H", "Content-Type: application/octet-stream", url],
+                               capture_output=True, text=True, timeout=1800)
+            if r.stdout.strip() != "200":
+                raise SystemExit("curl -T failed: %s %s" % (r.stdout, r.stderr))
+            curls.append(time.monotonic() - t0)
+    finally:
+        dev.stop()
+        os.unlink(path)
+    mib = size / MiB
+    row("upload PUT %d MiB, loopback (MiB/s)" % mib, mib / med(puts), mib / med(curls), fmt="%.0f",
+        note="transfer id to TransferFinished vs curl -T")
+
+
+def submit_latencies(bus, stop):
+    """One-at-a-time SubmitObservation round trips (µs) until stop is set."""
+    p = subprocess.Popen([SUBMIT, "--count", "1000000", "--window", "1"], env=bus.env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lat = []
+
+    def reader():
+        for line in p.stdout:
+            f = line.split()
+            if len(f) == 4:
+                lat.append((int(f[3]), int(f[2])))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    stop.wait()
+    p.send_signal(signal.SIGTERM)
+    p.wait(10)
+    t.join(10)
+    return lat
+
+
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else 0
+
+
+def mono_usec():
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6)
+
+
+def busy_download(platform, scratch, rounds, size):
+    fw_id = "bench-big"
+    path, sha = make_firmware(platform, fw_id, size)
+    idle_p99, busy_p99, growth, peaks, idles, counts = [], [], [], [], [], []
+    dev = Device(platform, scratch, transfers={"max_bytes": 64 * MiB})
+    try:
+        for _ in range(rounds):
+            # Idle: 3 s of one-at-a-time calls.
+            stop = threading.Event()
+            threading.Timer(3, stop.set).start()
+            lat = submit_latencies(dev.bus, stop)
+            idle_p99.append(p99([l for _, l in lat[20:]]))
+            time.sleep(1)
+
+            idle_rss = rss_kib(dev.pid) + sum(rss_kib(c) for c in children(dev.pid))
+            stop = threading.Event()
+            box = {}
+            th = threading.Thread(target=lambda: box.setdefault("lat", submit_latencies(dev.bus, stop)))
+            th.start()
+            time.sleep(0.5)
+            t0 = mono_usec()
+            took, _, samples = dev.run_job(
+                platform, fw_id, size, sha,
+                during=lambda: rss_kib(dev.pid) + sum(rss_kib(c) for c in children(dev.pid)))
+            t1 = t0 + int(took * 1e6)
+            stop.set()
+            th.join(30)
+            during = [l for s, l in box.get("lat", []) if t0 <= s <= t1]
+            counts.append(len(during))
+            busy_p99.append(p99(during))
+            peak = max(samples + [idle_rss])
+            idles.append(idle_rss)
+            peaks.append(peak)
+            growth.append(peak - idle_rss)
+    finally:
+        dev.stop()
+        os.unlink(path)
+    row("p99 SubmitObservation round trip, idle (ms)", med(idle_p99) / 1000, fmt="%.2f")
+    row("p99 SubmitObservation during a %d MiB download (ms)" % (size / MiB), med(busy_p99) / 1000,
+        med(idle_p99) / 1000, fmt="%.2f",
+        note="vs idle; %d calls during the download" % med(counts))
+    row("RSS of lodevd + helper, idle before the download (MiB)", med(idles) / 1024, fmt="%.1f")
+    row("RSS of lodevd + helper, peak during it (MiB)", med(peaks) / 1024, fmt="%.1f")
+    row("RSS growth for %d MiB (MiB)" % (size / MiB), med(growth) / 1024, fmt="%.1f")
+
+
+class TinyServer:
+    def __init__(self, directory):
+        self.p = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1",
+                                   "--directory", directory], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        line = self.p.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..."
+        self.port = int(line.split(" port ")[1].split()[0])
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(10)
+
+
+def helper_start(scratch, rounds, n=20):
+    if not os.path.exists(HELPER):
+        row("starting the transfer helper (ms per transfer)", 0, fmt="%.1f", note="n/a: no helper in this build")
+        return
+    d = tempfile.mkdtemp(dir=scratch)
+    with open(os.path.join(d, "tiny"), "wb") as f:
+        f.write(os.urandom(1024))
+    srv = TinyServer(d)
+    url = "http://127.0.0.1:%d/tiny" % srv.port
+    out = os.path.join(d, "out")
+    ours, theirs = [], []
+    try:
+        for _ in range(rounds):
+            t0 = time.monotonic()
+            for _ in range(n):
+                a, b = socket.socketpair()
+                fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+                def place(b=b, fd=fd):
+                    x, y = os.dup(b.fileno()), os.dup(fd)
+                    os.dup2(x, 3)
+                    os.dup2(y, 4)
+
+                p = subprocess.Popen([HELPER], pass_fds=(3, 4), preexec_fn=place, env={})
+                b.close()
+                os.close(fd)
+                a.sendall(("method GET\nurl %s\nallow-http 1\nend\n" % url).encode())
+                a.shutdown(socket.SHUT_WR)
+                data = b""
+                while True:
+                    k = a.recv(4096)
+                    if not k:
+                        break
+                    data += k
+                a.close()
+                p.wait()
+                if b"done 0 1024" not in data:
+                    raise SystemExit("helper: %r" % data)
+            ours.append((time.monotonic() - t0) / n)
+            t0 = time.monotonic()
+            for _ in range(n):
+                subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
+            theirs.append((time.monotonic() - t0) / n)
+    finally:
+        srv.stop()
+    row("starting the transfer helper: a 1 KiB GET through it (ms)", med(ours) * 1000, med(theirs) * 1000,
+        fmt="%.1f", note="vs curl -o of the same")
+
+
+def idle_wakeups(platform, scratch, rounds, seconds):
+    dev = Device(platform, scratch, watchdog=True)
+    per_min = []
+    try:
+        time.sleep(2)
+        for _ in range(rounds):
+            out = os.path.join(scratch, "strace.out")
+            st = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(dev.pid)],
+                                  stderr=subprocess.DEVNULL)
+            time.sleep(seconds)
+            st.terminate()
+            st.wait(10)
+            n = 0
+            with open(out) as f:
+                for line in f:
+                    fields = line.split()
+                    if fields and fields[-1] == "epoll_wait" and fields[3].isdigit():
+                        n = int(fields[3])
+            per_min.append(n * 60.0 / seconds)
+    finally:
+        dev.stop()
+    row("idle wakeups per minute, watchdog 30 s", med(per_min), fmt="%.1f",
+        note="epoll_wait returns over %d s, %d windows" % (seconds, rounds))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fw-mib", type=int, default=256)
+    ap.add_argument("--up-mib", type=int, default=1024)
+    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--idle-seconds", type=int, default=40)
+    ap.add_argument("--only", default="", help="comma-separated: memory,firmware,upload,busy,start,wakeups")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+
+    def want(x):
+        return not only or x in only
+
+    print("build: %s; %s; %d rounds, medians" % (lodevtest.BUILD_DIR, load(), args.rounds), flush=True)
+    scratch = tempfile.mkdtemp(prefix="lodev-bench-xfer-")
+    try:
+        with Platform.start(os.path.join(scratch, "platform")) as p:
+            if want("memory"):
+                idle_memory(p, scratch, args.rounds)
+            if want("firmware"):
+                firmware(p, scratch, args.rounds, args.fw_mib * MiB)
+            if want("upload"):
+                upload(p, scratch, args.rounds, args.up_mib * MiB)
+            if want("busy"):
+                busy_download(p, scratch, args.rounds, args.big_mib * MiB)
+            if want("start"):
+                helper_start(scratch, args.rounds)
+            if want("wakeups"):
+                idle_wakeups(p, scratch, args.rounds, args.idle_seconds)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("end: %s" % load(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
