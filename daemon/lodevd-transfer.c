@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -735,8 +736,11 @@ int main(int argc, char **argv) {
                         argv[0]);
                 return 2;
         }
-        /* Reports to a lodevd that is gone fail with EPIPE, never kill silently. */
+        /* Reports to a lodevd that is gone fail with EPIPE, never kill silently; and when
+         * lodevd goes, so does the transfer. */
         (void) signal(SIGPIPE, SIG_IGN);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+                return 2;
         if (fstat(CONTROL_FD, &st) < 0 || !S_ISSOCK(st.st_mode)) {
                 fprintf(stderr, "lodevd-transfer: fd 3 is not a socket: lodevd starts this "
                                 "program, see lodevd(8).\n");

@@ -17,6 +17,9 @@ SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__f
 LODEVD = os.path.join(BUILD_DIR, "daemon", "lodevd")
 LODEVCTL = os.path.join(BUILD_DIR, "client", "lodevctl")
 POLICY = os.path.join(SOURCE_DIR, "systemd", "com.lifeomic.Device1.conf")
+# lodevd and tests/tools/lodev-http start the transfer helper of this build, not an installed one.
+TRANSFER_HELPER = os.path.join(BUILD_DIR, "daemon", "lodevd-transfer")
+os.environ.setdefault("LODEVD_TRANSFER_PATH", TRANSFER_HELPER)
 INTERFACE_XML = os.path.join(SOURCE_DIR, "daemon", "com.lifeomic.Device1.xml")
 
 # A system bus like Debian's system.conf: everything denied but what a
