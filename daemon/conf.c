@@ -72,6 +72,8 @@ static const KeyDef keys[] = {
         { "firmware", "reboot_command", KEY_STRING, OFF(reboot_command), 0, 0, NOLINE },
         { "firmware", "max_reboot_delay", KEY_UINT, OFF(max_reboot_delay), 0, 7 * 24 * 3600, NOLINE },
         { "firmware", "max_attempts", KEY_UINT, OFF(max_attempts), 1, 100, NOLINE },
+        { "firmware", "max_download_bytes", KEY_UINT64, OFF(max_download_bytes), 65536,
+          UINT64_C(1) << 44, NOLINE },
 };
 
 static const char *const default_parameters[][2] = {
@@ -89,24 +91,12 @@ static const struct {
         { "notice", LOG_NOTICE }, { "info", LOG_INFO },   { "debug", LOG_DEBUG },
 };
 
-const char *provision_method_to_string(ProvisionMethod m) {
-        switch (m) {
-        case PROVISION_METHOD_CREATE:
-                return "create";
-        case PROVISION_METHOD_CSR:
-                return "csr";
-        default:
-                return NULL;
-        }
-}
+static const char *const provision_method_table[_PROVISION_METHOD_MAX] = {
+        [PROVISION_METHOD_CREATE] = "create",
+        [PROVISION_METHOD_CSR] = "csr",
+};
 
-ProvisionMethod provision_method_from_string(const char *s) {
-        if (streq(s, "create"))
-                return PROVISION_METHOD_CREATE;
-        if (streq(s, "csr"))
-                return PROVISION_METHOD_CSR;
-        return _PROVISION_METHOD_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(provision_method, ProvisionMethod);
 
 static void parameters_free(ConfigParameter *p, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -143,6 +133,7 @@ int config_init_defaults(Config *c) {
                 .spool_max_bytes = UINT64_C(64) * 1024 * 1024,
                 .transfers_max_bytes = UINT64_C(256) * 1024 * 1024,
                 .max_attempts = 3,
+                .max_download_bytes = UINT64_C(4) << 30,
                 .install_timeout = 3600,
                 .max_reboot_delay = 3600,
                 .log_level = LOG_INFO,

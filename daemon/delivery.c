@@ -460,14 +460,11 @@ int delivery_new(sd_event *event, const char *state_dir, uint64_t max_bytes,
                 return r;
         }
         log_recovery(d);
-        r = sd_event_add_defer(event, &d->commit_event, on_commit, d);
+        r = event_add_idle(event, &d->commit_event, on_commit, d, "spool-commit");
         if (r < 0) {
                 delivery_free(d);
                 return log_error_errno(r, "Failed to set up the commit source: %m");
         }
-        (void) sd_event_source_set_priority(d->commit_event, SD_EVENT_PRIORITY_IDLE);
-        (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_OFF);
-        (void) sd_event_source_set_description(d->commit_event, "spool-commit");
         if (delivery_queued(d) > 0)
                 log_info("%u observations queued from before.", delivery_queued(d));
         *ret = d;

@@ -31,6 +31,27 @@ int event_arm_timer(sd_event *e, sd_event_source **s, uint64_t delay, uint64_t a
         return sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
 }
 
+int event_add_idle(sd_event *e, sd_event_source **ret, sd_event_handler_t handler, void *userdata,
+                   const char *description) {
+        sd_event_source *s = NULL;
+        int r;
+
+        r = sd_event_add_defer(e, &s, handler, userdata);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_priority(s, SD_EVENT_PRIORITY_IDLE);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        if (r < 0) {
+                sd_event_source_disable_unref(s);
+                return r;
+        }
+        if (description)
+                (void) sd_event_source_set_description(s, description);
+        *ret = s;
+        return 0;
+}
+
 void event_disarm(sd_event_source *s) {
         if (s)
                 (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);

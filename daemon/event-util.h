@@ -18,5 +18,11 @@ int event_arm_timer(sd_event *e, sd_event_source **s, uint64_t delay, uint64_t a
                     bool coalesce, sd_event_time_handler_t handler, void *userdata,
                     const char *description);
 
+/* A defer source at idle priority, created disabled: work done in bounded steps when nothing
+ * else is waiting (copying a file in, hashing one back, a group commit). Enable it with
+ * SD_EVENT_ONESHOT for one step or SD_EVENT_ON until the work is done. */
+int event_add_idle(sd_event *e, sd_event_source **ret, sd_event_handler_t handler, void *userdata,
+                   const char *description);
+
 /* Disarms *s if set. */
 void event_disarm(sd_event_source *s);

@@ -15,7 +15,6 @@
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(CURLU *, curl_url_cleanup);
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 typedef enum HttpMethod {
         HTTP_PUT,
@@ -948,8 +947,8 @@ int http_put_fd(HttpClient *c, const char *url, int fd, uint64_t size, const cha
         return 0;
 }
 
-int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, HttpProgress progress,
-             HttpFinished finished, void *userdata, HttpTransfer **ret) {
+int http_get(HttpClient *c, const char *url, uint64_t offset, uint64_t max_body, HttpData data,
+             HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret) {
         _cleanup_(transfer_freep) HttpTransfer *t = NULL;
         char range[32];
         int r;
@@ -958,7 +957,7 @@ int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, Htt
         assert(url);
         assert(data);
 
-        if (offset > INT64_MAX)
+        if (offset > INT64_MAX || max_body > INT64_MAX)
                 return -EINVAL;
 
         r = transfer_new(c, HTTP_GET, url, &t);
@@ -974,6 +973,8 @@ int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, Htt
         /* Firmware may sit behind a CDN that redirects; PROTOCOLS bind the targets. */
         SETOPT(t->easy, CURLOPT_FOLLOWLOCATION, 1L);
         SETOPT(t->easy, CURLOPT_MAXREDIRS, 5L);
+        if (max_body > 0)
+                SETOPT(t->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) max_body);
         if (offset > 0) {
                 /* CURLOPT_RANGE rather than RESUME_FROM: a server that ignores
                  * the range is no error; the caller gets the body from 0. */

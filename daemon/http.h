@@ -135,9 +135,12 @@ int http_put_fd(HttpClient *c, const char *url, int fd, uint64_t size, const cha
  * data(), whose offset argument says whether the range was honoured (see
  * HttpData); http_transfer_range_honoured() says the same. A 416 (range not
  * satisfiable, e.g. nothing left to fetch) is an ordinary non-2xx answer.
- * Errors returned as for http_put_fd(). */
-int http_get(HttpClient *c, const char *url, uint64_t offset, HttpData data, HttpProgress progress,
-             HttpFinished finished, void *userdata, HttpTransfer **ret);
+ * max_body > 0: an answer announcing a longer body (Content-Length) ends the
+ * transfer at once with -EFBIG (CURLOPT_MAXFILESIZE_LARGE); one that sends more
+ * without announcing it is for data() to stop. Errors returned as for
+ * http_put_fd(). */
+int http_get(HttpClient *c, const char *url, uint64_t offset, uint64_t max_body, HttpData data,
+             HttpProgress progress, HttpFinished finished, void *userdata, HttpTransfer **ret);
 
 /* Stops the transfer at once; none of its callbacks runs afterwards and the
  * pointer is invalid. NULL-safe; allowed from any callback. */

@@ -1,19 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-#include <json-c/json.h>
-#include <openssl/evp.h>
+/* The decisions of the job state machine (the table in job.h), the names of phases and
+ * actions, and the progress throttle. The journal and its reports are in job-journal.c. */
 #include <stdarg.h>
 #include <strings.h>
 
-#include "fileio.h"
 #include "job.h"
-#include "json-util.h"
 #include "topic.h"
 #include "util.h"
-
-#define JOURNAL_VERSION 1
-/* Counters beyond this are not something this code wrote. */
-#define JOURNAL_COUNTER_MAX 100000U
-#define BOOT_ID_MAX 64U
 
 /* --- Names --- */
 
@@ -28,20 +21,7 @@ static const char *const job_phase_table[_JOB_PHASE_MAX] = {
         [JOB_PHASE_DONE] = "done",
 };
 
-const char *job_phase_to_string(JobPhase p) {
-        if (p < 0 || p >= _JOB_PHASE_MAX)
-                return NULL;
-        return job_phase_table[p];
-}
-
-JobPhase job_phase_from_string(const char *s) {
-        if (!s)
-                return _JOB_PHASE_INVALID;
-        for (JobPhase p = 0; p < _JOB_PHASE_MAX; p++)
-                if (streq(job_phase_table[p], s))
-                        return p;
-        return _JOB_PHASE_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(job_phase, JobPhase);
 
 static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_NONE] = "none",         [JOB_ACTION_GET_LIST] = "get-list",
@@ -51,701 +31,10 @@ static const char *const job_action_table[_JOB_ACTION_MAX] = {
         [JOB_ACTION_ABANDON] = "abandon",
 };
 
-const char *job_action_to_string(JobAction a) {
-        if (a < 0 || a >= _JOB_ACTION_MAX)
-                return NULL;
-        return job_action_table[a];
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(job_action, JobAction);
 
 static bool phase_active(JobPhase p) {
         return p >= JOB_PHASE_ACCEPTED && p <= JOB_PHASE_REPORTING;
-}
-
-/* --- Reports --- */
-
-void job_report_done(JobReport *r) {
-        if (!r)
-                return;
-        for (size_t i = 0; i < r->n_details; i++) {
-                free(r->keys[i]);
-                free(r->values[i]);
-        }
-        *r = JOB_REPORT_NULL;
-}
-
-void job_report_reset(JobReport *r, JobStatus status) {
-        job_report_done(r);
-        r->status = status;
-}
-
-static bool detail_key_valid(const char *s) {
-        size_t len;
-
-        if (!s)
-                return false;
-        len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
-        if (len == 0 || len > JOB_STATUS_DETAIL_KEY_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-                      (s[i] >= '0' && s[i] <= '9') || strchr(":_-", s[i])))
-                        return false;
-        return true;
-}
-
-/* Length of the valid UTF-8 sequence at p (at most len bytes), 0 when invalid. */
-static size_t utf8_sequence_len(const unsigned char *p, size_t len) {
-        size_t n;
-
-        if (p[0] < 0x80)
-                return 1;
-        if ((p[0] & 0xe0) == 0xc0)
-                n = 2;
-        else if ((p[0] & 0xf0) == 0xe0)
-                n = 3;
-        else if ((p[0] & 0xf8) == 0xf0)
-                n = 4;
-        else
-                return 0;
-        if (n > len || !utf8_is_valid((const char *) p, n))
-                return 0;
-        return n;
-}
-
-int job_detail_sanitize(const char *s, char **ret) {
-        const size_t max = JOB_STATUS_DETAIL_VALUE_MAX;
-        _cleanup_free_ char *out = NULL;
-        size_t len, n = 0, start = 0;
-        bool cut;
-
-        if (!ret)
-                return -EINVAL;
-        if (!s) {
-                *ret = NULL;
-                return 0;
-        }
-        /* Bounded: a hostile hook may print megabytes without a newline. */
-        len = strnlen(s, 4 * max);
-        cut = s[len] != '\0';
-        out = malloc(len + 4);
-        if (!out)
-                return -ENOMEM;
-
-        for (size_t i = 0; i < len;) {
-                const unsigned char *p = (const unsigned char *) s + i;
-                size_t k = utf8_sequence_len(p, len - i);
-
-                if (k == 0) {
-                        out[n++] = '?';
-                        i++;
-                } else if ((k == 1 && (p[0] < 0x20 || p[0] == 0x7f)) ||
-                           (k == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
-                        /* C0, DEL and C1 controls: AWS refuses them, and they forge log lines. */
-                        out[n++] = ' ';
-                        i += k;
-                } else {
-                        memcpy(out + n, p, k);
-                        n += k;
-                        i += k;
-                }
-        }
-
-        while (start < n && out[start] == ' ')
-                start++;
-        while (n > start && out[n - 1] == ' ')
-                n--;
-        memmove(out, out + start, n - start);
-        n -= start;
-
-        if (n > max)
-                cut = true;
-        if (cut && n > max - 3)
-                n = max - 3;
-        if (cut) {
-                /* Back off to the start of a character, so the cut splits none. */
-                while (n > 0 && ((unsigned char) out[n] & 0xc0) == 0x80)
-                        n--;
-                while (n > 0 && out[n - 1] == ' ')
-                        n--;
-                memcpy(out + n, "...", 3);
-                n += 3;
-        }
-        if (n == 0) {
-                *ret = NULL;
-                return 0;
-        }
-        out[n] = '\0';
-        *ret = TAKE_PTR(out);
-        return 0;
-}
-
-int job_report_set(JobReport *r, const char *key, const char *value) {
-        _cleanup_free_ char *clean = NULL, *k = NULL;
-        int rr;
-
-        if (!r || !detail_key_valid(key))
-                return -EINVAL;
-        rr = job_detail_sanitize(value, &clean);
-        if (rr < 0)
-                return rr;
-
-        for (size_t i = 0; i < r->n_details; i++)
-                if (streq(r->keys[i], key)) {
-                        if (!clean) {
-                                /* Nothing left to say: drop the key rather than send "". */
-                                free(r->keys[i]);
-                                free(r->values[i]);
-                                r->n_details--;
-                                r->keys[i] = r->keys[r->n_details];
-                                r->values[i] = r->values[r->n_details];
-                                r->keys[r->n_details] = r->values[r->n_details] = NULL;
-                                return 0;
-                        }
-                        free(r->values[i]);
-                        r->values[i] = TAKE_PTR(clean);
-                        return 0;
-                }
-        if (!clean)
-                return 0;
-        if (r->n_details >= JOB_STATUS_DETAILS_MAX)
-                return -E2BIG;
-        k = strdup(key);
-        if (!k)
-                return -ENOMEM;
-        r->keys[r->n_details] = TAKE_PTR(k);
-        r->values[r->n_details] = TAKE_PTR(clean);
-        r->n_details++;
-        return 0;
-}
-
-int job_report_set_progress(JobReport *r, unsigned percent) {
-        char buf[16];
-
-        snprintf(buf, sizeof(buf), "%u", MIN(percent, 100U));
-        return job_report_set(r, JOB_DETAIL_PROGRESS, buf);
-}
-
-int job_report_copy(const JobReport *r, JobReport *ret) {
-        JobReport c = { .status = r->status };
-
-        for (size_t i = 0; i < r->n_details; i++) {
-                c.keys[i] = strdup(r->keys[i]);
-                c.values[i] = strdup(r->values[i]);
-                c.n_details = i + 1;
-                if (!c.keys[i] || !c.values[i]) {
-                        job_report_done(&c);
-                        return -ENOMEM;
-                }
-        }
-        *ret = c;
-        return 0;
-}
-
-const char *job_report_get(const JobReport *r, const char *key) {
-        for (size_t i = 0; r && key && i < r->n_details; i++)
-                if (streq(r->keys[i], key))
-                        return r->values[i];
-        return NULL;
-}
-
-int job_report_encode(const JobReport *r, char **ret) {
-        if (!r)
-                return -EINVAL;
-        return message_encode_job_update(r->status, (const char *const *) r->keys,
-                                         (const char *const *) r->values, r->n_details, -1, ret);
-}
-
-/* --- Job documents --- */
-
-void job_document_extra_done(JobDocumentExtra *x) {
-        if (!x)
-                return;
-        free(x->sha256);
-        *x = JOB_DOCUMENT_EXTRA_NULL;
-}
-
-int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *ret) {
-        _cleanup_json_ json_object *root = NULL;
-        JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
-        json_object *exec, *doc, *v;
-        int r;
-
-        if (!ret)
-                return -EINVAL;
-        r = json_object_parse(data, size, MESSAGE_SIZE_MAX, &root);
-        if (r < 0)
-                return r;
-
-        if (json_object_object_get_ex(root, "execution", &exec) &&
-            json_object_is_type(exec, json_type_object) &&
-            json_object_object_get_ex(exec, "jobDocument", &doc) &&
-            json_object_is_type(doc, json_type_object)) {
-                if (json_object_object_get_ex(doc, "sha256", &v) && v) {
-                        if (json_object_is_type(v, json_type_string)) {
-                                x.sha256 = strdup(json_object_get_string(v));
-                                if (!x.sha256)
-                                        return -ENOMEM;
-                        } else
-                                x.sha256_invalid = true;
-                }
-                if (json_object_object_get_ex(doc, "size", &v) && v) {
-                        if (json_object_is_type(v, json_type_int) &&
-                            json_object_get_int64(v) >= 0)
-                                x.size = json_object_get_int64(v);
-                        else
-                                x.size_invalid = true;
-                }
-        }
-        *ret = x;
-        return 0;
-}
-
-/* firmwareId and deploymentId go into the installer's environment and the logs. */
-static bool id_field_valid(const char *s) {
-        size_t len;
-
-        if (isempty(s))
-                return false;
-        len = strnlen(s, JOB_ID_FIELD_MAX + 1);
-        if (len > JOB_ID_FIELD_MAX || !utf8_is_valid(s, len))
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
-                        return false;
-        return true;
-}
-
-static bool sha256_hex_valid(const char *s) {
-        if (!s || strnlen(s, 65) != 64)
-                return false;
-        for (size_t i = 0; i < 64; i++)
-                if (!strchr("0123456789abcdefABCDEF", s[i]))
-                        return false;
-        return true;
-}
-
-/* NULL when url is acceptable, else the reason. */
-static const char *url_problem(const char *url, bool allow_http) {
-        size_t len, skip;
-        const char *host;
-
-        if (isempty(url))
-                return "firmwareUrl is missing or not a string";
-        len = strnlen(url, JOB_URL_MAX + 1);
-        if (len > JOB_URL_MAX)
-                return "firmwareUrl is too long";
-        /* A URL is printable ASCII; anything else is a forged or broken document. */
-        for (size_t i = 0; i < len; i++)
-                if ((unsigned char) url[i] <= 0x20 || (unsigned char) url[i] >= 0x7f)
-                        return "firmwareUrl contains white space, control or non-ASCII "
-                               "characters";
-        if (strncasecmp(url, "https://", 8) == 0)
-                skip = 8;
-        else if (strncasecmp(url, "http://", 7) == 0) {
-                if (!allow_http)
-                        return "firmwareUrl uses http://; lodevd downloads firmware over "
-                               "https:// only";
-                skip = 7;
-        } else
-                return "firmwareUrl is not an https:// URL";
-        host = url + skip;
-        if (*host == '\0' || strchr("/?#@:", *host))
-                return "firmwareUrl has no host";
-        return NULL;
-}
-
-int job_document_check(const char *job_id, const JobDocument *doc, const JobDocumentExtra *x,
-                       bool allow_http, char **ret_reason) {
-        _cleanup_free_ char *reason = NULL;
-        const char *problem = NULL;
-
-        if (!ret_reason)
-                return -EINVAL;
-        if (!topic_job_id_valid(job_id))
-                return -EINVAL;
-        if (!doc || isempty(doc->operation))
-                problem = "the job document has no operation";
-        else if (!streq(doc->operation, "firmware_update")) {
-                /* Name the operation, cut short: the document is the platform's, not ours. */
-                reason = strdup_printf("operation \"%.64s\" is not supported; lodevd runs "
-                                       "firmware_update jobs only",
-                                       doc->operation);
-                if (!reason)
-                        return -ENOMEM;
-        } else if (!doc->firmware_id)
-                problem = "firmwareId is missing or not a string";
-        else if (!id_field_valid(doc->firmware_id))
-                problem = "firmwareId is empty, too long or contains control characters";
-        else if (!doc->deployment_id)
-                problem = "deploymentId is missing or not a string";
-        else if (!id_field_valid(doc->deployment_id))
-                problem = "deploymentId is empty, too long or contains control characters";
-        else if ((problem = url_problem(doc->firmware_url, allow_http)))
-                ;
-        else if (x && x->sha256_invalid)
-                problem = "sha256 is not a string";
-        else if (x && x->sha256 && !sha256_hex_valid(x->sha256))
-                problem = "sha256 is not 64 hexadecimal digits";
-        else if (x && x->size_invalid)
-                problem = "size is not a non-negative integer";
-
-        if (!problem && !reason) {
-                *ret_reason = NULL;
-                return 0;
-        }
-        if (!reason) {
-                reason = strdup(problem);
-                if (!reason)
-                        return -ENOMEM;
-        }
-        *ret_reason = TAKE_PTR(reason);
-        return -EBADMSG;
-}
-
-int job_download_file_name(const char *job_id, char **ret) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[33];
-
-        if (!ret || !topic_job_id_valid(job_id))
-                return -EINVAL;
-        if (EVP_Digest(job_id, strlen(job_id), md, &md_len, EVP_sha256(), NULL) != 1 ||
-            md_len < 16)
-                return -EIO;
-        for (size_t i = 0; i < 16; i++)
-                snprintf(hex + 2 * i, 3, "%02x", md[i]);
-        *ret = strdup_printf("firmware-%s", hex);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* --- Journal --- */
-
-void job_journal_done(JobJournal *j) {
-        if (!j)
-                return;
-        free(j->job_id);
-        free(j->firmware_id);
-        free(j->deployment_id);
-        free(j->sha256);
-        free(j->file);
-        free(j->boot_id);
-        job_report_done(&j->report);
-        *j = JOB_JOURNAL_NULL;
-}
-
-static bool boot_id_valid(const char *s) {
-        size_t len = strnlen(s, BOOT_ID_MAX + 1);
-
-        if (len == 0 || len > BOOT_ID_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-                      (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-                        return false;
-        return true;
-}
-
-static bool lower_hex(const char *s) {
-        for (; *s; s++)
-                if (!strchr("0123456789abcdef", *s))
-                        return false;
-        return true;
-}
-
-static bool status_final(JobStatus s) {
-        return s == JOB_STATUS_SUCCEEDED || s == JOB_STATUS_FAILED || s == JOB_STATUS_REJECTED;
-}
-
-/* 0 when j is a journal that may be saved and would load back; -EINVAL otherwise. */
-static int journal_check(const JobJournal *j) {
-        _cleanup_free_ char *file = NULL, *payload = NULL;
-        bool needs_firmware;
-        int r;
-
-        if (j->phase <= JOB_PHASE_NONE || j->phase >= _JOB_PHASE_MAX)
-                return -EINVAL;
-        r = job_download_file_name(j->job_id, &file);
-        if (r < 0)
-                return r;
-        /* The file name is derived, never taken from the journal: a tampered journal must not
-         * point the installer at another file. */
-        if (!streq_ptr(j->file, file))
-                return -EINVAL;
-        needs_firmware = j->phase >= JOB_PHASE_ACCEPTED && j->phase <= JOB_PHASE_CONFIRMING;
-        if ((j->firmware_id && !id_field_valid(j->firmware_id)) ||
-            (j->deployment_id && !id_field_valid(j->deployment_id)) ||
-            (needs_firmware && (!j->firmware_id || !j->deployment_id)))
-                return -EINVAL;
-        if (j->sha256 && !(sha256_hex_valid(j->sha256) && lower_hex(j->sha256)))
-                return -EINVAL;
-        if (j->execution_number < -1 || j->version_number < -1 || j->size < -1 ||
-            j->offset > INT64_MAX || j->failed_offset > INT64_MAX ||
-            (j->size >= 0 && (j->offset > (uint64_t) j->size ||
-                              j->failed_offset > (uint64_t) j->size)) ||
-            j->download_tries > JOURNAL_COUNTER_MAX || j->attempts > JOURNAL_COUNTER_MAX ||
-            j->accepted_usec > INT64_MAX || j->updated_usec > INT64_MAX)
-                return -EINVAL;
-        if (j->boot_id && !boot_id_valid(j->boot_id))
-                return -EINVAL;
-
-        if (j->report.status == _JOB_STATUS_INVALID) {
-                if (j->phase == JOB_PHASE_REPORTING || j->report.n_details > 0)
-                        return -EINVAL;
-        } else {
-                if (!status_final(j->report.status) ||
-                    !(j->phase == JOB_PHASE_REPORTING || j->phase == JOB_PHASE_DONE))
-                        return -EINVAL;
-                /* The encoder knows the platform's rules for statusDetails. */
-                r = job_report_encode(&j->report, &payload);
-                if (r < 0)
-                        return r == -ENOMEM ? r : -EINVAL;
-        }
-        return 0;
-}
-
-/* A string member, left out when s is NULL. */
-static int json_add_optional_string(json_object *obj, const char *key, const char *s) {
-        return s ? json_add_string(obj, key, s) : 0;
-}
-
-static int json_add_int(json_object *obj, const char *key, int64_t i) {
-        return json_add(obj, key, json_object_new_int64(i));
-}
-
-static int journal_to_json(const JobJournal *j, char **ret) {
-        _cleanup_json_ json_object *root = NULL;
-        const char *s;
-        int r;
-
-        root = json_object_new_object();
-        if (!root)
-                return -ENOMEM;
-        if ((r = json_add_int(root, "version", JOURNAL_VERSION)) < 0 ||
-            (r = json_add_optional_string(root, "jobId", j->job_id)) < 0 ||
-            (r = json_add_optional_string(root, "phase", job_phase_to_string(j->phase))) < 0 ||
-            (r = json_add_optional_string(root, "firmwareId", j->firmware_id)) < 0 ||
-            (r = json_add_optional_string(root, "deploymentId", j->deployment_id)) < 0 ||
-            (r = json_add_optional_string(root, "sha256", j->sha256)) < 0 ||
-            (r = json_add_optional_string(root, "file", j->file)) < 0 ||
-            (r = json_add_int(root, "offset", (int64_t) j->offset)) < 0 ||
-            (r = json_add_int(root, "failedOffset", (int64_t) j->failed_offset)) < 0 ||
-            (r = json_add_int(root, "downloadTries", j->download_tries)) < 0 ||
-            (r = json_add_int(root, "attempts", j->attempts)) < 0 ||
-            (r = json_add_optional_string(root, "bootId", j->boot_id)) < 0 ||
-            (r = json_add_int(root, "acceptedAt", (int64_t) j->accepted_usec)) < 0 ||
-            (r = json_add_int(root, "updatedAt", (int64_t) j->updated_usec)) < 0)
-                return r;
-        if (j->execution_number >= 0 &&
-            (r = json_add_int(root, "executionNumber", j->execution_number)) < 0)
-                return r;
-        if (j->version_number >= 0 &&
-            (r = json_add_int(root, "versionNumber", j->version_number)) < 0)
-                return r;
-        if (j->size >= 0 && (r = json_add_int(root, "size", j->size)) < 0)
-                return r;
-        if (j->report.status != _JOB_STATUS_INVALID) {
-                json_object *details;
-
-                r = json_add_optional_string(root, "status", job_status_to_string(j->report.status));
-                if (r < 0)
-                        return r;
-                r = json_add(root, "statusDetails", details = json_object_new_object());
-                if (r < 0)
-                        return r;
-                for (size_t i = 0; i < j->report.n_details; i++) {
-                        r = json_add_optional_string(details, j->report.keys[i], j->report.values[i]);
-                        if (r < 0)
-                                return r;
-                }
-        }
-
-        s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
-                                                         JSON_C_TO_STRING_NOSLASHESCAPE);
-        if (!s)
-                return -ENOMEM;
-        *ret = strdup_printf("%s\n", s);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* String member: NULL when absent or null, -EBADMSG for another type. */
-static int journal_get_string(json_object *root, const char *key, char **ret) {
-        json_object *v;
-        const char *s;
-        int len;
-
-        if (!json_object_object_get_ex(root, key, &v) || !v) {
-                *ret = NULL;
-                return 0;
-        }
-        if (!json_object_is_type(v, json_type_string))
-                return -EBADMSG;
-        s = json_object_get_string(v);
-        len = json_object_get_string_len(v);
-        if (!s || len < 0 || !utf8_is_valid(s, (size_t) len))
-                return -EBADMSG;
-        *ret = strndup(s, (size_t) len);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* Non-negative integer member: def when absent, -EBADMSG for another type or a negative one. */
-static int journal_get_int(json_object *root, const char *key, int64_t def, int64_t *ret) {
-        json_object *v;
-
-        if (!json_object_object_get_ex(root, key, &v) || !v) {
-                *ret = def;
-                return 0;
-        }
-        if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0 ||
-            json_object_get_int64(v) == INT64_MAX) /* json-c clamps what does not fit */
-                return -EBADMSG;
-        *ret = json_object_get_int64(v);
-        return 0;
-}
-
-static int journal_from_json(json_object *root, JobJournal *ret) {
-        _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
-        _cleanup_free_ char *phase = NULL, *status = NULL;
-        int64_t version, offset, failed_offset, tries, attempts, accepted, updated;
-        json_object *details;
-        int r;
-
-        if ((r = journal_get_int(root, "version", -1, &version)) < 0 ||
-            (r = journal_get_string(root, "phase", &phase)) < 0 ||
-            (r = journal_get_string(root, "jobId", &j.job_id)) < 0 ||
-            (r = journal_get_string(root, "firmwareId", &j.firmware_id)) < 0 ||
-            (r = journal_get_string(root, "deploymentId", &j.deployment_id)) < 0 ||
-            (r = journal_get_string(root, "sha256", &j.sha256)) < 0 ||
-            (r = journal_get_string(root, "file", &j.file)) < 0 ||
-            (r = journal_get_string(root, "bootId", &j.boot_id)) < 0 ||
-            (r = journal_get_string(root, "status", &status)) < 0 ||
-            (r = journal_get_int(root, "executionNumber", -1, &j.execution_number)) < 0 ||
-            (r = journal_get_int(root, "versionNumber", -1, &j.version_number)) < 0 ||
-            (r = journal_get_int(root, "size", -1, &j.size)) < 0 ||
-            (r = journal_get_int(root, "offset", -1, &offset)) < 0 ||
-            (r = journal_get_int(root, "failedOffset", 0, &failed_offset)) < 0 ||
-            (r = journal_get_int(root, "downloadTries", 0, &tries)) < 0 ||
-            (r = journal_get_int(root, "attempts", -1, &attempts)) < 0 ||
-            (r = journal_get_int(root, "acceptedAt", 0, &accepted)) < 0 ||
-            (r = journal_get_int(root, "updatedAt", 0, &updated)) < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        if (version != JOURNAL_VERSION || offset < 0 || attempts < 0 ||
-            tries > JOURNAL_COUNTER_MAX || attempts > JOURNAL_COUNTER_MAX)
-                return -EBADMSG;
-        j.phase = job_phase_from_string(phase);
-        j.offset = (uint64_t) offset;
-        j.failed_offset = (uint64_t) failed_offset;
-        j.download_tries = (unsigned) tries;
-        j.attempts = (unsigned) attempts;
-        j.accepted_usec = (uint64_t) accepted;
-        j.updated_usec = (uint64_t) updated;
-
-        if (status) {
-                j.report.status = job_status_from_string(status);
-                if (j.report.status < 0)
-                        return -EBADMSG;
-        }
-        if (json_object_object_get_ex(root, "statusDetails", &details) && details) {
-                if (!status || !json_object_is_type(details, json_type_object) ||
-                    json_object_object_length(details) > (int) JOB_STATUS_DETAILS_MAX)
-                        return -EBADMSG;
-                json_object_object_foreach(details, key, value) {
-                        if (!json_object_is_type(value, json_type_string))
-                                return -EBADMSG;
-                        if (j.report.n_details >= JOB_STATUS_DETAILS_MAX)
-                                return -EBADMSG;
-                        j.report.keys[j.report.n_details] = strdup(key);
-                        j.report.values[j.report.n_details] =
-                                strdup(json_object_get_string(value));
-                        j.report.n_details++;
-                        if (!j.report.keys[j.report.n_details - 1] ||
-                            !j.report.values[j.report.n_details - 1])
-                                return -ENOMEM;
-                }
-        }
-
-        r = journal_check(&j);
-        if (r < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        *ret = j;
-        j = JOB_JOURNAL_NULL;
-        return 0;
-}
-
-static char *journal_path(const char *dir) {
-        return strdup_printf("%s/" JOB_JOURNAL_FILE, dir);
-}
-
-int job_journal_load(const char *dir, JobJournal *ret) {
-        _cleanup_free_ char *path = NULL, *data = NULL;
-        _cleanup_json_ json_object *root = NULL;
-        size_t len;
-        int r;
-
-        if (!dir || !ret)
-                return -EINVAL;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        r = read_file(path, JOB_JOURNAL_SIZE_MAX, &data, &len);
-        if (r < 0)
-                return r;
-        r = json_object_parse(data, len, JOB_JOURNAL_SIZE_MAX, &root);
-        if (r < 0)
-                return r == -ENOMEM ? r : -EBADMSG;
-        return journal_from_json(root, ret);
-}
-
-int job_journal_save(const char *dir, const JobJournal *j) {
-        _cleanup_free_ char *path = NULL, *text = NULL;
-        int r;
-
-        if (!dir || !j)
-                return -EINVAL;
-        r = journal_check(j);
-        if (r < 0)
-                return r;
-        r = journal_to_json(j, &text);
-        if (r < 0)
-                return r;
-        r = mkdir_private(dir);
-        if (r < 0)
-                return r;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        return write_file_atomic(path, text, strlen(text), 0600);
-}
-
-int job_journal_remove(const char *dir) {
-        _cleanup_free_ char *path = NULL;
-
-        if (!dir)
-                return -EINVAL;
-        path = journal_path(dir);
-        if (!path)
-                return -ENOMEM;
-        if (unlink(path) < 0)
-                return errno == ENOENT ? 0 : -errno;
-        return fsync_directory_of(dir);
-}
-
-int job_journal_save_offset(const char *dir, JobJournal *j, uint64_t offset, uint64_t now_usec) {
-        uint64_t old_offset, old_usec;
-        int r;
-
-        if (!dir || !j || j->phase != JOB_PHASE_DOWNLOADING ||
-            (j->size >= 0 && offset > (uint64_t) j->size) || offset > INT64_MAX)
-                return -EINVAL;
-        old_offset = j->offset;
-        old_usec = j->updated_usec;
-        j->offset = offset;
-        j->updated_usec = now_usec;
-        r = job_journal_save(dir, j);
-        if (r < 0) {
-                j->offset = old_offset;
-                j->updated_usec = old_usec;
-        }
-        return r;
 }
 
 /* --- Decisions --- */
@@ -764,6 +53,11 @@ static void decision_init(JobDecision *d) {
 bool job_error_code_retryable(const char *code) {
         return code && (streq(code, "RequestThrottled") || streq(code, "InternalError") ||
                         streq(code, "ResourceNotFound"));
+}
+
+static bool error_code_moved_on(const char *code) {
+        return code && (streq(code, "InvalidStateTransition") ||
+                        streq(code, "TerminalStateReached") || streq(code, "VersionMismatch"));
 }
 
 static bool same_execution(const JobJournal *j, const char *job_id, int64_t execution_number) {
@@ -785,9 +79,39 @@ static JobStatus journal_listed(const JobJournal *j, const JobList *list) {
         return _JOB_STATUS_INVALID;
 }
 
+/* The journal changed within its phase: save it before acting. */
 static void touch(JobJournal *j, const JobContext *c, JobDecision *d) {
         j->updated_usec = c->now_usec;
         d->save = true;
+}
+
+/* The one way a job changes phase (grep enter_phase for every transition): sets the phase,
+ * resets what the new phase must not inherit from the old one, and marks the journal for
+ * saving. What the new phase starts with (a report, a boot id) the caller sets afterwards. */
+static void enter_phase(JobJournal *j, JobPhase phase, const JobContext *c, JobDecision *d) {
+        switch (phase) {
+        case JOB_PHASE_ACCEPTED:
+                job_report_reset(&j->report, _JOB_STATUS_INVALID);
+                j->boot_id = mfree(j->boot_id);
+                j->attempts = 0;
+                _fallthrough_;
+        case JOB_PHASE_DOWNLOADING:
+                j->offset = j->failed_offset = 0;
+                j->download_tries = 0;
+                break;
+        case JOB_PHASE_INSTALLING:
+        case JOB_PHASE_AWAITING_REBOOT:
+                /* Restarts are counted from the step that can cause them. */
+                j->attempts = 0;
+                break;
+        default:
+                break;
+        }
+        /* A fresh URL is wanted when a download starts, at no other change of phase. */
+        j->want_url = phase == JOB_PHASE_DOWNLOADING;
+        j->report_tries = 0;
+        j->phase = phase;
+        touch(j, c, d);
 }
 
 /* A fresh journal for job_id; the caller fills in the rest and swaps it in. */
@@ -836,13 +160,10 @@ static int decide_final(JobJournal *j, JobStatus status, const char *reason,
         if (k < 0)
                 return k;
 
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
         job_report_done(&j->report);
         j->report = r;
         r = JOB_REPORT_NULL;
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        j->want_url = false;
-        touch(j, c, d);
         d->action = JOB_ACTION_REPORT;
         d->remove_download = true;
         d->job_id = j->job_id;
@@ -903,16 +224,13 @@ static int decide_moved_on(JobJournal *j, const JobContext *c, JobDecision *d) {
         case JOB_PHASE_ACCEPTED:
         case JOB_PHASE_DOWNLOADING:
                 job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                j->phase = JOB_PHASE_DONE;
-                j->want_url = false;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_ABANDON;
                 d->remove_download = true;
                 d->job_id = j->job_id;
                 return 0;
         case JOB_PHASE_REPORTING:
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, d);
+                enter_phase(j, JOB_PHASE_DONE, c, d);
                 d->action = JOB_ACTION_GET_LIST;
                 return 0;
         default:
@@ -997,9 +315,7 @@ static int decide_revive(JobJournal *j, const JobContext *c, JobDecision *d) {
                                     "lodevd had already stopped this job and will not run it "
                                     "again",
                                     NULL, c, d);
-        j->phase = JOB_PHASE_REPORTING;
-        j->report_tries = 0;
-        touch(j, c, d);
+        enter_phase(j, JOB_PHASE_REPORTING, c, d);
         return decide_resend(j, d);
 }
 
@@ -1100,8 +416,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                                          NULL, c, &d);
                 else {
                         job_report_reset(&j->report, _JOB_STATUS_INVALID);
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DONE, c, &d);
                         d.action = JOB_ACTION_ABANDON;
                         d.remove_download = true;
                         d.job_id = j->job_id;
@@ -1117,7 +432,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                         /* Only lodevd restarted: the reboot never happened. */
                         d.action = JOB_ACTION_REBOOT;
                 else {
-                        j->phase = JOB_PHASE_CONFIRMING;
+                        enter_phase(j, JOB_PHASE_CONFIRMING, c, &d);
                         d.action = JOB_ACTION_CONFIRM;
                 }
                 break;
@@ -1138,8 +453,7 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
                 }
                 /* Acknowledged with the answer lost, or dropped by the platform: either way
                  * nothing more to say. Then look for the next job. */
-                j->phase = JOB_PHASE_DONE;
-                touch(j, c, &d);
+                enter_phase(j, JOB_PHASE_DONE, c, &d);
                 r = reconcile_idle(j, list, c, &d);
                 break;
 
@@ -1160,8 +474,8 @@ int job_reconcile(JobJournal *j, const JobList *list, JobReconcileMode mode, con
 }
 
 /* An execution while idle: start it, reject it, or fail it as an orphan. */
-static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                                 const JobContext *c, JobDecision *d) {
+static int handle_execution_idle(JobJournal *j, const JobExecution *e, const JobContext *c,
+                                 JobDecision *d) {
         _cleanup_(job_journal_done) JobJournal n = JOB_JOURNAL_NULL;
         _cleanup_free_ char *reason = NULL;
         int r;
@@ -1173,7 +487,7 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
         if (e->status == JOB_STATUS_IN_PROGRESS)
                 return decide_orphan(j, e->job_id, e->execution_number, e->version_number, c, d);
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
         r = journal_new(e->job_id, e->execution_number, e->version_number, c, &n);
@@ -1189,28 +503,27 @@ static int handle_execution_idle(JobJournal *j, const JobExecution *e, const Job
                 n.deployment_id = strdup(e->document.deployment_id);
                 if (!n.firmware_id || !n.deployment_id)
                         return -ENOMEM;
-                if (x && x->sha256) {
-                        n.sha256 = strdup(x->sha256);
+                if (e->document.sha256) {
+                        n.sha256 = strdup(e->document.sha256);
                         if (!n.sha256)
                                 return -ENOMEM;
                         for (char *p = n.sha256; *p; p++)
                                 if (*p >= 'A' && *p <= 'F')
                                         *p = (char) (*p - 'A' + 'a');
                 }
-                n.size = x ? x->size : -1;
-                n.phase = JOB_PHASE_ACCEPTED;
+                n.size = e->document.size;
+                enter_phase(&n, JOB_PHASE_ACCEPTED, c, d);
                 r = decide_start(&n, d);
                 if (r < 0)
                         return r;
-                d->save = true;
         }
         journal_replace(j, &n);
         d->job_id = j->job_id;
         return 0;
 }
 
-static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocumentExtra *x,
-                            const JobContext *c, JobDecision *d) {
+static int handle_execution(JobJournal *j, const JobExecution *e, const JobContext *c,
+                            JobDecision *d) {
         bool has = e && e->job_id;
         _cleanup_free_ char *reason = NULL;
         int r;
@@ -1218,7 +531,7 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         if (has && !topic_job_id_valid(e->job_id))
                 return -EINVAL;
         if (!phase_active(j->phase))
-                return has ? handle_execution_idle(j, e, x, c, d) : 0;
+                return has ? handle_execution_idle(j, e, c, d) : 0;
 
         if (!has)
                 /* Nothing pending on the platform while we run a job: it was canceled. */
@@ -1236,16 +549,16 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
         if (j->phase != JOB_PHASE_DOWNLOADING || !j->want_url)
                 return 0; /* a repeat of what we know */
 
-        r = job_document_check(e->job_id, &e->document, x, c->allow_http, &reason);
+        r = job_document_check(e->job_id, &e->document, c->allow_http, &reason);
         if (r < 0 && r != -EBADMSG)
                 return r;
         if (reason)
                 return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d);
         if (!streq_ptr(e->document.firmware_id, j->firmware_id) ||
             !streq_ptr(e->document.deployment_id, j->deployment_id) ||
-            (x ? x->size : -1) != j->size ||
-            (j->sha256 ? !(x && x->sha256 && strcasecmp(x->sha256, j->sha256) == 0)
-                       : (x && x->sha256)))
+            e->document.size != j->size ||
+            (j->sha256 ? !(e->document.sha256 && strcasecmp(e->document.sha256, j->sha256) == 0)
+                       : e->document.sha256 != NULL))
                 return decide_final(j, JOB_STATUS_FAILED,
                                     "the job document changed while the job was running", NULL,
                                     c, d);
@@ -1261,9 +574,7 @@ static int handle_execution(JobJournal *j, const JobExecution *e, const JobDocum
 static int handle_update_rejected(JobJournal *j, const char *code, const JobContext *c,
                                   JobDecision *d) {
         bool retryable = job_error_code_retryable(code);
-        bool moved_on = code && (streq(code, "InvalidStateTransition") ||
-                                 streq(code, "TerminalStateReached") ||
-                                 streq(code, "VersionMismatch"));
+        bool moved_on = error_code_moved_on(code);
 
         switch (j->phase) {
         case JOB_PHASE_ACCEPTED:
@@ -1280,8 +591,7 @@ static int handle_update_rejected(JobJournal *j, const char *code, const JobCont
                 if (retryable && j->phase == JOB_PHASE_REPORTING) {
                         /* The platform keeps failing: stop for now. The saved report goes out
                          * again at the next reconcile if the job is still listed. */
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, d);
+                        enter_phase(j, JOB_PHASE_DONE, c, d);
                         return 0;
                 }
                 /* Moved on, refused for good, or a start the platform will not take. */
@@ -1336,16 +646,14 @@ static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, J
         if (install && ev->type == JOB_EVENT_HOOK_EXITED && ev->code == 100) {
                 _cleanup_free_ char *boot_id = NULL;
 
-                if (c->boot_id && boot_id_valid(c->boot_id)) {
+                if (c->boot_id && job_boot_id_valid(c->boot_id)) {
                         boot_id = strdup(c->boot_id);
                         if (!boot_id)
                                 return -ENOMEM;
                 }
+                enter_phase(j, JOB_PHASE_AWAITING_REBOOT, c, d);
                 free(j->boot_id);
                 j->boot_id = TAKE_PTR(boot_id);
-                j->phase = JOB_PHASE_AWAITING_REBOOT;
-                j->attempts = 0;
-                touch(j, c, d);
                 d->action = JOB_ACTION_REBOOT;
                 d->remove_download = true;
                 d->job_id = j->job_id;
@@ -1365,6 +673,67 @@ static int handle_hook(JobJournal *j, const JobEvent *ev, const JobContext *c, J
         }
 }
 
+/* An execution that cannot be decoded, for a job whose id the topic gave. */
+static int handle_unreadable(JobJournal *j, const char *job_id, int error, const JobContext *c,
+                             JobDecision *d) {
+        _cleanup_free_ char *reason = NULL;
+        JobExecution e = { .job_id = (char *) job_id, .status = JOB_STATUS_QUEUED,
+                           .version_number = -1, .execution_number = -1 };
+        int r;
+
+        if (!job_id) {
+                /* Not even the job's id is known: the list names every pending job. */
+                d->action = JOB_ACTION_GET_LIST;
+                return 0;
+        }
+        if (!topic_job_id_valid(job_id))
+                return -EINVAL;
+        reason = strdup_printf("the job execution cannot be read: %s",
+                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
+        if (!reason)
+                return -ENOMEM;
+        if (phase_active(j->phase)) {
+                if (j->phase == JOB_PHASE_DOWNLOADING && j->want_url && streq(j->job_id, job_id))
+                        return decide_final(j, JOB_STATUS_FAILED, reason, NULL, c, d);
+                return 0; /* busy with a job: this one is looked at later */
+        }
+        /* A job without a document: REJECTED, with the reason it cannot be read. */
+        r = handle_execution_idle(j, &e, c, d);
+        if (r < 0 || d->action != JOB_ACTION_REPORT || j->phase != JOB_PHASE_REPORTING)
+                return r;
+        r = job_report_set(&j->report, JOB_DETAIL_REASON, reason);
+        if (r >= 0)
+                r = job_report_set(&d->report, JOB_DETAIL_REASON, reason);
+        return r;
+}
+
+/* A <job>/get (or the list request, job_id NULL) the platform refused. */
+static int handle_get_rejected(JobJournal *j, const char *job_id, const char *code,
+                               const JobContext *c, JobDecision *d) {
+        bool ours = job_id && phase_active(j->phase) && streq_ptr(job_id, j->job_id);
+
+        if (ours && streq_ptr(code, "ResourceNotFound"))
+                /* Our job is gone: the same as no execution pending. */
+                return handle_execution(j, NULL, c, d);
+        d->backoff = true;
+        if (ours && j->want_url) {
+                d->action = JOB_ACTION_GET_JOB;
+                d->job_id = j->job_id;
+        } else
+                d->action = JOB_ACTION_GET_LIST;
+        return 0;
+}
+
+/* The answer to a progress report says nothing about a status change, unless the platform
+ * moved on. */
+static int handle_progress_answer(JobJournal *j, const JobEvent *ev, const JobContext *c,
+                                  JobDecision *d) {
+        if (ev->type == JOB_EVENT_UPDATE_REJECTED && error_code_moved_on(ev->error_code) &&
+            j->phase == JOB_PHASE_DOWNLOADING)
+                return decide_moved_on(j, c, d);
+        return 0;
+}
+
 int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecision *ret) {
         JobDecision d;
         int r = 0;
@@ -1375,28 +744,34 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
 
         switch (ev->type) {
         case JOB_EVENT_EXECUTION:
-                r = handle_execution(j, ev->execution, ev->extra, c, &d);
+                r = handle_execution(j, ev->execution, c, &d);
+                break;
+
+        case JOB_EVENT_EXECUTION_UNREADABLE:
+                r = handle_unreadable(j, ev->job_id, ev->error, c, &d);
+                break;
+
+        case JOB_EVENT_GET_REJECTED:
+                r = handle_get_rejected(j, ev->job_id, ev->error_code, c, &d);
                 break;
 
         case JOB_EVENT_UPDATE_ACCEPTED:
-                if (j->phase == JOB_PHASE_ACCEPTED) {
+                if (ev->progress)
+                        r = handle_progress_answer(j, ev, c, &d);
+                else if (j->phase == JOB_PHASE_ACCEPTED) {
                         /* IN_PROGRESS is on record: fetch a fresh URL and download at once. */
-                        j->phase = JOB_PHASE_DOWNLOADING;
-                        j->offset = j->failed_offset = 0;
-                        j->download_tries = 0;
-                        j->want_url = true;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DOWNLOADING, c, &d);
                         d.action = JOB_ACTION_GET_JOB;
                         d.job_id = j->job_id;
                 } else if (j->phase == JOB_PHASE_REPORTING) {
-                        j->phase = JOB_PHASE_DONE;
-                        touch(j, c, &d);
+                        enter_phase(j, JOB_PHASE_DONE, c, &d);
                         d.action = JOB_ACTION_GET_LIST;
                 }
                 break;
 
         case JOB_EVENT_UPDATE_REJECTED:
-                r = handle_update_rejected(j, ev->error_code, c, &d);
+                r = ev->progress ? handle_progress_answer(j, ev, c, &d)
+                                 : handle_update_rejected(j, ev->error_code, c, &d);
                 break;
 
         case JOB_EVENT_DOWNLOAD_DONE:
@@ -1404,10 +779,7 @@ int job_handle(JobJournal *j, const JobEvent *ev, const JobContext *c, JobDecisi
                         break;
                 /* Saved before the installer runs: after a crash from here on, the job is
                  * never installed again. */
-                j->phase = JOB_PHASE_INSTALLING;
-                j->attempts = 0;
-                j->want_url = false;
-                touch(j, c, &d);
+                enter_phase(j, JOB_PHASE_INSTALLING, c, &d);
                 d.action = JOB_ACTION_INSTALL;
                 d.job_id = j->job_id;
                 break;

@@ -67,6 +67,17 @@
  *   CONFIRMING                                             device); the final report is then
  *                                                          rejected and the job dropped
  *  any active       execution naming another job           -, GET_LIST (check before dropping)
+ *  NONE/DONE        execution unreadable (not JSON, over   report REJECTED "the job execution
+ *                    128 KiB), its id from the topic        cannot be read: ..."
+ *  DOWNLOADING      our execution unreadable (fresh URL)   report FAILED "... cannot be read"
+ *  other            execution unreadable                   -, NONE (looked at when idle)
+ *  any              execution unreadable, no job id known  -, GET_LIST
+ *  any              the list request rejected              -, GET_LIST with backoff
+ *  active           our <job>/get rejected ResourceNotFound as "no execution pending" above
+ *  DOWNLOADING      our <job>/get rejected otherwise       -, GET_JOB with backoff
+ *  any              another <job>/get rejected             -, GET_LIST with backoff
+ *  DOWNLOADING      a progress report rejected: moved on   DONE, ABANDON
+ *  any              any other answer to a progress report  -, NONE (the next one says more)
  *
  * At start-up (job_reconcile(JOB_RECONCILE_STARTUP)) the journal says where the device was:
  *
@@ -105,10 +116,6 @@
 /* Progress goes to the platform at most once per interval AND per step (see below). */
 #define JOB_PROGRESS_INTERVAL_USEC (5U * 1000U * 1000U)
 #define JOB_PROGRESS_STEP 10U
-/* A firmware URL (presigned) runs to a few kilobytes. */
-#define JOB_URL_MAX (16U * 1024U)
-/* firmwareId and deploymentId end up in the installer's environment. */
-#define JOB_ID_FIELD_MAX 256U
 /* The statusDetails key the reason text goes in, and the installer's last stderr line. */
 #define JOB_DETAIL_REASON "reason"
 #define JOB_DETAIL_STDERR "stderr"
@@ -182,34 +189,6 @@ int job_report_encode(const JobReport *r, char **ret);
  * ending in "..." when cut. *ret is NULL when nothing is left. -ENOMEM. */
 int job_detail_sanitize(const char *s, char **ret);
 
-/* The members of a job document that message.h's JobDocument does not carry (yet): the
- * expected sha256 and size. A member of the wrong type is flagged, not dropped, so that a
- * job whose integrity check cannot be done is rejected instead of run unchecked. */
-typedef struct JobDocumentExtra {
-        char *sha256;        /* as given; NULL when absent */
-        int64_t size;        /* -1 when absent */
-        bool sha256_invalid; /* present but not a string */
-        bool size_invalid;   /* present but not a non-negative integer */
-} JobDocumentExtra;
-
-#define JOB_DOCUMENT_EXTRA_NULL ((JobDocumentExtra) { .size = -1 })
-
-void job_document_extra_done(JobDocumentExtra *x);
-/* From the same payload message_decode_job_execution() took ({"execution":{"jobDocument":
- * {...}}}): -EBADMSG when it is not JSON, -E2BIG over MESSAGE_SIZE_MAX; a missing execution or
- * document gives JOB_DOCUMENT_EXTRA_NULL. */
-int job_document_extra_decode(const void *data, size_t size, JobDocumentExtra *ret);
-
-/* Whether lodevd will run this job. 0 when it will; -EBADMSG with *ret_reason (a sentence
- * for the REJECTED report) when it will not: an operation other than "firmware_update", a
- * missing or malformed firmwareId, deploymentId or firmwareUrl (https:// only, http:// only
- * with allow_http; no other scheme, no white space or control characters, at most JOB_URL_MAX
- * bytes), a sha256 that is not 64 hex digits, a size that is not a non-negative integer.
- * -EINVAL when job_id itself is not a valid job id (no report can be addressed). x may be NULL.
- * -ENOMEM. */
-int job_document_check(const char *job_id, const JobDocument *doc, const JobDocumentExtra *x,
-                       bool allow_http, char **ret_reason);
-
 /* The download file's name for a job: "firmware-" and 32 hex digits of the SHA-256 of the id,
  * so a hostile id never reaches a path. -EINVAL for an invalid job id, -ENOMEM. */
 int job_download_file_name(const char *job_id, char **ret);
@@ -245,6 +224,9 @@ typedef struct JobJournal {
                         .version_number = -1,                                                      \
                         .size = -1,                                                                \
                         .report = JOB_REPORT_NULL })
+
+/* A kernel boot id as the journal keeps it: 1 to 64 of [a-zA-Z0-9-]. */
+bool job_boot_id_valid(const char *s);
 
 /* Frees the contents and leaves JOB_JOURNAL_NULL. NULL-safe. */
 void job_journal_done(JobJournal *j);
@@ -310,9 +292,13 @@ typedef enum JobDownloadError {
 } JobDownloadError;
 
 typedef enum JobEventType {
-        JOB_EVENT_EXECUTION,       /* .execution (NULL or no job_id: none pending), .extra */
-        JOB_EVENT_UPDATE_ACCEPTED, /* <job_id>/update/accepted for the current job */
-        JOB_EVENT_UPDATE_REJECTED, /* .error_code */
+        JOB_EVENT_EXECUTION,       /* .execution (NULL or no job_id: none pending) */
+        JOB_EVENT_EXECUTION_UNREADABLE, /* .job_id (from the topic; NULL: unknown), .error:
+                                         * -E2BIG, -EBADMSG */
+        JOB_EVENT_GET_REJECTED,    /* .job_id (NULL: the list request), .error_code */
+        JOB_EVENT_UPDATE_ACCEPTED, /* <job_id>/update/accepted for the current job; .progress:
+                                    * the answer to a progress report */
+        JOB_EVENT_UPDATE_REJECTED, /* .error_code, .progress */
         JOB_EVENT_DOWNLOAD_DONE,   /* complete, sha256 and size verified, fsynced */
         JOB_EVENT_DOWNLOAD_FAILED, /* .download_error, .offset (durable bytes), .message */
         JOB_EVENT_HOOK_EXITED,     /* install or confirm (by phase): .code = exit status */
@@ -326,7 +312,9 @@ typedef enum JobEventType {
 typedef struct JobEvent {
         JobEventType type;
         const JobExecution *execution;
-        const JobDocumentExtra *extra;
+        const char *job_id;
+        int error;
+        bool progress;
         const char *error_code;
         JobDownloadError download_error;
         uint64_t offset;

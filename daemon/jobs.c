@@ -1,15 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-#include <dirent.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <time.h>
 
 #include "backoff.h"
 #include "event-util.h"
 #include "fileio.h"
+#include "firmware-download.h"
 #include "hook.h"
 #include "job.h"
 #include "jobs.h"
@@ -22,10 +18,7 @@
 /* Retries of requests the platform refused for a passing reason, and of the journal. */
 #define RETRY_MIN_USEC (UINT64_C(1) * 1000000)
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
-/* The download is made durable (fsync, journal offset) at least this often. */
-#define SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
-#define SYNC_USEC (UINT64_C(1) * 1000000)
-/* Room left free beside the firmware. */
+/* Room left free beside the firmware, the spool's room and the journal. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
 /* The reboot command gets this long to return. */
 #define REBOOT_COMMAND_TIMEOUT_USEC (UINT64_C(120) * 1000000)
@@ -83,12 +76,7 @@ struct Jobs {
         CheckWaiter waiters[JOBS_CHECK_WAITERS_MAX];
         size_t n_waiters;
 
-        /* The download. */
-        HttpTransfer *transfer;
-        int fd;
-        uint64_t pos, synced, total;
-        uint64_t synced_usec;
-        EVP_MD_CTX *sha;
+        FirmwareDownload *download;
 
         /* Hooks and the reboot. */
         Hook *hook;
@@ -102,11 +90,6 @@ struct Jobs {
         JobProgressThrottle throttle;
         char percent_text[8];
 };
-
-static inline void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
 
 static void outgoing_done(Outgoing *o) {
         free(o->topic);
@@ -525,7 +508,10 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         case JOB_ACTION_NONE:
                 break;
         case JOB_ACTION_GET_LIST:
-                request_list(s);
+                if (d->backoff)
+                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
+                else
+                        request_list(s);
                 break;
         case JOB_ACTION_GET_JOB:
                 if (d->backoff)
@@ -619,41 +605,9 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         check_waiters_done(s, 0);
 }
 
-/* A document the decoder cannot take (over 128 KiB, not JSON) for a job we know the id of:
- * fed to the state machine as a job without a document, so it is REJECTED with a reason
- * instead of being asked for again and again. */
-static void reject_unreadable(Jobs *s, const char *id, int error) {
-        _cleanup_(job_decision_done) JobDecision d = {};
-        _cleanup_free_ char *reason = NULL;
-        JobExecution e = { .job_id = (char *) id, .status = JOB_STATUS_QUEUED,
-                           .version_number = -1, .execution_number = -1 };
-        JobEvent ev = { .type = JOB_EVENT_EXECUTION, .execution = &e };
-        JobContext c;
-        int r;
-
-        if (job_id(s) && s->journal.phase != JOB_PHASE_DONE)
-                return; /* busy with a job: this one is looked at later */
-        reason = strdup_printf("the job execution cannot be read: %s",
-                               error == -E2BIG ? "larger than 128 KiB" : "not valid JSON");
-        log_event(LOG_WARNING, NULL, id, NULL, "Job %s: %s; rejecting it.", id,
-                  reason ? reason : "unreadable");
-        JobPhase before = s->journal.phase;
-
-        context(s, &c);
-        r = job_handle(&s->journal, &ev, &c, &d);
-        if (r < 0)
-                return;
-        if (reason && d.action == JOB_ACTION_REPORT) {
-                (void) job_report_set(&s->journal.report, JOB_DETAIL_REASON, reason);
-                (void) job_report_set(&d.report, JOB_DETAIL_REASON, reason);
-        }
-        apply(s, before, &d);
-}
-
 static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const void *data,
                          size_t len) {
         _cleanup_(job_execution_done) JobExecution e = {};
-        _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
         JobEvent ev = { .type = JOB_EVENT_EXECUTION };
         int r;
 
@@ -662,21 +616,24 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 event_disarm(s->request_timer);
         }
         r = message_decode_job_execution(data, len, &e);
-        if (r > 0) {
-                int k = job_document_extra_decode(data, len, &x);
-                if (k < 0)
-                        r = k;
-        }
         if (r < 0) {
                 if (topic_job_id_valid(topic_job)) {
-                        reject_unreadable(s, topic_job, r);
+                        JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE,
+                                       .job_id = topic_job, .error = r };
+
+                        log_event(LOG_WARNING, NULL, topic_job, NULL,
+                                  "Job %s: the execution cannot be decoded (%s).", topic_job,
+                                  strerror(-r));
+                        run_event(s, &u);
                         return;
                 }
+                JobEvent u = { .type = JOB_EVENT_EXECUTION_UNREADABLE, .error = r };
+
                 log_warning("A job notification from the platform cannot be decoded (%s: "
                             "malformed, or a job id that is not [a-zA-Z0-9_-]{1,64}); asking "
                             "for the job list.",
                             strerror(-r));
-                request_list(s);
+                run_event(s, &u);
                 return;
         }
         if (r > 0 && !topic_job_id_valid(e.job_id)) {
@@ -694,7 +651,6 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
                 return;
         }
         ev.execution = r > 0 ? &e : NULL;
-        ev.extra = r > 0 ? &x : NULL;
         run_event(s, &ev);
 }
 
@@ -726,68 +682,80 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
                           "The platform rejected the status update of job %s: %s: %s",
                           job_id(s), strempty(err.error_code), strempty(err.error_message));
         }
-        /* The answer to a progress report says nothing about a status change, unless the
-         * platform moved on. */
-        if (!progress || (!accepted && !job_error_code_retryable(err.error_code) &&
-                          !streq_ptr(err.error_code, "InvalidRequest")))
-                run_event(s, &ev);
+        ev.progress = progress;
+        run_event(s, &ev);
         send_next_update(s);
 }
 
-static void on_message(const char *topic, const void *data, size_t len, void *userdata) {
-        Jobs *s = userdata;
-        _cleanup_free_ char *id = NULL;
+/* The job id a topic under a filter names; NULL when it names none or another kind. */
+static char *topic_job_id(Jobs *s, const char *topic, TopicKind want) {
+        char *id = NULL;
         TopicKind kind;
-        int r;
 
-        r = topic_classify(topic, s->thing, NULL, &kind, &id);
-        if (r < 0) {
-                log_debug("Message on %s that is no jobs answer, ignoring.", topic);
-                return;
+        if (topic_classify(topic, s->thing, NULL, &kind, &id) < 0 || kind != want) {
+                free(id);
+                log_debug("Message on %s is no %s, ignoring.", topic, topic_kind_to_string(want));
+                return NULL;
         }
-        log_debug("Jobs: %s (%zu bytes).", topic_kind_to_string(kind), len);
-        switch (kind) {
-        case TOPIC_JOBS_GET_ACCEPTED:
-                on_list(s, data, len);
-                break;
-        case TOPIC_JOBS_GET_REJECTED:
-        case TOPIC_JOB_GET_REJECTED: {
-                _cleanup_(platform_error_done) PlatformError err = {};
-                bool list = kind == TOPIC_JOBS_GET_REJECTED;
+        return id;
+}
 
-                (void) message_decode_error(data, len, &err);
-                log_warning("The platform rejected the request for %s: %s: %s",
-                            list ? "the job list" : strempty(id), strempty(err.error_code),
-                            strempty(err.error_message));
-                if (s->request_sent) {
-                        s->request_sent = outgoing_free(s->request_sent);
-                        event_disarm(s->request_timer);
-                }
-                if (list) {
-                        check_waiters_done(s, -EIO);
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-                } else if (streq_ptr(err.error_code, "ResourceNotFound") &&
-                           streq_ptr(id, job_id(s))) {
-                        /* Our job is gone: the same as no execution pending. */
-                        JobEvent ev = { .type = JOB_EVENT_EXECUTION };
-                        run_event(s, &ev);
-                } else if (streq_ptr(id, job_id(s)) && s->journal.want_url)
-                        later(s, JOB_ACTION_GET_JOB, id, NULL);
-                else
-                        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-                break;
+static void get_rejected(Jobs *s, const char *id, const void *data, size_t len) {
+        _cleanup_(platform_error_done) PlatformError err = {};
+        JobEvent ev = { .type = JOB_EVENT_GET_REJECTED, .job_id = id };
+
+        (void) message_decode_error(data, len, &err);
+        log_warning("The platform rejected the request for %s: %s: %s",
+                    id ? id : "the job list", strempty(err.error_code),
+                    strempty(err.error_message));
+        if (s->request_sent) {
+                s->request_sent = outgoing_free(s->request_sent);
+                event_disarm(s->request_timer);
         }
-        case TOPIC_JOBS_NOTIFY_NEXT:
-        case TOPIC_JOB_GET_ACCEPTED:
-                on_execution(s, kind, id, data, len);
-                break;
-        case TOPIC_JOB_UPDATE_ACCEPTED:
-        case TOPIC_JOB_UPDATE_REJECTED:
-                on_update_answer(s, kind == TOPIC_JOB_UPDATE_ACCEPTED, id, data, len);
-                break;
-        default:
-                break;
-        }
+        if (!id)
+                check_waiters_done(s, -EIO);
+        ev.error_code = err.error_code;
+        run_event(s, &ev);
+}
+
+static void on_notify_next(const char *topic, const void *data, size_t len, void *userdata) {
+        on_execution(userdata, TOPIC_JOBS_NOTIFY_NEXT, NULL, data, len);
+}
+
+static void on_list_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        on_list(userdata, data, len);
+}
+
+static void on_list_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        get_rejected(userdata, NULL, data, len);
+}
+
+static void on_job_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_ACCEPTED);
+
+        if (id)
+                on_execution(userdata, TOPIC_JOB_GET_ACCEPTED, id, data, len);
+}
+
+static void on_job_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_GET_REJECTED);
+
+        if (id)
+                get_rejected(userdata, id, data, len);
+}
+
+static void on_update_accepted(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_ACCEPTED);
+
+        if (id)
+                on_update_answer(userdata, true, id, data, len);
+}
+
+static void on_update_rejected(const char *topic, const void *data, size_t len, void *userdata) {
+        _cleanup_free_ char *id = topic_job_id(userdata, topic, TOPIC_JOB_UPDATE_REJECTED);
+
+        if (id)
+                on_update_answer(userdata, false, id, data, len);
 }
 
 /* --- Progress --- */
@@ -814,282 +782,97 @@ static void set_progress(Jobs *s, unsigned percent, const char *step) {
 
 /* --- Download --- */
 
-static void download_close(Jobs *s) {
-        http_transfer_cancel(s->transfer);
-        s->transfer = NULL;
-        s->fd = safe_close(s->fd);
-        if (s->sha) {
-                EVP_MD_CTX_free(s->sha);
-                s->sha = NULL;
-        }
-}
-
 static void stop_download(Jobs *s) {
-        download_close(s);
+        s->download = firmware_download_free(s->download);
 }
 
-/* Makes what is written durable and records it, so that a crash resumes from here. */
-static int download_sync(Jobs *s) {
-        int r;
-
-        if (s->fd < 0 || s->pos == s->synced)
-                return 0;
-        if (fsync(s->fd) < 0)
-                return -errno;
-        r = job_journal_save_offset(s->dir, &s->journal, s->pos, now_realtime());
-        if (r < 0)
-                return r;
-        s->synced = s->pos;
-        s->synced_usec = event_now(s->event);
-        return 0;
-}
-
-static void download_failed(Jobs *s, JobDownloadError error, const char *message) {
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = error,
-                        .message = message };
-        uint64_t offset;
-
-        /* The bytes already here count on the next try. */
-        if (s->fd >= 0 && fsync(s->fd) >= 0)
-                s->synced = s->pos;
-        offset = s->synced;
-        download_close(s);
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the download stopped after %" PRIu64
-                  " bytes: %s.", job_id(s), offset, strempty(message));
-        ev.offset = offset;
-        run_event(s, &ev);
-}
-
-static void download_done(Jobs *s) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[2 * EVP_MAX_MD_SIZE + 1];
-        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
-        _cleanup_free_ char *msg = NULL;
-
-        if (s->journal.size >= 0 && s->pos != (uint64_t) s->journal.size) {
-                msg = strdup_printf("%" PRIu64 " bytes instead of %" PRId64, s->pos,
-                                    s->journal.size);
-                /* Start over: the bytes here are not the document's. */
-                s->pos = 0;
-                (void) ftruncate(s->fd, 0);
-                download_close(s);
-                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                  .download_error = JOB_DOWNLOAD_CORRUPT, .message = msg };
-                run_event(s, &ev);
-                return;
-        }
-        if (s->sha) {
-                if (EVP_DigestFinal_ex(s->sha, md, &md_len) != 1) {
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, "SHA-256 failed");
-                        return;
-                }
-                for (unsigned i = 0; i < md_len; i++)
-                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-                if (!streq(hex, s->journal.sha256)) {
-                        msg = strdup_printf("SHA-256 %s, the job document says %s", hex,
-                                            s->journal.sha256);
-                        (void) ftruncate(s->fd, 0);
-                        download_close(s);
-                        ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
-                                          .download_error = JOB_DOWNLOAD_CORRUPT,
-                                          .message = msg };
-                        run_event(s, &ev);
-                        return;
-                }
-        }
-        if (fsync(s->fd) < 0) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, strerror(errno));
-                return;
-        }
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: firmware downloaded, %" PRIu64
-                  " bytes%s.", job_id(s), s->pos, s->sha ? ", SHA-256 verified" : "");
-        download_close(s);
-        run_event(s, &ev);
-}
-
-static unsigned download_percent(Jobs *s) {
-        uint64_t total = s->journal.size >= 0 ? (uint64_t) s->journal.size : s->total;
-
-        return total > 0 ? (unsigned) MIN(s->pos * 100 / total, UINT64_C(100)) : 0;
-}
-
-static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
-                   void *userdata) {
+static int on_download_synced(FirmwareDownload *d, uint64_t offset, void *userdata) {
         Jobs *s = userdata;
-        int r;
 
-        if (offset != s->pos) {
-                /* The server sent the whole file instead of the range: start over. */
-                if (offset != 0)
-                        return -EBADMSG;
-                if (ftruncate(s->fd, 0) < 0)
-                        return -errno;
-                s->pos = s->synced = 0;
-                if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        return -EIO;
-        }
-        if (s->journal.size >= 0 && s->pos + len > (uint64_t) s->journal.size)
-                return -EFBIG;
-        r = pwrite_full(s->fd, data, len, s->pos);
-        if (r < 0)
-                return r;
-        if (s->sha && EVP_DigestUpdate(s->sha, data, len) != 1)
-                return -EIO;
-        if (len > 0)
-                /* Progress: failures from here on are counted afresh. */
-                backoff_reset(&s->backoff);
-        s->pos += len;
-        if (s->pos - s->synced >= SYNC_BYTES ||
-            event_now(s->event) - s->synced_usec >= SYNC_USEC) {
-                r = download_sync(s);
-                if (r < 0)
-                        return r;
-        }
-        set_progress(s, download_percent(s), "downloading");
-        return 0;
+        return job_journal_save_offset(s->dir, &s->journal, offset, now_realtime());
 }
 
-static void on_download_progress(HttpTransfer *t, uint64_t done, uint64_t total,
+static void on_download_progress(FirmwareDownload *d, uint64_t done, uint64_t total,
                                  void *userdata) {
         Jobs *s = userdata;
 
-        s->total = total;
+        /* Progress: failures from here on are counted afresh. */
+        backoff_reset(&s->backoff);
+        set_progress(s, total > 0 ? (unsigned) MIN(done * 100 / total, UINT64_C(100)) : 0,
+                     "downloading");
 }
 
-static void on_download_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
+/* Free space the download must leave: what the observation spool may still take, the job
+ * journal (written twice over during an atomic replace) and a margin. */
+static uint64_t on_download_reserve(FirmwareDownload *d, void *userdata) {
         Jobs *s = userdata;
-        _cleanup_free_ char *msg = NULL;
+        uint64_t max = s->config->spool_max_bytes, used = 0;
 
-        s->transfer = NULL;
-        if (res->error < 0) {
-                msg = strdup_printf("%s", res->error_text ?: strerror(-res->error));
-                if (res->error == -EFBIG)
-                        download_failed(s, JOB_DOWNLOAD_CORRUPT,
-                                        "the server sent more bytes than the job document's "
-                                        "size");
-                else if (res->error == -ENOSPC || res->error == -EDQUOT)
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                else if (res->error == -EIO || res->error == -EBADF)
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                else
-                        download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-                return;
-        }
-        if (res->status >= 200 && res->status < 300) {
-                download_done(s);
-                return;
-        }
-        msg = strdup_printf("HTTP %ld", res->status);
-        if (res->status == 403)
-                download_failed(s, JOB_DOWNLOAD_EXPIRED, msg);
-        else if (res->status == 416 && s->pos > 0) {
-                /* Nothing past our offset: the file here is not what the server has. */
-                (void) ftruncate(s->fd, 0);
-                s->pos = s->synced = 0;
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
-        } else if (res->status >= 400 && res->status < 500)
-                download_failed(s, JOB_DOWNLOAD_REFUSED, msg);
-        else
-                download_failed(s, JOB_DOWNLOAD_NETWORK, msg);
+        if (s->cb.spool_used_bytes)
+                used = MIN(s->cb.spool_used_bytes(s->userdata), max);
+        return max - used + 2 * JOB_JOURNAL_SIZE_MAX + SPACE_MARGIN;
 }
 
-/* The SHA-256 of the bytes already here, when resuming. */
-static int hash_prefix(Jobs *s, uint64_t len) {
-        _cleanup_free_ char *buf = malloc(1024 * 1024);
-        uint64_t at = 0;
+static void on_download_finished(FirmwareDownload *d, const FirmwareDownloadResult *res,
+                                 void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *message = res->message ? strdup(res->message) : NULL;
+        JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_DONE };
 
-        if (!buf)
-                return -ENOMEM;
-        while (at < len) {
-                size_t n = (size_t) MIN(len - at, (uint64_t) 1024 * 1024);
-                int r = pread_full(s->fd, buf, n, at);
-
-                if (r < 0)
-                        return r;
-                if (EVP_DigestUpdate(s->sha, buf, n) != 1)
-                        return -EIO;
-                at += n;
+        if (res->complete)
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: firmware downloaded, %" PRIu64 " bytes%s.", job_id(s),
+                          res->offset, s->journal.sha256 ? ", SHA-256 verified" : "");
+        else {
+                ev = (JobEvent) { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                  .download_error = res->error,
+                                  .offset = res->offset,
+                                  .message = message ?: "out of memory" };
+                log_event(LOG_INFO, NULL, job_id(s), NULL,
+                          "Job %s: the download stopped after %" PRIu64 " bytes: %s.",
+                          job_id(s), res->offset, strempty(message));
         }
-        return 0;
+        s->download = firmware_download_free(s->download); /* res goes with it */
+        run_event(s, &ev);
 }
+
+static const FirmwareDownloadCallbacks download_callbacks = {
+        .synced = on_download_synced,
+        .progress = on_download_progress,
+        .reserve = on_download_reserve,
+        .finished = on_download_finished,
+};
 
 static void start_download(Jobs *s, const char *url, uint64_t offset) {
-        _cleanup_free_ char *path = NULL, *msg = NULL;
-        struct statvfs sv;
-        struct stat st;
+        _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
+        FirmwareDownloadParams p = {
+                .path = path,
+                .url = url,
+                .offset = offset,
+                .size = s->journal.size,
+                .sha256 = s->journal.sha256,
+                .max_size = s->config->max_download_bytes,
+        };
         int r;
 
-        download_close(s);
-        path = strdup_printf("%s/%s", s->dir, s->journal.file);
-        if (!path) {
-                download_failed(s, JOB_DOWNLOAD_LOCAL, "out of memory");
-                return;
-        }
-        s->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (s->fd < 0 || fstat(s->fd, &st) < 0) {
-                msg = strdup_printf("cannot open %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        /* Only what the journal says is durable counts; the rest may be garbage. */
-        if ((uint64_t) st.st_size < offset)
-                offset = 0;
-        if (ftruncate(s->fd, (off_t) offset) < 0) {
-                msg = strdup_printf("cannot truncate %s: %s", path, strerror(errno));
-                download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                return;
-        }
-        s->pos = s->synced = offset;
-        s->synced_usec = event_now(s->event);
-        s->total = 0;
-
-        if (fstatvfs(s->fd, &sv) >= 0 && s->journal.size >= 0) {
-                uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
-                uint64_t need = (uint64_t) s->journal.size - offset + SPACE_MARGIN;
-
-                if (avail < need) {
-                        msg = strdup_printf("%" PRIu64 " bytes needed in %s, %" PRIu64
-                                            " available", need, s->dir, avail);
-                        download_failed(s, JOB_DOWNLOAD_NO_SPACE, msg);
-                        return;
-                }
-        }
-        if (s->journal.sha256) {
-                /* read access for the prefix hash */
-                s->fd = safe_close(s->fd);
-                s->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-                s->sha = EVP_MD_CTX_new();
-                r = s->fd < 0 ? -errno : !s->sha ? -ENOMEM : 0;
-                if (r >= 0 && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-                        r = -EIO;
-                if (r >= 0)
-                        r = hash_prefix(s, offset);
-                if (r < 0) {
-                        msg = strdup_printf("cannot hash %s: %s", path, strerror(-r));
-                        download_failed(s, JOB_DOWNLOAD_LOCAL, msg);
-                        return;
-                }
-        }
-        if (s->journal.size >= 0 && offset == (uint64_t) s->journal.size && offset > 0) {
-                download_done(s); /* everything was here before the restart */
-                return;
-        }
+        stop_download(s);
         job_progress_reset(&s->throttle);
         s->has_percent = false;
         log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: downloading firmware %s%s.",
                   job_id(s), s->journal.firmware_id, offset > 0 ? " (resuming)" : "");
-        r = http_get(s->http, url, offset, on_data, on_download_progress, on_download_finished,
-                     s, &s->transfer);
+        r = path ? firmware_download_start(s->event, s->http, &p, &download_callbacks, s,
+                                           &s->download)
+                 : -ENOMEM;
         if (r < 0) {
-                msg = strdup_printf("cannot start the download: %s", strerror(-r));
-                download_failed(s, r == -EPROTONOSUPPORT || r == -EINVAL
-                                           ? JOB_DOWNLOAD_REFUSED
-                                           : JOB_DOWNLOAD_LOCAL,
-                                msg);
-                return;
+                JobEvent ev = { .type = JOB_EVENT_DOWNLOAD_FAILED,
+                                .download_error = JOB_DOWNLOAD_LOCAL,
+                                .offset = offset,
+                                .message = strerror(-r) };
+
+                log_event(LOG_ERR, NULL, job_id(s), NULL,
+                          "Job %s: cannot start the download: %s", job_id(s), strerror(-r));
+                run_event(s, &ev);
         }
-        set_progress(s, download_percent(s), "downloading");
 }
 
 /* --- Hooks --- */
@@ -1297,7 +1080,9 @@ int jobs_check(Jobs *s, JobsCheckDone done, void *userdata) {
         return 0;
 }
 
-static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
+static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter,
+                     void (*handler)(const char *topic, const void *data, size_t len,
+                                     void *userdata)) {
         _cleanup_free_ char *t = NULL;
         int r;
 
@@ -1305,30 +1090,35 @@ static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter) {
                    : topic_build(kind, s->thing, NULL, NULL, &t);
         if (r < 0)
                 return r;
-        return connection_subscribe(c, t, on_message, s);
+        return connection_subscribe(c, t, handler, s);
 }
 
 int jobs_attach(Jobs *s, Connection *c) {
+        static const struct {
+                TopicKind kind;
+                bool filter; /* <thing>/jobs/+/...: one filter for every job */
+                void (*handler)(const char *topic, const void *data, size_t len,
+                                void *userdata);
+        } topics[] = {
+                { TOPIC_JOBS_NOTIFY_NEXT, false, on_notify_next },
+                { TOPIC_JOBS_GET_ACCEPTED, false, on_list_accepted },
+                { TOPIC_JOBS_GET_REJECTED, false, on_list_rejected },
+                { TOPIC_JOB_GET_ACCEPTED, true, on_job_accepted },
+                { TOPIC_JOB_GET_REJECTED, true, on_job_rejected },
+                { TOPIC_JOB_UPDATE_ACCEPTED, true, on_update_accepted },
+                { TOPIC_JOB_UPDATE_REJECTED, true, on_update_rejected },
+        };
         int r;
 
         r = free_and_strdup(&s->thing, connection_thing_name(c));
         if (r < 0)
                 return r;
-        r = subscribe(s, c, TOPIC_JOBS_NOTIFY_NEXT, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_ACCEPTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOBS_GET_REJECTED, false);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_GET_REJECTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_ACCEPTED, true);
-        if (r >= 0)
-                r = subscribe(s, c, TOPIC_JOB_UPDATE_REJECTED, true);
-        if (r >= 0)
-                r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
+        for (size_t i = 0; i < ELEMENTSOF(topics); i++) {
+                r = subscribe(s, c, topics[i].kind, topics[i].filter, topics[i].handler);
+                if (r < 0)
+                        return r;
+        }
+        r = connection_add_channel(c, CHANNEL_CONTROL, &channel_ops, s, &s->channel);
         if (r < 0)
                 return r;
         s->connection = c;
@@ -1411,7 +1201,6 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 .userdata = userdata,
                 .journal = JOB_JOURNAL_NULL,
                 .retry_report = JOB_REPORT_NULL,
-                .fd = -EBADF,
         };
         backoff_init(&s->backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
         s->dir = strdup_printf("%s/job", config->state_dir);
@@ -1455,7 +1244,7 @@ Jobs *jobs_free(Jobs *s) {
         if (!s)
                 return NULL;
         check_waiters_done(s, -ECANCELED);
-        download_close(s);
+        stop_download(s);
         s->hook = hook_free(s->hook, true);
         s->reboot_hook = hook_free(s->reboot_hook, false);
         for (size_t i = 0; i < s->n_out; i++)

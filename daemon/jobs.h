@@ -35,6 +35,9 @@ typedef struct JobsCallbacks {
          * progress of the phase, message a reason or the hook's last stderr line. */
         void (*updated)(const char *job_id, const char *status, unsigned percent,
                         const char *message, void *userdata);
+        /* Bytes the observation spool holds now (spool.max_bytes bounds it): the rest of its
+         * room is kept free of firmware. Optional. */
+        uint64_t (*spool_used_bytes)(void *userdata);
 } JobsCallbacks;
 
 /* config is the manager's and outlives the service; its firmware and http keys are read at

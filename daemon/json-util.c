@@ -187,6 +187,10 @@ int json_add_string(json_object *obj, const char *key, const char *s) {
         return json_add(obj, key, json_object_new_string(s));
 }
 
+int json_add_int64(json_object *obj, const char *key, int64_t i) {
+        return json_add(obj, key, json_object_new_int64(i));
+}
+
 int json_finish(json_object *obj, char **ret) {
         const char *s;
         char *copy;

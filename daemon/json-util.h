@@ -60,6 +60,7 @@ int json_member_array(json_object *obj, const char *key, json_object **ret);
 /* Adds v (consumed, also on failure) under key; a NULL v is taken for a failed allocation. */
 int json_add(json_object *obj, const char *key, json_object *v);
 int json_add_string(json_object *obj, const char *key, const char *s);
+int json_add_int64(json_object *obj, const char *key, int64_t i);
 /* A number that reads back as the same double, in its shortest text. */
 json_object *json_new_number(double d);
 /* The compact text of obj, newly allocated; -E2BIG past MESSAGE_SIZE_MAX. */

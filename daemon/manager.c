@@ -22,9 +22,7 @@ static const char *const device_state_table[_DEVICE_STATE_MAX] = {
         [DEVICE_STATE_OFFLINE] = "offline",
 };
 
-const char *device_state_to_string(DeviceState s) {
-        return s >= 0 && s < _DEVICE_STATE_MAX ? device_state_table[s] : NULL;
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(device_state, DeviceState);
 
 static void property_changed(Manager *m, const char *property) {
         if (m->observer && m->observer->property_changed)
@@ -195,10 +193,17 @@ static void job_updated(const char *job_id, const char *status, unsigned percent
                 m->observer->job_updated(job_id, status, percent, message, m->observer_userdata);
 }
 
+static uint64_t job_spool_used_bytes(void *userdata) {
+        Manager *m = userdata;
+
+        return m->delivery ? delivery_used_bytes(m->delivery) : 0;
+}
+
 static const JobsCallbacks jobs_callbacks = {
         .current_changed = job_current_changed,
         .inhibitors_changed = job_inhibitors_changed,
         .updated = job_updated,
+        .spool_used_bytes = job_spool_used_bytes,
 };
 
 static void provision_finished(Manager *m, const char *thing, const char *error) {

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Firmware jobs: the AWS IoT Jobs MQTT API under $aws/things/<thing>/jobs/. */
+#include <strings.h>
+
 #include "json-util.h"
 #include "message.h"
 #include "topic.h"
@@ -11,24 +13,14 @@ static const char *const job_status_table[_JOB_STATUS_MAX] = {
         [JOB_STATUS_REMOVED] = "REMOVED",     [JOB_STATUS_CANCELED] = "CANCELED",
 };
 
-const char *job_status_to_string(JobStatus s) {
-        if (s < 0 || s >= _JOB_STATUS_MAX)
-                return NULL;
-        return job_status_table[s];
-}
+DEFINE_STRING_TABLE_LOOKUP(job_status, JobStatus);
 
-JobStatus job_status_from_string(const char *s) {
+bool job_status_detail_key_valid(const char *s) {
+        size_t len;
+
         if (!s)
-                return _JOB_STATUS_INVALID;
-        for (JobStatus i = 0; i < _JOB_STATUS_MAX; i++)
-                if (streq(job_status_table[i], s))
-                        return i;
-        return _JOB_STATUS_INVALID;
-}
-
-static bool status_detail_key_valid(const char *s) {
-        size_t len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
-
+                return false;
+        len = strnlen(s, JOB_STATUS_DETAIL_KEY_MAX + 1);
         if (len == 0 || len > JOB_STATUS_DETAIL_KEY_MAX)
                 return false;
         for (size_t i = 0; i < len; i++)
@@ -67,7 +59,7 @@ int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                 return -EINVAL;
         for (size_t i = 0; i < n; i++) {
                 if (!detail_keys[i] || !detail_values[i] ||
-                    !status_detail_key_valid(detail_keys[i]) ||
+                    !job_status_detail_key_valid(detail_keys[i]) ||
                     !status_detail_value_valid(detail_values[i]))
                         return -EINVAL;
                 for (size_t j = 0; j < i; j++)
@@ -94,7 +86,7 @@ int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                 }
         }
         if (expected_version >= 0) {
-                r = json_add(root, "expectedVersion", json_object_new_int64(expected_version));
+                r = json_add_int64(root, "expectedVersion", expected_version);
                 if (r < 0)
                         return r;
         }
@@ -207,7 +199,8 @@ void job_execution_done(JobExecution *e) {
         free(e->document.deployment_id);
         free(e->document.firmware_id);
         free(e->document.firmware_url);
-        *e = (JobExecution) {};
+        free(e->document.sha256);
+        *e = (JobExecution) { .document.size = -1 };
 }
 
 /* Lenient: a member that is not a string stays NULL (see JobDocument). The operation is free
@@ -270,7 +263,7 @@ static int status_details_decode(json_object *exec, char ***ret) {
 
 int message_decode_job_execution(const void *data, size_t size, JobExecution *ret) {
         _cleanup_json_ json_object *root = NULL;
-        _cleanup_(job_execution_done) JobExecution e = {};
+        _cleanup_(job_execution_done) JobExecution e = { .document.size = -1 };
         _cleanup_free_ char *status = NULL;
         json_object *exec, *doc;
         int r;
@@ -285,7 +278,7 @@ int message_decode_job_execution(const void *data, size_t size, JobExecution *re
         if (r < 0)
                 return r;
         if (!exec) {
-                *ret = (JobExecution) {};
+                *ret = (JobExecution) { .document.size = -1 };
                 return 0;
         }
 
@@ -322,10 +315,125 @@ int message_decode_job_execution(const void *data, size_t size, JobExecution *re
                 r = document_get(doc, "firmwareUrl", false, &e.document.firmware_url);
                 if (r < 0)
                         return r;
+                /* The integrity members: the wrong type is remembered, not dropped. */
+                r = json_member_string(doc, "sha256", MESSAGE_SIZE_MAX, &e.document.sha256);
+                if (r == -EBADMSG)
+                        e.document.sha256_invalid = true;
+                else if (r < 0)
+                        return r;
+                r = json_member_integer(doc, "size", 0, JSON_INTEGER_MAX, -1, &e.document.size);
+                if (r == -EBADMSG) {
+                        e.document.size = -1;
+                        e.document.size_invalid = true;
+                } else if (r < 0)
+                        return r;
         }
 
         *ret = e;
-        e = (JobExecution) {};
+        e = (JobExecution) { .document.size = -1 };
         return 1;
+}
+
+/* --- Whether a document can be run --- */
+
+bool job_id_field_valid(const char *s) {
+        size_t len;
+
+        if (isempty(s))
+                return false;
+        len = strnlen(s, JOB_ID_FIELD_MAX + 1);
+        if (len > JOB_ID_FIELD_MAX || !utf8_is_valid(s, len))
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
+                        return false;
+        return true;
+}
+
+bool job_sha256_valid(const char *s) {
+        if (!s || strnlen(s, 65) != 64)
+                return false;
+        for (size_t i = 0; i < 64; i++)
+                if (!strchr("0123456789abcdefABCDEF", s[i]))
+                        return false;
+        return true;
+}
+
+/* NULL when url is acceptable, else the reason. */
+static const char *url_problem(const char *url, bool allow_http) {
+        size_t len, skip;
+        const char *host;
+
+        if (isempty(url))
+                return "firmwareUrl is missing or not a string";
+        len = strnlen(url, JOB_URL_MAX + 1);
+        if (len > JOB_URL_MAX)
+                return "firmwareUrl is too long";
+        /* A URL is printable ASCII; anything else is a forged or broken document. */
+        for (size_t i = 0; i < len; i++)
+                if ((unsigned char) url[i] <= 0x20 || (unsigned char) url[i] >= 0x7f)
+                        return "firmwareUrl contains white space, control or non-ASCII "
+                               "characters";
+        if (strncasecmp(url, "https://", 8) == 0)
+                skip = 8;
+        else if (strncasecmp(url, "http://", 7) == 0) {
+                if (!allow_http)
+                        return "firmwareUrl uses http://; lodevd downloads firmware over "
+                               "https:// only";
+                skip = 7;
+        } else
+                return "firmwareUrl is not an https:// URL";
+        host = url + skip;
+        if (*host == '\0' || strchr("/?#@:", *host))
+                return "firmwareUrl has no host";
+        return NULL;
+}
+
+int job_document_check(const char *job_id, const JobDocument *doc, bool allow_http,
+                       char **ret_reason) {
+        _cleanup_free_ char *reason = NULL;
+        const char *problem = NULL;
+
+        if (!ret_reason)
+                return -EINVAL;
+        if (!topic_job_id_valid(job_id))
+                return -EINVAL;
+        if (!doc || isempty(doc->operation))
+                problem = "the job document has no operation";
+        else if (!streq(doc->operation, "firmware_update")) {
+                /* Name the operation, cut short: the document is the platform's, not ours. */
+                reason = strdup_printf("operation \"%.64s\" is not supported; lodevd runs "
+                                       "firmware_update jobs only",
+                                       doc->operation);
+                if (!reason)
+                        return -ENOMEM;
+        } else if (!doc->firmware_id)
+                problem = "firmwareId is missing or not a string";
+        else if (!job_id_field_valid(doc->firmware_id))
+                problem = "firmwareId is empty, too long or contains control characters";
+        else if (!doc->deployment_id)
+                problem = "deploymentId is missing or not a string";
+        else if (!job_id_field_valid(doc->deployment_id))
+                problem = "deploymentId is empty, too long or contains control characters";
+        else if ((problem = url_problem(doc->firmware_url, allow_http)))
+                ;
+        else if (doc->sha256_invalid)
+                problem = "sha256 is not a string";
+        else if (doc->sha256 && !job_sha256_valid(doc->sha256))
+                problem = "sha256 is not 64 hexadecimal digits";
+        else if (doc->size_invalid)
+                problem = "size is not a non-negative integer";
+
+        if (!problem && !reason) {
+                *ret_reason = NULL;
+                return 0;
+        }
+        if (!reason) {
+                reason = strdup(problem);
+                if (!reason)
+                        return -ENOMEM;
+        }
+        *ret_reason = TAKE_PTR(reason);
+        return -EBADMSG;
 }
 

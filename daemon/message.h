@@ -25,6 +25,7 @@
  * area shares, and json-util.c the JSON plumbing they all use. */
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -140,6 +141,9 @@ JobStatus job_status_from_string(const char *s);
  * status is one a device may set: IN_PROGRESS, SUCCEEDED, FAILED or REJECTED. The details
  * follow the AWS rules above (n == 0 leaves statusDetails out); expected_version < 0 leaves
  * expectedVersion out. */
+/* A statusDetails key by the AWS rules above. */
+bool job_status_detail_key_valid(const char *s);
+
 int message_encode_job_update(JobStatus status, const char *const *detail_keys,
                               const char *const *detail_values, size_t n,
                               int64_t expected_version, char **ret);
@@ -161,14 +165,25 @@ void job_list_done(JobList *l);
 /* get/accepted: {"inProgressJobs":[...],"queuedJobs":[...]}; a missing list is empty. */
 int message_decode_job_list(const void *data, size_t size, JobList *ret);
 
-/* The job document as the LifeOmic platform writes it. Decoded leniently: a field that is
- * missing or not a string is NULL, so that the job logic can still REJECT a job it cannot
- * run (it needs the job id for that) instead of failing to decode it. */
+/* A firmware URL (presigned) runs to a few kilobytes. */
+#define JOB_URL_MAX (16U * 1024U)
+/* firmwareId and deploymentId end up in the installer's environment. */
+#define JOB_ID_FIELD_MAX 256U
+
+/* The job document as the LifeOmic platform writes it. Decoded leniently: a string field that
+ * is missing or not a string is NULL, and a sha256 or size of the wrong type is flagged rather
+ * than dropped, so that the job logic can still REJECT a job it cannot run (it needs the job
+ * id for that) instead of failing to decode it, and never runs unchecked a job whose
+ * integrity check cannot be done. size follows the integer rules above. */
 typedef struct JobDocument {
         char *operation; /* "firmware_update" is the one lodevd runs; escaped */
         char *deployment_id;
         char *firmware_id;
         char *firmware_url;
+        char *sha256;        /* as given; NULL when absent */
+        int64_t size;        /* -1 when absent */
+        bool sha256_invalid; /* present but not a string */
+        bool size_invalid;   /* present but not an integer in 0..2^53-1 */
 } JobDocument;
 
 typedef struct JobExecution {
@@ -183,5 +198,20 @@ typedef struct JobExecution {
 void job_execution_done(JobExecution *e);
 /* {"execution":{...}} of <jobId>/get/accepted, $next/get/accepted, start-next/accepted and
  * notify-next. Returns 1 with *ret filled when there is an execution, 0 with *ret zeroed
- * when "execution" is absent or null (no pending job). */
+ * (document.size -1) when "execution" is absent or null (no pending job). */
 int message_decode_job_execution(const void *data, size_t size, JobExecution *ret);
+
+/* Whether lodevd will run this job. 0 when it will; -EBADMSG with *ret_reason (a sentence
+ * for the REJECTED report) when it will not: an operation other than "firmware_update", a
+ * missing or malformed firmwareId, deploymentId (job_id_field_valid()) or firmwareUrl
+ * (https:// only, http:// only with allow_http; no other scheme, no white space or control
+ * characters, at most JOB_URL_MAX bytes), a sha256 that is not 64 hex digits, a size of the
+ * wrong type. -EINVAL when job_id itself is not a valid job id (no report can be addressed).
+ * -ENOMEM. */
+int job_document_check(const char *job_id, const JobDocument *doc, bool allow_http,
+                       char **ret_reason);
+/* firmwareId and deploymentId: 1 to JOB_ID_FIELD_MAX bytes of UTF-8 without control
+ * characters (they go into the installer's environment and the logs). */
+bool job_id_field_valid(const char *s);
+/* 64 hexadecimal digits, either case. */
+bool job_sha256_valid(const char *s);

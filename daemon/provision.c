@@ -39,7 +39,7 @@ struct Provisioner {
         sd_event_source *timer; /* step timeout, then retry delay */
 };
 
-static const char *const step_table[_PROVISION_STEP_MAX] = {
+static const char *const provision_step_table[_PROVISION_STEP_MAX] = {
         [PROVISION_IDLE] = "idle",
         [PROVISION_CONNECTING] = "connecting with the claim certificate",
         [PROVISION_SUBSCRIBING] = "subscribing",
@@ -49,9 +49,7 @@ static const char *const step_table[_PROVISION_STEP_MAX] = {
         [PROVISION_RETRY_WAIT] = "waiting to retry",
 };
 
-const char *provision_step_to_string(ProvisionStep s) {
-        return s >= 0 && s < _PROVISION_STEP_MAX ? step_table[s] : NULL;
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(provision_step, ProvisionStep);
 
 static bool use_csr(Provisioner *p) {
         return p->config->method == PROVISION_METHOD_CSR;

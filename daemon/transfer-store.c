@@ -15,7 +15,6 @@
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 /* Metadata holds two short strings and a few numbers; anything larger is not ours. */
 #define METADATA_SIZE_MAX (16U * 1024U)
@@ -62,20 +61,7 @@ static const char *const transfer_state_table[_TRANSFER_STATE_MAX] = {
         [TRANSFER_UPLOADING] = "uploading",
 };
 
-const char *transfer_state_to_string(TransferState s) {
-        if (s < 0 || s >= _TRANSFER_STATE_MAX)
-                return NULL;
-        return transfer_state_table[s];
-}
-
-TransferState transfer_state_from_string(const char *s) {
-        if (!s)
-                return _TRANSFER_STATE_INVALID;
-        for (int i = 0; i < _TRANSFER_STATE_MAX; i++)
-                if (streq(s, transfer_state_table[i]))
-                        return (TransferState) i;
-        return _TRANSFER_STATE_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(transfer_state, TransferState);
 
 static uint64_t transfer_charge(uint64_t size) {
         return size + TRANSFER_OVERHEAD_BYTES;

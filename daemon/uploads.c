@@ -647,14 +647,11 @@ int uploads_new(sd_event *event, HttpClient *http, const char *state_dir, uint64
         if (r < 0)
                 log_warning_errno(r, "Cannot read %s, content types default to %s: %m",
                                   MIME_TYPES_PATH, MIME_TYPE_DEFAULT);
-        r = sd_event_add_defer(event, &u->copy_event, on_copy, u);
+        r = event_add_idle(event, &u->copy_event, on_copy, u, "upload-copy");
         if (r < 0) {
                 uploads_free(u);
                 return log_error_errno(r, "Failed to set up the spool copy source: %m");
         }
-        (void) sd_event_source_set_priority(u->copy_event, SD_EVENT_PRIORITY_IDLE);
-        (void) sd_event_source_set_enabled(u->copy_event, SD_EVENT_OFF);
-        (void) sd_event_source_set_description(u->copy_event, "upload-copy");
         if (uploads_queued(u) > 0)
                 log_info("%u file transfers queued from before.", uploads_queued(u));
         *ret = u;

@@ -4,6 +4,7 @@
 /* Small helpers shared by every module: cleanup attributes that make ownership
  * visible, and a few string helpers. No sd-*, mosquitto or curl types here. */
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #define _unused_ __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
 #define _sentinel_ __attribute__((sentinel))
+#define _fallthrough_ __attribute__((__fallthrough__))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -41,6 +43,12 @@ static inline void freep(void *p) {
         free(*(void **) p);
 }
 #define _cleanup_free_ _cleanup_(freep)
+
+/* free(p), returning NULL for "p = mfree(p)". */
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
 
 static inline int safe_close(int fd) {
         if (fd >= 0) {
@@ -67,6 +75,8 @@ static inline void fclosep(FILE **f) {
                 if (*p)                                                                            \
                         func(*p);                                                                  \
         }
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 static inline bool streq(const char *a, const char *b) {
         return strcmp(a, b) == 0;
@@ -121,6 +131,29 @@ uint64_t random_u64(void);
                         }                                                                          \
                 _found_;                                                                           \
         })
+
+/* An enum's names, kept in a table "static const char *const name##_table[_X_MAX]" indexed by
+ * the enum, turned into name##_to_string() (NULL for a value out of range) and
+ * name##_from_string() (the enum's _X_INVALID, -EINVAL, for NULL or an unknown name). The table
+ * is the one place a name is written. */
+#define DEFINE_STRING_TABLE_LOOKUP_TO_STRING(name, type)                                           \
+        const char *name##_to_string(type i) {                                                     \
+                if ((int) i < 0 || (size_t) i >= ELEMENTSOF(name##_table))                         \
+                        return NULL;                                                               \
+                return name##_table[i];                                                            \
+        }
+#define DEFINE_STRING_TABLE_LOOKUP_FROM_STRING(name, type)                                         \
+        type name##_from_string(const char *s) {                                                   \
+                if (!s)                                                                            \
+                        return (type) -EINVAL;                                                     \
+                for (size_t i = 0; i < ELEMENTSOF(name##_table); i++)                              \
+                        if (name##_table[i] && streq(name##_table[i], s))                          \
+                                return (type) i;                                                   \
+                return (type) -EINVAL;                                                             \
+        }
+#define DEFINE_STRING_TABLE_LOOKUP(name, type)                                                     \
+        DEFINE_STRING_TABLE_LOOKUP_TO_STRING(name, type)                                           \
+        DEFINE_STRING_TABLE_LOOKUP_FROM_STRING(name, type)
 
 /* The rest of s after prefix, or NULL when s does not start with it. */
 static inline const char *startswith(const char *s, const char *prefix) {

@@ -41,8 +41,6 @@
 #include "transfer-client.h"
 #include "util.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
-
 static sd_event *event;
 static uint64_t cancel_after = UINT64_MAX, signal_after = 0;
 static int signal_helper;

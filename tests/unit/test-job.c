@@ -94,13 +94,11 @@ static JobList list_make(const ListSpec *spec) {
         return l;
 }
 
-/* An execution decoded from JSON, as the service would get it, with its extra members. */
-static int execution_parse(const char *json, JobExecution *ret, JobDocumentExtra *ret_extra) {
+/* An execution decoded from JSON, as the service would get it. */
+static int execution_parse(const char *json, JobExecution *ret) {
         int r = message_decode_job_execution(json, strlen(json), ret);
 
-        if (r < 0)
-                return r;
-        return job_document_extra_decode(json, strlen(json), ret_extra);
+        return r < 0 ? r : 0;
 }
 
 static char *execution_json(const char *job_id, const char *status, const char *doc) {
@@ -333,17 +331,29 @@ static void test_document_check(void) {
                 { "{\"operation\":\"firmware_update\",\"deploymentId\":\"d\",\"firmwareId\":\"f\","
                   "\"firmwareUrl\":\"https://h/x\",\"size\":null,\"sha256\":null}",
                   false, NULL },
+                /* The number rules of every message: integral values in any notation, nothing
+                 * past 2^53 - 1. */
+                { "{\"operation\":\"firmware_update\",\"deploymentId\":\"d\",\"firmwareId\":\"f\","
+                  "\"firmwareUrl\":\"https://h/x\",\"size\":1e3}",
+                  false, NULL },
+                { "{\"operation\":\"firmware_update\",\"deploymentId\":\"d\",\"firmwareId\":\"f\","
+                  "\"firmwareUrl\":\"https://h/x\",\"size\":1e300}",
+                  false, "size is not" },
+                { "{\"operation\":\"firmware_update\",\"deploymentId\":\"d\",\"firmwareId\":\"f\","
+                  "\"firmwareUrl\":\"https://h/x\",\"size\":9007199254740993}",
+                  false, "size is not" },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 _cleanup_(job_execution_done) JobExecution e = {};
-                _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
                 _cleanup_free_ char *json = execution_json("job-1", "QUEUED", cases[i].doc);
                 _cleanup_free_ char *reason = NULL;
                 int r;
 
-                CHECK_INT(execution_parse(json, &e, &x), 0);
-                r = job_document_check(e.job_id, &e.document, &x, cases[i].allow_http, &reason);
+                CHECK_INT(execution_parse(json, &e), 0);
+                if (strstr(cases[i].doc, ":1e3}"))
+                        CHECK_INT(e.document.size, 1000);
+                r = job_document_check(e.job_id, &e.document, cases[i].allow_http, &reason);
                 if (!cases[i].reason) {
                         CHECK_INT(r, 0);
                         CHECK(reason == NULL);
@@ -371,13 +381,13 @@ static void test_document_check(void) {
                 for (size_t i = 0; i < ELEMENTSOF(bad_ids); i++) {
                         char *reason = NULL;
 
-                        CHECK_INT(job_document_check(bad_ids[i], &doc, NULL, false, &reason),
+                        CHECK_INT(job_document_check(bad_ids[i], &doc, false, &reason),
                                   -EINVAL);
                         CHECK(reason == NULL);
                 }
                 _cleanup_free_ char *reason = NULL;
 
-                CHECK_INT(job_document_check("ok", NULL, NULL, false, &reason), -EBADMSG);
+                CHECK_INT(job_document_check("ok", NULL, false, &reason), -EBADMSG);
                 CHECK_STR(reason, "the job document has no operation");
         }
 }
@@ -389,7 +399,6 @@ static void test_document_huge(void) {
 
         for (size_t f = 0; f < ELEMENTSOF(fields); f++) {
                 _cleanup_(job_execution_done) JobExecution e = {};
-                _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
                 _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
                 _cleanup_(job_decision_done) JobDecision d = {};
                 _cleanup_free_ char *doc = NULL, *json = NULL, *payload = NULL, *big = NULL;
@@ -404,11 +413,10 @@ static void test_document_huge(void) {
                                     fields[f], big);
                 json = execution_json("job-big", "QUEUED", doc);
                 CHECK(strlen(json) <= MESSAGE_SIZE_MAX);
-                CHECK_INT(execution_parse(json, &e, &x), 0);
+                CHECK_INT(execution_parse(json, &e), 0);
                 CHECK_INT(job_handle(&j,
                                      &(JobEvent) { .type = JOB_EVENT_EXECUTION,
-                                                   .execution = &e,
-                                                   .extra = &x },
+                                                   .execution = &e },
                                      &ctx, &d),
                           0);
                 CHECK_INT(d.action, JOB_ACTION_REPORT);
@@ -422,18 +430,19 @@ static void test_document_huge(void) {
 
         /* Past the limit: the decoders refuse it before the job logic sees it. */
         {
-                JobDocumentExtra x;
+                _cleanup_(job_execution_done) JobExecution e = {};
                 _cleanup_free_ char *big = malloc(MESSAGE_SIZE_MAX + 2);
 
                 memset(big, ' ', MESSAGE_SIZE_MAX + 1);
                 big[0] = '{';
                 big[MESSAGE_SIZE_MAX] = '}';
                 big[MESSAGE_SIZE_MAX + 1] = 0;
-                CHECK_INT(job_document_extra_decode(big, strlen(big), &x), -E2BIG);
-                CHECK_INT(job_document_extra_decode("nope", 4, &x), -EBADMSG);
-                CHECK_INT(job_document_extra_decode("{}\0{}", 5, &x), -EBADMSG);
-                CHECK_INT(job_document_extra_decode("{}", 2, &x), 0);
-                CHECK(x.sha256 == NULL && x.size == -1 && !x.sha256_invalid && !x.size_invalid);
+                CHECK_INT(message_decode_job_execution(big, strlen(big), &e), -E2BIG);
+                CHECK_INT(message_decode_job_execution("nope", 4, &e), -EBADMSG);
+                CHECK_INT(message_decode_job_execution("{}\0{}", 5, &e), -EBADMSG);
+                CHECK_INT(message_decode_job_execution("{}", 2, &e), 0);
+                CHECK(e.document.sha256 == NULL && e.document.size == -1 &&
+                      !e.document.sha256_invalid && !e.document.size_invalid);
         }
 }
 
@@ -912,6 +921,7 @@ typedef struct EventCase {
         const char *stderr_line;
         bool save;
         bool backoff;
+        bool want_url;
 } EventCase;
 
 #define EV(...) ((JobEvent) { __VA_ARGS__ })
@@ -1021,6 +1031,82 @@ static const EventCase event_cases[] = {
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
         { "report: no code", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_REJECTED),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
+        /* Executions that cannot be decoded, named by their topic. */
+        { "unreadable when idle", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -E2BIG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED,
+          "the job execution cannot be read: larger than 128 KiB", .save = true },
+        { "unreadable when done", JOB_PHASE_DONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "not valid JSON",
+          .save = true },
+        { "unreadable fresh URL", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "cannot be read",
+          .save = true, .want_url = true },
+        { "unreadable other job while busy", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .want_url = true },
+        { "unreadable while installing", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
+          JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
+        { "unreadable without an id", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .error = -EBADMSG), JOB_ACTION_GET_LIST,
+          JOB_PHASE_NONE, NOREPORT, .reason = NULL },
+        /* Requests the platform refused. */
+        { "list refused", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_GET_REJECTED, .error_code = "InternalError"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
+        { "our job not found", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true, .want_url = true },
+        { "our job not found while reporting", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
+        { "fresh URL throttled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
+             .error_code = "RequestThrottled"),
+          JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true,
+          .want_url = true },
+        { "another job refused", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true },
+        { "queued job not found when idle", JOB_PHASE_NONE,
+          EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
+             .error_code = "ResourceNotFound"),
+          JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
+        /* Answers to progress reports. */
+        { "progress report accepted", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress accepted is no start", JOB_PHASE_ACCEPTED,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
+        { "progress accepted is no final answer", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
+          JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
+        { "progress report throttled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "RequestThrottled"),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress report invalid", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true, .error_code = "InvalidRequest"),
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
+        { "progress report: job canceled", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "TerminalStateReached"),
+          JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
+        { "progress report: canceled while installing", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "InvalidStateTransition"),
+          JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
+        { "progress rejection is no final answer", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
+             .error_code = "TerminalStateReached"),
+          JOB_ACTION_NONE, JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
         /* Late or misplaced events change nothing. */
         { "hook when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_HOOK_EXITED), JOB_ACTION_NONE,
           JOB_PHASE_NONE, NOREPORT, .reason = NULL },
@@ -1085,6 +1171,7 @@ static void test_events(void) {
 
                 if (t->phase != JOB_PHASE_NONE)
                         j = journal_make(t->phase, "job-1");
+                j.want_url = t->want_url;
                 CHECK_INT(job_handle(&j, &t->event, &ctx, &d), 0);
                 check_event_case(t, &j, &d);
                 if (t->phase == JOB_PHASE_INSTALLING && t->next == JOB_PHASE_AWAITING_REBOOT) {
@@ -1210,7 +1297,6 @@ static void test_executions(void) {
                 _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
                 _cleanup_(job_decision_done) JobDecision d = {};
                 _cleanup_(job_execution_done) JobExecution e = {};
-                _cleanup_(job_document_extra_done) JobDocumentExtra x = JOB_DOCUMENT_EXTRA_NULL;
                 unsigned failed = tests_failed;
                 const char *reason;
 
@@ -1219,10 +1305,8 @@ static void test_executions(void) {
                 j.want_url = t->want_url;
                 j.offset = 4242;
                 CHECK(message_decode_job_execution(t->payload, strlen(t->payload), &e) >= 0);
-                CHECK_INT(job_document_extra_decode(t->payload, strlen(t->payload), &x), 0);
                 CHECK_INT(job_handle(&j,
-                                     &EV(.type = JOB_EVENT_EXECUTION, .execution = &e,
-                                         .extra = &x),
+                                     &EV(.type = JOB_EVENT_EXECUTION, .execution = &e),
                                      &ctx, &d),
                           0);
                 CHECK_INT(d.action, t->action);
@@ -1277,9 +1361,6 @@ static void test_executions(void) {
         {
                 _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
                 _cleanup_(job_decision_done) JobDecision d = {};
-                JobDocumentExtra x = { .sha256 = (char *) "ABCDEF6789abcdef0123456789abcdef"
-                                                          "0123456789abcdef0123456789ABCDEF",
-                                       .size = -1 };
                 JobExecution e = { .job_id = (char *) "job-u",
                                    .status = JOB_STATUS_QUEUED,
                                    .execution_number = 7,
@@ -1287,10 +1368,13 @@ static void test_executions(void) {
                                    .document = { .operation = (char *) "firmware_update",
                                                  .deployment_id = (char *) "d",
                                                  .firmware_id = (char *) "f",
-                                                 .firmware_url = (char *) "https://h/x" } };
+                                                 .firmware_url = (char *) "https://h/x",
+                                                 .sha256 = (char *) "ABCDEF6789abcdef0123456789"
+                                                                    "abcdef0123456789abcdef0123"
+                                                                    "456789ABCDEF",
+                                                 .size = -1 } };
 
-                CHECK_INT(job_handle(&j,
-                                     &EV(.type = JOB_EVENT_EXECUTION, .execution = &e, .extra = &x),
+                CHECK_INT(job_handle(&j, &EV(.type = JOB_EVENT_EXECUTION, .execution = &e),
                                      &ctx, &d),
                           0);
                 CHECK_STR(j.sha256,
@@ -1439,7 +1523,6 @@ typedef struct Sim {
         bool cancel_when_installing;
         JobJournal j;
         JobExecution e; /* the last execution handed over; DOWNLOAD borrows its URL */
-        JobDocumentExtra x;
         JobPhase crash_phase; /* the journal's phase when the crash hit */
 } Sim;
 
@@ -1491,11 +1574,10 @@ static int sim_execution(Sim *s, JobEvent *ev) {
         int r;
 
         job_execution_done(&s->e);
-        job_document_extra_done(&s->x);
-        r = execution_parse(json, &s->e, &s->x);
+        r = execution_parse(json, &s->e);
         if (r < 0)
                 return r;
-        *ev = EV(.type = JOB_EVENT_EXECUTION, .execution = &s->e, .extra = &s->x);
+        *ev = EV(.type = JOB_EVENT_EXECUTION, .execution = &s->e);
         return 0;
 }
 
@@ -1510,7 +1592,6 @@ static void sim_run(Sim *s, int crash_at, bool crash_before, bool power_cut) {
         s->status = JOB_STATUS_QUEUED;
         s->j = JOB_JOURNAL_NULL;
         s->e = (JobExecution) {};
-        s->x = JOB_DOCUMENT_EXTRA_NULL;
         s->crash_phase = _JOB_PHASE_INVALID;
         CHECK_INT(sim_restart(s, false, &d), 0);
 
@@ -1614,7 +1695,6 @@ static void sim_run(Sim *s, int crash_at, bool crash_before, bool power_cut) {
 
         job_journal_done(&s->j);
         job_execution_done(&s->e);
-        job_document_extra_done(&s->x);
 }
 
 static void test_crashes(void) {

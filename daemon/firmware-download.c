@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include "event-util.h"
+#include "fileio.h"
+#include "firmware-download.h"
+#include "util.h"
+
+struct FirmwareDownload {
+        sd_event *event;
+        HttpClient *http;
+        FirmwareDownloadCallbacks cb;
+        void *userdata;
+        char *path, *url, *sha256;
+        int64_t size;
+        uint64_t max_size;
+
+        int fd;
+        uint64_t offset;      /* where the transfer starts */
+        uint64_t hashed;      /* of the first offset bytes, re-hashed before the transfer */
+        uint64_t pos, synced; /* bytes written, bytes durable */
+        uint64_t synced_usec;
+        uint64_t total;       /* as the server announced it, 0 unknown */
+        EVP_MD_CTX *sha;
+        unsigned char *chunk;
+        HttpTransfer *transfer;
+
+        /* Prefix hashing steps, and an end decided outside the loop's callbacks. */
+        sd_event_source *idle;
+        bool hashing;
+        bool ending;
+        FirmwareDownloadResult end;
+        char *message;       /* of end, or why data() stopped the transfer */
+};
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+JobDownloadError firmware_download_classify(int error, long status) {
+        if (error < 0)
+                switch (error) {
+                case -EPROTONOSUPPORT: /* a redirect to a scheme lodevd refuses */
+                case -ELOOP:           /* redirects that go round */
+                case -EINVAL:          /* a URL curl cannot parse */
+                        return JOB_DOWNLOAD_REFUSED;
+                case -EFBIG:
+                        return JOB_DOWNLOAD_CORRUPT;
+                case -ENOSPC:
+                case -EDQUOT:
+                case -E2BIG:
+                        return JOB_DOWNLOAD_NO_SPACE;
+                case -EIO:
+                case -EBADF:
+                case -EROFS:
+                case -ENOMEM:
+                        return JOB_DOWNLOAD_LOCAL;
+                default:
+                        return JOB_DOWNLOAD_NETWORK;
+                }
+        if (status == 403)
+                return JOB_DOWNLOAD_EXPIRED;
+        if (status == 408 || status == 429 || status >= 500 || status < 400)
+                return JOB_DOWNLOAD_NETWORK;
+        return JOB_DOWNLOAD_REFUSED;
+}
+
+static void set_message(FirmwareDownload *d, const char *fmt, ...) _printf_(2, 3);
+static void set_message(FirmwareDownload *d, const char *fmt, ...) {
+        va_list ap;
+        char *m = NULL;
+
+        va_start(ap, fmt);
+        if (vasprintf(&m, fmt, ap) < 0)
+                m = NULL;
+        va_end(ap);
+        free(d->message);
+        d->message = m;
+}
+
+static void close_transfer(FirmwareDownload *d) {
+        http_transfer_cancel(d->transfer);
+        d->transfer = NULL;
+        d->hashing = false;
+        if (d->idle)
+                (void) sd_event_source_set_enabled(d->idle, SD_EVENT_OFF);
+}
+
+/* The end, told once. Only from the loop's own callbacks. */
+static void finish(FirmwareDownload *d, bool complete, JobDownloadError error) {
+        if (d->fd >= 0 && !complete && d->pos > d->synced && fsync(d->fd) >= 0)
+                d->synced = d->pos; /* the bytes here count on the next try */
+        close_transfer(d);
+        d->ending = false;
+        d->end = (FirmwareDownloadResult) {
+                .complete = complete,
+                .error = error,
+                .offset = d->synced,
+                .message = complete ? NULL : (d->message ?: "the download failed"),
+        };
+        d->fd = safe_close(d->fd);
+        d->cb.finished(d, &d->end, d->userdata);
+}
+
+/* An end decided where finished() must not run (from start()): told from the idle source. */
+static void finish_later(FirmwareDownload *d, JobDownloadError error) {
+        close_transfer(d);
+        d->ending = true;
+        d->end.error = error;
+        (void) sd_event_source_set_enabled(d->idle, SD_EVENT_ONESHOT);
+}
+
+static uint64_t reserve(FirmwareDownload *d) {
+        return d->cb.reserve ? d->cb.reserve(d, d->userdata) : 0;
+}
+
+/* Room for the rest of the download (needed bytes), with reserve() left over. */
+static int check_space(FirmwareDownload *d, uint64_t needed) {
+        uint64_t keep = reserve(d), avail;
+        struct statvfs sv;
+
+        if (fstatvfs(d->fd, &sv) < 0)
+                return 0; /* no figure: the writes will tell */
+        avail = (uint64_t) sv.f_bavail * sv.f_frsize;
+        if (avail >= keep && avail - keep >= needed)
+                return 0;
+        if (needed > 0)
+                set_message(d,
+                            "%" PRIu64 " bytes are needed for the firmware in %s while %" PRIu64
+                            " bytes must stay free for the observation spool and the job "
+                            "journal; %" PRIu64 " are available",
+                            needed, d->path, keep, avail);
+        else
+                set_message(d,
+                            "the file system of %s is down to %" PRIu64 " free bytes, and %" PRIu64
+                            " must stay free for the observation spool and the job journal",
+                            d->path, avail, keep);
+        return -ENOSPC;
+}
+
+/* Makes what is written durable and records it, so that a crash resumes from here. */
+static int sync_now(FirmwareDownload *d) {
+        int r;
+
+        if (d->pos == d->synced)
+                return 0;
+        if (fsync(d->fd) < 0) {
+                r = -errno;
+                set_message(d, "cannot sync %s: %s", d->path, strerror(-r));
+                return r;
+        }
+        d->synced = d->pos;
+        d->synced_usec = event_now(d->event);
+        if (d->cb.synced) {
+                r = d->cb.synced(d, d->synced, d->userdata);
+                if (r < 0) {
+                        set_message(d, "cannot record the download's progress: %s",
+                                    strerror(-r));
+                        return r;
+                }
+        }
+        /* A download without a known size is held to the room left as it goes. */
+        return check_space(d, 0);
+}
+
+static void progress(FirmwareDownload *d) {
+        if (d->cb.progress)
+                d->cb.progress(d, d->pos, d->size >= 0 ? (uint64_t) d->size : d->total,
+                               d->userdata);
+}
+
+static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
+                   void *userdata) {
+        FirmwareDownload *d = userdata;
+        int r;
+
+        if (offset != d->pos) {
+                /* The server sent the whole file instead of the range: start over. */
+                if (offset != 0)
+                        return -EBADMSG;
+                if (ftruncate(d->fd, 0) < 0)
+                        return -errno;
+                d->pos = d->synced = 0;
+                if (d->sha && EVP_DigestInit_ex(d->sha, EVP_sha256(), NULL) != 1)
+                        return -EIO;
+        }
+        if (d->size >= 0 && d->pos + len > (uint64_t) d->size) {
+                set_message(d, "the server sent more than the job document's size, %" PRId64
+                            " bytes", d->size);
+                return -EFBIG;
+        }
+        if (d->size < 0 && d->max_size > 0 && d->pos + len > d->max_size) {
+                set_message(d, "the firmware is larger than firmware.max_download_bytes, %" PRIu64
+                            " bytes", d->max_size);
+                return -E2BIG;
+        }
+        r = pwrite_full(d->fd, data, len, d->pos);
+        if (r < 0) {
+                set_message(d, "cannot write %s: %s", d->path, strerror(-r));
+                return r;
+        }
+        if (d->sha && EVP_DigestUpdate(d->sha, data, len) != 1)
+                return -EIO;
+        d->pos += len;
+        if (d->pos - d->synced >= FIRMWARE_DOWNLOAD_SYNC_BYTES ||
+            event_now(d->event) - d->synced_usec >= FIRMWARE_DOWNLOAD_SYNC_USEC) {
+                r = sync_now(d);
+                if (r < 0)
+                        return r;
+        }
+        progress(d);
+        return 0;
+}
+
+static void on_progress(HttpTransfer *t, uint64_t done, uint64_t total, void *userdata) {
+        FirmwareDownload *d = userdata;
+
+        d->total = total;
+}
+
+/* Every byte is here: size and digest, then durable. */
+static void verify(FirmwareDownload *d) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        unsigned md_len = 0;
+
+        if (d->size >= 0 && d->pos != (uint64_t) d->size) {
+                set_message(d, "%" PRIu64 " bytes instead of the job document's %" PRId64,
+                            d->pos, d->size);
+                goto corrupt;
+        }
+        if (d->sha) {
+                if (EVP_DigestFinal_ex(d->sha, md, &md_len) != 1) {
+                        set_message(d, "SHA-256 failed");
+                        finish(d, false, JOB_DOWNLOAD_LOCAL);
+                        return;
+                }
+                for (unsigned i = 0; i < md_len; i++)
+                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+                if (!streq(hex, d->sha256)) {
+                        set_message(d, "SHA-256 %s, the job document says %s", hex, d->sha256);
+                        goto corrupt;
+                }
+        }
+        if (fsync(d->fd) < 0) {
+                set_message(d, "cannot sync %s: %m", d->path);
+                finish(d, false, JOB_DOWNLOAD_LOCAL);
+                return;
+        }
+        d->synced = d->pos;
+        finish(d, true, 0);
+        return;
+
+corrupt:
+        /* Start over next time: the bytes here are not the document's. */
+        (void) ftruncate(d->fd, 0);
+        d->pos = d->synced = 0;
+        finish(d, false, JOB_DOWNLOAD_CORRUPT);
+}
+
+static void on_finished(HttpTransfer *t, const HttpResult *res, void *userdata) {
+        FirmwareDownload *d = userdata;
+
+        d->transfer = NULL;
+        if (res->error >= 0 && res->status >= 200 && res->status < 300) {
+                verify(d);
+                return;
+        }
+        if (res->error < 0) {
+                /* Our own reason (data() stopped it) says more than curl's. */
+                if (!d->message || res->error == -ECONNRESET || res->error == -ETIMEDOUT)
+                        set_message(d, "%s", res->error_text ?: strerror(-res->error));
+        } else if (res->status == 416 && d->pos > 0) {
+                /* Nothing past our offset: the file here is not what the server has. */
+                (void) ftruncate(d->fd, 0);
+                d->pos = d->synced = 0;
+                set_message(d, "HTTP 416");
+                finish(d, false, JOB_DOWNLOAD_NETWORK);
+                return;
+        } else
+                set_message(d, "HTTP %ld", res->status);
+        finish(d, false, firmware_download_classify(res->error, res->status));
+}
+
+static void begin_transfer(FirmwareDownload *d) {
+        uint64_t cap = d->size >= 0 ? (uint64_t) d->size : d->max_size;
+        int r;
+
+        if (d->size >= 0 && d->offset == (uint64_t) d->size && d->offset > 0) {
+                verify(d); /* everything was here before the restart */
+                return;
+        }
+        d->synced_usec = event_now(d->event);
+        /* The cap is on the whole file: a server that ignores the range sends all of it. */
+        r = http_get(d->http, d->url, d->offset, cap, on_data, on_progress, on_finished, d,
+                     &d->transfer);
+        if (r < 0) {
+                set_message(d, "cannot start the download: %s", strerror(-r));
+                finish(d, false,
+                       r == -EPROTONOSUPPORT || r == -EINVAL ? JOB_DOWNLOAD_REFUSED
+                                                              : JOB_DOWNLOAD_LOCAL);
+                return;
+        }
+        progress(d);
+}
+
+/* Hashes the bytes kept from before, a few milliseconds at a time. */
+static int on_idle(sd_event_source *s, void *userdata) {
+        FirmwareDownload *d = userdata;
+        uint64_t start = now_usec();
+
+        if (d->ending) {
+                finish(d, false, d->end.error);
+                return 0;
+        }
+        if (!d->hashing)
+                return 0;
+        while (d->hashed < d->offset) {
+                size_t n = (size_t) MIN(d->offset - d->hashed, (uint64_t) FIRMWARE_DOWNLOAD_HASH_CHUNK);
+                int r = pread_full(d->fd, d->chunk, n, d->hashed);
+
+                if (r < 0 || EVP_DigestUpdate(d->sha, d->chunk, n) != 1) {
+                        set_message(d, "cannot hash %s: %s", d->path,
+                                    strerror(r < 0 ? -r : EIO));
+                        finish(d, false, JOB_DOWNLOAD_LOCAL);
+                        return 0;
+                }
+                d->hashed += n;
+                if (now_usec() - start >= FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC)
+                        return 0; /* the rest at the next idle moment */
+        }
+        d->hashing = false;
+        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        d->chunk = mfree(d->chunk);
+        begin_transfer(d);
+        return 0;
+}
+
+/* Opens and truncates the file to the durable offset and checks the room; on failure, what
+ * kind of failure in *ret_error, the message set. */
+static int prepare(FirmwareDownload *d, JobDownloadError *ret_error) {
+        struct stat st;
+
+        *ret_error = JOB_DOWNLOAD_LOCAL;
+        d->fd = open(d->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (d->fd < 0 || fstat(d->fd, &st) < 0) {
+                set_message(d, "cannot open %s: %m", d->path);
+                return -EIO;
+        }
+        /* Only what the journal says is durable counts; the rest may be garbage. */
+        if ((uint64_t) st.st_size < d->offset)
+                d->offset = 0;
+        if (ftruncate(d->fd, (off_t) d->offset) < 0) {
+                set_message(d, "cannot truncate %s: %m", d->path);
+                return -EIO;
+        }
+        d->pos = d->synced = d->offset;
+        if (check_space(d, d->size >= 0 ? (uint64_t) d->size - d->offset : 0) < 0) {
+                *ret_error = JOB_DOWNLOAD_NO_SPACE;
+                return -ENOSPC;
+        }
+        if (d->sha256) {
+                d->sha = EVP_MD_CTX_new();
+                if (!d->sha || EVP_DigestInit_ex(d->sha, EVP_sha256(), NULL) != 1) {
+                        set_message(d, "SHA-256 cannot be set up");
+                        return -EIO;
+                }
+                if (d->offset > 0) {
+                        d->chunk = malloc(FIRMWARE_DOWNLOAD_HASH_CHUNK);
+                        if (!d->chunk) {
+                                set_message(d, "out of memory");
+                                return -ENOMEM;
+                        }
+                }
+        }
+        return 0;
+}
+
+int firmware_download_start(sd_event *event, HttpClient *http, const FirmwareDownloadParams *p,
+                            const FirmwareDownloadCallbacks *cb, void *userdata,
+                            FirmwareDownload **ret) {
+        JobDownloadError error;
+        FirmwareDownload *d;
+        int r;
+
+        if (!event || !http || !p || !p->path || !p->url || !cb || !cb->finished || !ret ||
+            p->offset > INT64_MAX || p->size < -1)
+                return -EINVAL;
+        d = calloc(1, sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        *d = (FirmwareDownload) {
+                .event = sd_event_ref(event),
+                .http = http,
+                .cb = *cb,
+                .userdata = userdata,
+                .size = p->size,
+                .max_size = p->max_size,
+                .offset = p->offset,
+                .fd = -EBADF,
+                .path = strdup(p->path),
+                .url = strdup(p->url),
+                .sha256 = p->sha256 ? strdup(p->sha256) : NULL,
+        };
+        if (!d->path || !d->url || (p->sha256 && !d->sha256)) {
+                firmware_download_free(d);
+                return -ENOMEM;
+        }
+        r = event_add_idle(event, &d->idle, on_idle, d, "firmware-download");
+        if (r < 0) {
+                firmware_download_free(d);
+                return r;
+        }
+
+        if (prepare(d, &error) < 0)
+                finish_later(d, error);
+        else {
+                /* The prefix is hashed (when there is a digest to check) and the transfer
+                 * started from the idle source, so that nothing is told from inside this
+                 * call. */
+                d->hashed = d->sha ? 0 : d->offset;
+                d->hashing = true;
+                (void) sd_event_source_set_enabled(d->idle, SD_EVENT_ON);
+        }
+        *ret = d;
+        return 0;
+}
+
+FirmwareDownload *firmware_download_free(FirmwareDownload *d) {
+        if (!d)
+                return NULL;
+        http_transfer_cancel(d->transfer);
+        sd_event_source_disable_unref(d->idle);
+        safe_close(d->fd);
+        EVP_MD_CTX_free(d->sha);
+        free(d->chunk);
+        free(d->message);
+        free(d->path);
+        free(d->url);
+        free(d->sha256);
+        sd_event_unref(d->event);
+        free(d);
+        return NULL;
+}
