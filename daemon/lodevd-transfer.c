@@ -615,7 +615,7 @@ static int check_file(const TransferRequest *q) {
                 return -errno;
         if (!S_ISREG(st.st_mode))
                 return -EBADFD;
-        if (q->method == TRANSFER_GET && (uint64_t) st.st_size < q->offset)
+        if (q->method != TRANSFER_PUT && (uint64_t) st.st_size < q->offset)
                 return -ENODATA;
         return 0;
 }
@@ -656,6 +656,35 @@ static int download_end(Transfer *t, bool complete, pthread_t hasher, pthread_t 
         return 0;
 }
 
+/* HASH: the digest of [0, offset) of the file, nothing else. */
+static int hash_only(Transfer *t) {
+        _cleanup_free_ uint8_t *buf = malloc(HASH_CHUNK);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        unsigned md_len = 0;
+        int r;
+
+        t->sha = EVP_MD_CTX_new();
+        if (!buf || !t->sha || EVP_DigestInit_ex(t->sha, EVP_sha256(), NULL) != 1)
+                return -ENOMEM;
+        for (uint64_t at = 0; at < t->q.offset;) {
+                size_t n = (size_t) MIN(t->q.offset - at, (uint64_t) HASH_CHUNK);
+
+                r = pread_full(FILE_FD, buf, n, at);
+                if (r < 0)
+                        return r;
+                if (EVP_DigestUpdate(t->sha, buf, n) != 1)
+                        return -EIO;
+                at += n;
+        }
+        if (EVP_DigestFinal_ex(t->sha, md, &md_len) != 1)
+                return -EIO;
+        for (unsigned i = 0; i < md_len; i++)
+                snprintf(hex + 2 * i, 3, "%02x", md[i]);
+        report(t, &(TransferReport) { .type = TRANSFER_REPORT_SHA256, .text = hex });
+        return 0;
+}
+
 static void run(Transfer *t) {
         pthread_t hasher = 0, syncer = 0;
         CURLcode code;
@@ -665,6 +694,14 @@ static void run(Transfer *t) {
         r = check_file(&t->q);
         if (r < 0) {
                 report_done(t, r, 0, "the file handed over does not fit the request");
+                return;
+        }
+        if (t->q.method == TRANSFER_HASH) {
+                r = transfer_sandbox_apply();
+                if (r >= 0)
+                        r = hash_only(t);
+                report_done(t, r, r < 0 ? 0 : t->q.offset,
+                            r < 0 ? "cannot hash the file" : NULL);
                 return;
         }
         r = setup(t);

@@ -12,6 +12,7 @@
 static const char *const method_table[_TRANSFER_METHOD_MAX] = {
         [TRANSFER_GET] = "GET",
         [TRANSFER_PUT] = "PUT",
+        [TRANSFER_HASH] = "HASH",
 };
 
 static const char *const report_table[_TRANSFER_REPORT_TYPE_MAX] = {
@@ -156,7 +157,13 @@ void transfer_request_done(TransferRequest *q) {
 }
 
 int transfer_request_check(const TransferRequest *q) {
-        if (q->method < 0 || q->method >= _TRANSFER_METHOD_MAX || isempty(q->url))
+        if (q->method < 0 || q->method >= _TRANSFER_METHOD_MAX)
+                return -EINVAL;
+        if (q->method == TRANSFER_HASH)
+                return q->url || q->content_type || q->size > 0 || q->offset > INT64_MAX
+                               ? -EINVAL
+                               : 0;
+        if (isempty(q->url))
                 return -EINVAL;
         if (q->method == TRANSFER_PUT && (isempty(q->content_type) || q->offset > 0 ||
                                           q->sha256 || q->size > INT64_MAX))
@@ -237,6 +244,11 @@ int transfer_request_format(const TransferRequest *q, char **ret) {
         if (r < 0)
                 return r;
         buf_add(&b, "method", transfer_method_to_string(q->method));
+        if (q->method == TRANSFER_HASH) {
+                buf_add_u64(&b, "offset", q->offset);
+                buf_add(&b, "end", NULL);
+                goto done;
+        }
         buf_add_text(&b, "url", q->url);
         if (q->method == TRANSFER_PUT) {
                 buf_add_text(&b, "content-type", q->content_type);
@@ -256,6 +268,7 @@ int transfer_request_format(const TransferRequest *q, char **ret) {
         buf_add_u64(&b, "low-speed-time", q->low_speed_time_sec);
         buf_add_u64(&b, "low-speed-limit", q->low_speed_limit);
         buf_add(&b, "end", NULL);
+done:
         if (b.error < 0) {
                 free(b.s);
                 return b.error;

@@ -11,8 +11,8 @@
  * field holds a space or a newline, and "%00" is refused). Numbers are unsigned decimal.
  *
  * lodevd → helper, the request, then lodevd shuts its side for writing:
- *   method GET|PUT         url TEXT               content-type TEXT (PUT)
- *   size N (PUT: Content-Length)                  offset N (GET: Range start)
+ *   method GET|PUT|HASH    url TEXT (not HASH)    content-type TEXT (PUT)
+ *   size N (PUT: Content-Length)    offset N (GET: Range start; HASH: the length hashed)
  *   max-size N (GET: most bytes the resource may have, 0 no cap)
  *   sha256 0|1 (GET: hash the file)               sync-bytes N   sync-ms N (GET)
  *   ca-file TEXT   proxy TEXT   allow-http 0|1   max-rate N   connect-timeout N
@@ -41,6 +41,7 @@
 typedef enum TransferMethod {
         TRANSFER_GET,
         TRANSFER_PUT,
+        TRANSFER_HASH, /* no transfer: the SHA-256 of [0, offset) of the file */
         _TRANSFER_METHOD_MAX,
         _TRANSFER_METHOD_INVALID = -1,
 } TransferMethod;

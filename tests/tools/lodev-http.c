@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "transfer-client.h"
+#include "http.h"
 #include "util.h"
 
 static sd_event *event;
@@ -87,7 +87,7 @@ static void check_sockets(void) {
         sockets_seen = MAX(sockets_seen, n);
 }
 
-static void print_result(const TransferResult *r, int start_error) {
+static void print_result(const HttpResult *r, int start_error) {
         json_object *o = json_object_new_object();
         int error = r ? r->error : start_error;
 
@@ -125,7 +125,7 @@ static void print_result(const TransferResult *r, int start_error) {
         json_object_put(o);
 }
 
-static void on_finished(TransferRun *t, const TransferResult *r, void *userdata) {
+static void on_finished(HttpTransfer *t, const HttpResult *r, void *userdata) {
         finished_called = true;
         if (canceled) {
                 /* Must never happen: the check below reports it. */
@@ -137,25 +137,25 @@ static void on_finished(TransferRun *t, const TransferResult *r, void *userdata)
         (void) sd_event_exit(event, exit_status);
 }
 
-static void on_progress(TransferRun *t, uint64_t done, uint64_t total, void *userdata) {
+static void on_progress(HttpTransfer *t, uint64_t done, uint64_t total, void *userdata) {
         progress_calls++;
         check_sockets();
         if (signal_helper > 0 && !signaled && done >= signal_after) {
                 signaled = true;
-                (void) kill(transfer_run_pid(t), signal_helper);
+                (void) kill(http_transfer_pid(t), signal_helper);
         }
         if (!canceled && done >= cancel_after) {
                 canceled = true;
-                transfer_run_cancel(t);
+                http_transfer_cancel(t);
         }
 }
 
-static void on_synced(TransferRun *t, uint64_t offset, void *userdata) {
+static void on_synced(HttpTransfer *t, uint64_t offset, void *userdata) {
         synced_calls++;
 }
 
 static int on_cancel_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        TransferResult r = {.error = -ECANCELED, .error_text = "canceled by lodev-http"};
+        HttpResult r = {.error = -ECANCELED, .error_text = "canceled by lodev-http"};
 
         print_result(&r, 0);
         exit_status = finished_called ? 1 : 0;
@@ -236,14 +236,13 @@ int main(int argc, char **argv) {
                 {"verbose", no_argument, NULL, ARG_VERBOSE},
                 {},
         };
-        _cleanup_(transfer_client_freep) TransferClient *client = NULL;
+        _cleanup_(http_client_freep) HttpClient *client = NULL;
         _cleanup_close_ int fd = -EBADF;
-        TransferCallbacks cb = { .progress = on_progress, .synced = on_synced,
-                                 .finished = on_finished };
-        TransferOptions o = {};
-        TransferRun *run = NULL;
-        uint64_t offset = 0, max_size = 0, v;
-        bool verbose = false, sha256 = false;
+        HttpOptions o = {};
+        HttpGet g = {};
+        HttpTransfer *run = NULL;
+        uint64_t v;
+        bool verbose = false;
         const char *verb;
         sigset_t mask;
         struct stat st;
@@ -264,7 +263,7 @@ int main(int argc, char **argv) {
                         o.helper = optarg;
                         break;
                 case ARG_SHA256:
-                        sha256 = true;
+                        g.sha256 = true;
                         break;
                 case ARG_VERBOSE:
                         verbose = true;
@@ -288,11 +287,11 @@ int main(int argc, char **argv) {
                         if (c == ARG_MAX_RATE)
                                 o.max_rate = v;
                         else if (c == ARG_OFFSET)
-                                offset = v;
+                                g.offset = v;
                         else if (c == ARG_MAX_SIZE)
-                                max_size = v;
+                                g.max_size = v;
                         else if (c == ARG_SYNC_BYTES)
-                                o.sync_bytes = v;
+                                g.sync_bytes = v;
                         else if (c == ARG_CONNECT_TIMEOUT)
                                 o.connect_timeout_sec = (unsigned) v;
                         else if (c == ARG_LOW_SPEED_TIME)
@@ -329,9 +328,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "lodev-http: sd_event_default: %s\n", strerror(-r));
                 return 1;
         }
-        r = transfer_client_new(event, &o, &client);
+        r = http_client_new(event, &o, &client);
         if (r < 0) {
-                fprintf(stderr, "lodev-http: transfer_client_new: %s\n", strerror(-r));
+                fprintf(stderr, "lodev-http: http_client_new: %s\n", strerror(-r));
                 return 1;
         }
 
@@ -344,25 +343,25 @@ int main(int argc, char **argv) {
                 }
                 /* The fd's own offset must not matter. */
                 (void) lseek(fd, st.st_size / 2, SEEK_SET);
-                r = transfer_put(client, argv[optind + 1], fd, (uint64_t) st.st_size,
-                                 argv[optind + 3], &cb, NULL, &run);
+                r = http_put_fd(client, argv[optind + 1], fd, (uint64_t) st.st_size,
+                                argv[optind + 3], on_progress, on_finished, NULL, &run);
         } else {
                 fd = open(argv[optind + 2],
-                          O_RDWR | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0644);
+                          O_RDWR | O_CREAT | O_CLOEXEC | (g.offset == 0 ? O_TRUNC : 0), 0644);
                 if (fd < 0) {
                         fprintf(stderr, "lodev-http: %s: %m\n", argv[optind + 2]);
                         return 1;
                 }
-                r = transfer_get(client, argv[optind + 1], fd, offset, max_size, sha256, &cb,
-                                 NULL, &run);
+                r = http_get_fd(client, argv[optind + 1], fd, &g, on_progress, on_synced,
+                                on_finished, NULL, &run);
         }
         if (r < 0) {
                 print_result(NULL, r);
-                client = transfer_client_free(client);
+                client = http_client_free(client);
                 sd_event_unref(event);
                 return 1;
         }
-        helper_pid = transfer_run_pid(run);
+        helper_pid = http_transfer_pid(run);
         check_sockets();
         r = sd_event_add_post(event, NULL, on_idle_check, NULL);
         if (r >= 0)
@@ -370,7 +369,7 @@ int main(int argc, char **argv) {
         if (r < 0)
                 fprintf(stderr, "lodev-http: event loop: %s\n", strerror(-r));
 
-        client = transfer_client_free(client);
+        client = http_client_free(client);
         event = sd_event_unref(event);
         return exit_status;
 }

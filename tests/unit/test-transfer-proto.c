@@ -73,6 +73,21 @@ static void test_request_round_trip(void) {
         CHECK_INT(transfer_request_check(&p), 0);
 }
 
+static void test_request_hash(void) {
+        TransferRequest q = { .method = TRANSFER_HASH, .offset = 4096 };
+        _cleanup_(transfer_request_done) TransferRequest p = TRANSFER_REQUEST_NULL;
+        _cleanup_free_ char *text = NULL;
+
+        CHECK_INT(transfer_request_format(&q, &text), 0);
+        CHECK_STR(text, "method HASH\noffset 4096\nend\n");
+        CHECK_INT(parse_request(text, &p), 1);
+        CHECK_INT(p.method, TRANSFER_HASH);
+        CHECK_INT(p.offset, 4096);
+        CHECK_INT(transfer_request_check(&p), 0);
+        q.url = (char *) "https://x";
+        CHECK_INT(transfer_request_check(&q), -EINVAL);
+}
+
 static void test_request_refused(void) {
         TransferRequest q = { .method = TRANSFER_PUT, .url = (char *) "https://s3/x" };
         _cleanup_(transfer_request_done) TransferRequest p = TRANSFER_REQUEST_NULL;
@@ -292,6 +307,7 @@ static void test_reader(void) {
 
 int main(void) {
         test_request_round_trip();
+        test_request_hash();
         test_request_refused();
         test_escape();
         test_reports();
