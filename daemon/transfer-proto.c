@@ -9,13 +9,13 @@
 #include "transfer-proto.h"
 #include "util.h"
 
-static const char *const method_table[_TRANSFER_METHOD_MAX] = {
+static const char *const transfer_method_table[_TRANSFER_METHOD_MAX] = {
         [TRANSFER_GET] = "GET",
         [TRANSFER_PUT] = "PUT",
         [TRANSFER_HASH] = "HASH",
 };
 
-static const char *const report_table[_TRANSFER_REPORT_TYPE_MAX] = {
+static const char *const transfer_report_type_table[_TRANSFER_REPORT_TYPE_MAX] = {
         [TRANSFER_REPORT_ANSWER] = "answer",
         [TRANSFER_REPORT_PROGRESS] = "progress",
         [TRANSFER_REPORT_SYNCED] = "synced",
@@ -24,16 +24,8 @@ static const char *const report_table[_TRANSFER_REPORT_TYPE_MAX] = {
         [TRANSFER_REPORT_DONE] = "done",
 };
 
-const char *transfer_method_to_string(TransferMethod m) {
-        return m >= 0 && m < _TRANSFER_METHOD_MAX ? method_table[m] : NULL;
-}
-
-TransferMethod transfer_method_from_string(const char *s) {
-        for (size_t i = 0; s && i < ELEMENTSOF(method_table); i++)
-                if (streq(method_table[i], s))
-                        return (TransferMethod) i;
-        return _TRANSFER_METHOD_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(transfer_method, TransferMethod);
+DEFINE_STRING_TABLE_LOOKUP_FROM_STRING(transfer_report_type, TransferReportType);
 
 static bool must_escape(unsigned char c) {
         return c < 0x21 || c > 0x7e || c == '%';
@@ -373,7 +365,7 @@ int transfer_report_format(const TransferReport *r, char buf[static TRANSFER_LIN
 
         if (r->type < 0 || r->type >= _TRANSFER_REPORT_TYPE_MAX)
                 return -EINVAL;
-        name = report_table[r->type];
+        name = transfer_report_type_table[r->type];
         switch (r->type) {
         case TRANSFER_REPORT_ANSWER:
                 if (r->status < 100 || r->status > 599)
@@ -433,10 +425,7 @@ int transfer_report_parse(const char *line, TransferReport *ret) {
         n = split(copy, f, ELEMENTSOF(f));
         if (n < 0)
                 return n;
-        for (size_t i = 0; i < ELEMENTSOF(report_table); i++)
-                if (streq(f[0], report_table[i]))
-                        r.type = (TransferReportType) i;
-
+        r.type = transfer_report_type_from_string(f[0]);
         switch (r.type) {
         case TRANSFER_REPORT_ANSWER:
                 if (n != 4)

@@ -30,6 +30,7 @@
  *   done ERRNO BYTES [TEXT]     0 or the positive errno of the failure, payload bytes moved,
  *                               the explanation */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -43,7 +44,7 @@ typedef enum TransferMethod {
         TRANSFER_PUT,
         TRANSFER_HASH, /* no transfer: the SHA-256 of [0, offset) of the file */
         _TRANSFER_METHOD_MAX,
-        _TRANSFER_METHOD_INVALID = -1,
+        _TRANSFER_METHOD_INVALID = -EINVAL,
 } TransferMethod;
 
 typedef struct TransferRequest {
@@ -89,7 +90,7 @@ typedef enum TransferReportType {
         TRANSFER_REPORT_SHA256,
         TRANSFER_REPORT_DONE,
         _TRANSFER_REPORT_TYPE_MAX,
-        _TRANSFER_REPORT_TYPE_INVALID = -1,
+        _TRANSFER_REPORT_TYPE_INVALID = -EINVAL,
 } TransferReportType;
 
 typedef struct TransferReport {
@@ -143,3 +144,4 @@ int transfer_unescape(const char *s, char **ret);
 
 const char *transfer_method_to_string(TransferMethod m);
 TransferMethod transfer_method_from_string(const char *s);
+TransferReportType transfer_report_type_from_string(const char *s);

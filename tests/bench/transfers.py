@@ -26,7 +26,6 @@ The machine's load average is printed at the start and the end: the machine is s
 """
 
 import argparse
-import hashlib
 import os
 import resource
 import shutil
@@ -40,11 +39,13 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "platform"))
 os.environ.setdefault("LODEV_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
 os.environ.setdefault("LODEV_SOURCE_DIR", os.path.join(HERE, "..", ".."))
 
+import firmware as firmware_bench  # noqa: E402
 import lodevtest  # noqa: E402
 from lodev_platform import Platform  # noqa: E402
 
@@ -53,10 +54,7 @@ HELPER = os.path.join(lodevtest.BUILD_DIR, "daemon", "lodevd-transfer")
 SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
 TICK = os.sysconf("SC_CLK_TCK")
 
-HOOK = """#!/bin/sh
-date +%s.%N > "{rec}/started"
-exit 0
-"""
+HOOK = firmware_bench.HOOK
 
 
 def load():
@@ -183,18 +181,10 @@ class Device:
         return t1 - t0, cpu_seconds(self.pid) - cpu0, samples
 
 
-def make_firmware(platform, fw_id, size):
-    path = os.path.join(platform.workdir, "firmware", fw_id)
-    digest = hashlib.sha256()
-    chunk = os.urandom(4 * MiB)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(chunk))
-            f.write(chunk[:n])
-            digest.update(chunk[:n])
-            left -= n
-    return path, digest.hexdigest()
+def make_firmware(platform, size):
+    """firmware.py's image of that size in the emulator: (its path, its id, its sha256)."""
+    fw_id, sha = firmware_bench.make_firmware(platform, size)
+    return os.path.join(platform.workdir, "firmware", fw_id), fw_id, sha
 
 
 def mosquitto_sub_uss(platform, ident, thing, seconds=3):
@@ -232,8 +222,7 @@ def idle_memory(platform, scratch, rounds):
 
 
 def firmware(platform, scratch, rounds, size):
-    fw_id = "bench-fw"
-    path, sha = make_firmware(platform, fw_id, size)
+    path, fw_id, sha = make_firmware(platform, size)
     out = os.path.join(scratch, "curl.out")
     curl_t, curl_cpu, ours_t, ours_cpu = [], [], [], []
     dev = Device(platform, scratch, transfers={"max_bytes": 64 * MiB})
@@ -325,8 +314,7 @@ def mono_usec():
 
 
 def busy_download(platform, scratch, rounds, size):
-    fw_id = "bench-big"
-    path, sha = make_firmware(platform, fw_id, size)
+    path, fw_id, sha = make_firmware(platform, size)
     idle_p99, busy_p99, growth, peaks, idles, counts = [], [], [], [], [], []
     dev = Device(platform, scratch, transfers={"max_bytes": 64 * MiB})
     try:
