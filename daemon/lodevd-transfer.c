@@ -45,6 +45,9 @@ typedef struct Transfer {
         unsigned generation; /* bumped when the file starts over from byte 0 */
         bool finish;         /* the threads finish what is written, then stop */
         bool stop;           /* the threads stop at once */
+        bool hash_done;      /* the hashing thread has ended */
+        bool hash_waiting;   /* for a whole chunk to hash, or the end */
+        bool sync_waiting;   /* for sync-bytes more, or its timer */
         int worker_error;
         uint64_t hashed;
         uint64_t synced;
@@ -114,10 +117,14 @@ static void *hash_thread(void *userdata) {
                                 break;
                         }
                 }
-                if (t->hashed >= t->written) {
-                        if (t->finish)
-                                break;
+                if (t->hashed >= t->written && t->finish)
+                        break;
+                /* A whole chunk at a time while the download runs: one wake-up per MiB, not
+                 * per write. */
+                if (t->written - t->hashed < (t->finish ? 1 : HASH_CHUNK)) {
+                        t->hash_waiting = true;
                         pthread_cond_wait(&t->cond, &t->lock);
+                        t->hash_waiting = false;
                         continue;
                 }
                 from = t->hashed;
@@ -136,6 +143,8 @@ static void *hash_thread(void *userdata) {
         }
         if (r < 0 && t->worker_error == 0)
                 t->worker_error = r;
+        t->hash_done = true;
+        pthread_cond_broadcast(&t->cond);
         pthread_mutex_unlock(&t->lock);
         return NULL;
 }
@@ -161,7 +170,9 @@ static void *sync_thread(void *userdata) {
                         until = MAX(until, now + 1000);
                         ts.tv_sec = (time_t) (until / 1000000);
                         ts.tv_nsec = (long) (until % 1000000) * 1000;
+                        t->sync_waiting = true;
                         pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+                        t->sync_waiting = false;
                         continue;
                 }
                 target = t->written;
@@ -277,7 +288,10 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *userdata) {
         pthread_mutex_lock(&t->lock);
         t->written = at + n;
         r = t->worker_error;
-        pthread_cond_broadcast(&t->cond);
+        /* Only a thread that has something to do now is woken. */
+        if ((t->hash_waiting && t->written - t->hashed >= HASH_CHUNK) ||
+            (t->sync_waiting && t->q.sync_bytes > 0 && t->written - t->synced >= t->q.sync_bytes))
+                pthread_cond_broadcast(&t->cond);
         pthread_mutex_unlock(&t->lock);
         if (r < 0) {
                 t->local_error = r;
@@ -379,6 +393,13 @@ static void progress(Transfer *t, bool force) {
         t->progress_done = done;
         t->progress_total = total;
         report(t, &(TransferReport) { .type = TRANSFER_REPORT_PROGRESS, .a = done, .b = total });
+}
+
+/* The last progress again: lodevd takes a helper that says nothing for long for a hung one,
+ * and catching up with the digest or the disk can take a while on a gateway. */
+static void heartbeat(Transfer *t) {
+        report(t, &(TransferReport) { .type = TRANSFER_REPORT_PROGRESS, .a = t->progress_done,
+                                      .b = t->progress_total });
 }
 
 static int on_xferinfo(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
@@ -633,6 +654,17 @@ static int download_end(Transfer *t, bool complete, pthread_t hasher, pthread_t 
         else
                 t->stop = true;
         pthread_cond_broadcast(&t->cond);
+        while (t->q.sha256 && !t->hash_done) {
+                uint64_t until = now_usec() + 1000000;
+                struct timespec ts = { .tv_sec = (time_t) (until / 1000000),
+                                       .tv_nsec = (long) (until % 1000000) * 1000 };
+
+                if (pthread_cond_timedwait(&t->cond, &t->lock, &ts) == ETIMEDOUT) {
+                        pthread_mutex_unlock(&t->lock);
+                        heartbeat(t);
+                        pthread_mutex_lock(&t->lock);
+                }
+        }
         pthread_mutex_unlock(&t->lock);
         if (t->q.sha256)
                 pthread_join(hasher, NULL);
@@ -676,6 +708,11 @@ static int hash_only(Transfer *t) {
                 if (EVP_DigestUpdate(t->sha, buf, n) != 1)
                         return -EIO;
                 at += n;
+                if (now_usec() - t->progress_usec >= PROGRESS_USEC) {
+                        t->progress_usec = now_usec();
+                        report(t, &(TransferReport) { .type = TRANSFER_REPORT_PROGRESS,
+                                                      .a = at, .b = t->q.offset });
+                }
         }
         if (EVP_DigestFinal_ex(t->sha, md, &md_len) != 1)
                 return -EIO;
