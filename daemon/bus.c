@@ -175,9 +175,13 @@ static void jobs_checked(int error, void *userdata) {
         if (error >= 0)
                 r = sd_bus_reply_method_return(p->msg, "");
         else if (error == -ENOTCONN)
-                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_OFFLINE,
                                                "the device went offline before the platform "
                                                "answered");
+        else if (error == -ETIMEDOUT)
+                r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_TIMEOUT,
+                                               "the platform did not answer with the job list "
+                                               "in time");
         else
                 r = sd_bus_reply_method_errorf(p->msg, LODEV_ERROR_FAILED,
                                                "the platform did not answer with the job list: "
@@ -202,7 +206,7 @@ static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *
                 return 1;
         pending_call_free(p);
         if (r == -ENOTCONN)
-                return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                return sd_bus_error_setf(error, LODEV_ERROR_OFFLINE,
                                          "the device is not online (%s)",
                                          device_state_to_string(b->manager->state));
         if (r == -EBUSY)

@@ -20,6 +20,8 @@
 #define LODEV_ERROR_BUSY "com.lifeomic.Device1.Error.Busy"
 #define LODEV_ERROR_LIMITS_EXCEEDED "com.lifeomic.Device1.Error.LimitsExceeded"
 #define LODEV_ERROR_NOT_SUPPORTED "com.lifeomic.Device1.Error.NotSupported"
+#define LODEV_ERROR_OFFLINE "com.lifeomic.Device1.Error.Offline"
+#define LODEV_ERROR_TIMEOUT "com.lifeomic.Device1.Error.Timeout"
 #define LODEV_ERROR_FAILED "com.lifeomic.Device1.Error.Failed"
 
 /* Calls waiting for an answer (durability, provisioning), per client connection and in

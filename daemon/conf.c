@@ -72,6 +72,8 @@ static const KeyDef keys[] = {
         { "firmware", "reboot_command", KEY_STRING, OFF(reboot_command), 0, 0, NOLINE },
         { "firmware", "max_reboot_delay", KEY_UINT, OFF(max_reboot_delay), 0, 7 * 24 * 3600, NOLINE },
         { "firmware", "max_attempts", KEY_UINT, OFF(max_attempts), 1, 100, NOLINE },
+        { "firmware", "reboot_timeout", KEY_UINT, OFF(reboot_timeout), 10, 7 * 24 * 3600, NOLINE },
+        { "firmware", "max_reboot_tries", KEY_UINT, OFF(max_reboot_tries), 1, 100, NOLINE },
         { "firmware", "max_download_bytes", KEY_UINT64, OFF(max_download_bytes), 65536,
           UINT64_C(1) << 44, NOLINE },
 };
@@ -133,6 +135,8 @@ int config_init_defaults(Config *c) {
                 .spool_max_bytes = UINT64_C(64) * 1024 * 1024,
                 .transfers_max_bytes = UINT64_C(256) * 1024 * 1024,
                 .max_attempts = 3,
+                .reboot_timeout = 600,
+                .max_reboot_tries = 3,
                 .max_download_bytes = UINT64_C(4) << 30,
                 .install_timeout = 3600,
                 .max_reboot_delay = 3600,

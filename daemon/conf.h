@@ -52,6 +52,8 @@ typedef struct Config {
         char *reboot_command;
         unsigned max_reboot_delay;
         unsigned max_attempts; /* restarts a job may cause before it is failed */
+        unsigned reboot_timeout;     /* seconds in the same boot after reboot_command */
+        unsigned max_reboot_tries;   /* runs of reboot_command before the rollback */
         uint64_t max_download_bytes; /* firmware without a size in its document */
 
         int log_level; /* syslog priority, LOG_ERR..LOG_DEBUG */

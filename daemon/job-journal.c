@@ -10,7 +10,6 @@
 #include "topic.h"
 #include "util.h"
 
-#define JOURNAL_VERSION 1
 /* Counters beyond this are not something this code wrote. */
 #define JOURNAL_COUNTER_MAX 100000U
 #define BOOT_ID_MAX 64U
@@ -265,7 +264,8 @@ static int journal_check(const JobJournal *j) {
          * point the installer at another file. */
         if (!streq_ptr(j->file, file))
                 return -EINVAL;
-        needs_firmware = j->phase >= JOB_PHASE_ACCEPTED && j->phase <= JOB_PHASE_CONFIRMING;
+        /* A rollback may follow only an install, of a job that had its firmware. */
+        needs_firmware = j->phase >= JOB_PHASE_ACCEPTED && j->phase <= JOB_PHASE_ROLLING_BACK;
         if ((j->firmware_id && !job_id_field_valid(j->firmware_id)) ||
             (j->deployment_id && !job_id_field_valid(j->deployment_id)) ||
             (needs_firmware && (!j->firmware_id || !j->deployment_id)))
@@ -277,6 +277,7 @@ static int journal_check(const JobJournal *j) {
             (j->size >= 0 && (j->offset > (uint64_t) j->size ||
                               j->failed_offset > (uint64_t) j->size)) ||
             j->download_tries > JOURNAL_COUNTER_MAX || j->attempts > JOURNAL_COUNTER_MAX ||
+            j->reboot_tries > JOURNAL_COUNTER_MAX ||
             j->accepted_usec > INT64_MAX || j->updated_usec > INT64_MAX)
                 return -EINVAL;
         if (j->boot_id && !job_boot_id_valid(j->boot_id))
@@ -287,7 +288,8 @@ static int journal_check(const JobJournal *j) {
                         return -EINVAL;
         } else {
                 if (!status_final(j->report.status) ||
-                    !(j->phase == JOB_PHASE_REPORTING || j->phase == JOB_PHASE_DONE))
+                    !IN_SET(j->phase, JOB_PHASE_ROLLING_BACK, JOB_PHASE_REPORTING,
+                            JOB_PHASE_DONE))
                         return -EINVAL;
                 /* The encoder knows the platform's rules for statusDetails. */
                 r = job_report_encode(&j->report, &payload);
@@ -310,7 +312,7 @@ static int journal_to_json(const JobJournal *j, char **ret) {
         root = json_object_new_object();
         if (!root)
                 return -ENOMEM;
-        if ((r = json_add_int64(root, "version", JOURNAL_VERSION)) < 0 ||
+        if ((r = json_add_int64(root, "version", JOB_JOURNAL_VERSION)) < 0 ||
             (r = json_add_optional_string(root, "jobId", j->job_id)) < 0 ||
             (r = json_add_optional_string(root, "phase", job_phase_to_string(j->phase))) < 0 ||
             (r = json_add_optional_string(root, "firmwareId", j->firmware_id)) < 0 ||
@@ -321,6 +323,7 @@ static int journal_to_json(const JobJournal *j, char **ret) {
             (r = json_add_int64(root, "failedOffset", (int64_t) j->failed_offset)) < 0 ||
             (r = json_add_int64(root, "downloadTries", j->download_tries)) < 0 ||
             (r = json_add_int64(root, "attempts", j->attempts)) < 0 ||
+            (r = json_add_int64(root, "rebootTries", j->reboot_tries)) < 0 ||
             (r = json_add_optional_string(root, "bootId", j->boot_id)) < 0 ||
             (r = json_add_int64(root, "acceptedAt", (int64_t) j->accepted_usec)) < 0 ||
             (r = json_add_int64(root, "updatedAt", (int64_t) j->updated_usec)) < 0)
@@ -369,12 +372,18 @@ static int journal_get_int(json_object *root, const char *key, int64_t def, int6
 static int journal_from_json(json_object *root, JobJournal *ret) {
         _cleanup_(job_journal_done) JobJournal j = JOB_JOURNAL_NULL;
         _cleanup_free_ char *phase = NULL, *status = NULL;
-        int64_t version, offset, failed_offset, tries, attempts, accepted, updated;
+        int64_t version, offset, failed_offset, tries, attempts, reboot_tries, accepted, updated;
         json_object *details;
         int r;
 
-        if ((r = journal_get_int(root, "version", -1, &version)) < 0 ||
-            (r = journal_get_string(root, "phase", &phase)) < 0 ||
+        /* The version first: a newer one may mean anything, and is not read at all. */
+        r = journal_get_int(root, "version", -1, &version);
+        if (r < 0 || version < 1)
+                return r == -ENOMEM ? r : -EBADMSG;
+        if (version > JOB_JOURNAL_VERSION)
+                return -EPROTONOSUPPORT;
+
+        if ((r = journal_get_string(root, "phase", &phase)) < 0 ||
             (r = journal_get_string(root, "jobId", &j.job_id)) < 0 ||
             (r = journal_get_string(root, "firmwareId", &j.firmware_id)) < 0 ||
             (r = journal_get_string(root, "deploymentId", &j.deployment_id)) < 0 ||
@@ -389,17 +398,23 @@ static int journal_from_json(json_object *root, JobJournal *ret) {
             (r = journal_get_int(root, "failedOffset", 0, &failed_offset)) < 0 ||
             (r = journal_get_int(root, "downloadTries", 0, &tries)) < 0 ||
             (r = journal_get_int(root, "attempts", -1, &attempts)) < 0 ||
+            /* Version 1 had no reboot tries: the first reboot counts from here. */
+            (r = journal_get_int(root, "rebootTries", 0, &reboot_tries)) < 0 ||
             (r = journal_get_int(root, "acceptedAt", 0, &accepted)) < 0 ||
             (r = journal_get_int(root, "updatedAt", 0, &updated)) < 0)
                 return r == -ENOMEM ? r : -EBADMSG;
-        if (version != JOURNAL_VERSION || offset < 0 || attempts < 0 ||
-            tries > JOURNAL_COUNTER_MAX || attempts > JOURNAL_COUNTER_MAX)
+        if (offset < 0 || attempts < 0 || tries > JOURNAL_COUNTER_MAX ||
+            attempts > JOURNAL_COUNTER_MAX || reboot_tries > JOURNAL_COUNTER_MAX)
+                return -EBADMSG;
+        /* Version 1 knew no rollback. */
+        if (version < 2 && streq_ptr(phase, "rolling-back"))
                 return -EBADMSG;
         j.phase = job_phase_from_string(phase);
         j.offset = (uint64_t) offset;
         j.failed_offset = (uint64_t) failed_offset;
         j.download_tries = (unsigned) tries;
         j.attempts = (unsigned) attempts;
+        j.reboot_tries = (unsigned) reboot_tries;
         j.accepted_usec = (uint64_t) accepted;
         j.updated_usec = (uint64_t) updated;
 
@@ -480,6 +495,20 @@ int job_journal_save(const char *dir, const JobJournal *j) {
         if (!path)
                 return -ENOMEM;
         return write_file_atomic(path, text, strlen(text), 0600);
+}
+
+int job_journal_set_aside(const char *dir) {
+        _cleanup_free_ char *path = NULL, *aside = NULL;
+
+        if (!dir)
+                return -EINVAL;
+        path = journal_path(dir);
+        aside = strdup_printf("%s/" JOB_JOURNAL_FILE ".newer", dir);
+        if (!path || !aside)
+                return -ENOMEM;
+        if (rename(path, aside) < 0)
+                return -errno;
+        return fsync_directory_of(dir);
 }
 
 int job_journal_remove(const char *dir) {

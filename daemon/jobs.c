@@ -6,6 +6,7 @@
 #include "event-util.h"
 #include "fileio.h"
 #include "firmware-download.h"
+#include "firmware-reboot.h"
 #include "hook.h"
 #include "job.h"
 #include "jobs.h"
@@ -20,8 +21,6 @@
 #define RETRY_MAX_USEC (UINT64_C(120) * 1000000)
 /* Room left free beside the firmware, the spool's room and the journal. */
 #define SPACE_MARGIN (UINT64_C(1) * 1024 * 1024)
-/* The reboot command gets this long to return. */
-#define REBOOT_COMMAND_TIMEOUT_USEC (UINT64_C(120) * 1000000)
 /* Messages waiting for the channel: a list request, a job request, an update. */
 #define OUTGOING_MAX 8U
 
@@ -35,6 +34,8 @@ typedef struct Outgoing {
         OutKind kind;
         char *topic;
         char *payload;
+        char *job_id;  /* OUT_UPDATE: the job it is for */
+        bool progress; /* OUT_UPDATE: a progress report */
 } Outgoing;
 
 typedef struct CheckWaiter {
@@ -61,9 +62,7 @@ struct Jobs {
         size_t n_out;
         /* What waits for an answer: one request and one update at most. */
         Outgoing *request_sent, *update_sent;
-        bool update_is_progress; /* the update waiting is a progress report */
-        Outgoing *update_next;   /* the update to send once the one sent is answered */
-        bool update_next_is_progress;
+        Outgoing *update_next; /* the update to send once the one sent is answered */
         sd_event_source *request_timer, *update_timer;
 
         /* A GET_JOB or REPORT decided "with backoff". */
@@ -80,9 +79,7 @@ struct Jobs {
 
         /* Hooks and the reboot. */
         Hook *hook;
-        Hook *reboot_hook;
-        bool reboot_waiting;
-        sd_event_source *reboot_timer;
+        FirmwareReboot *reboot;
         Inhibitors *inhibitors;
 
         unsigned percent;
@@ -94,6 +91,7 @@ struct Jobs {
 static void outgoing_done(Outgoing *o) {
         free(o->topic);
         free(o->payload);
+        free(o->job_id);
         *o = (Outgoing) {};
 }
 
@@ -103,6 +101,25 @@ static Outgoing *outgoing_free(Outgoing *o) {
                 free(o);
         }
         return NULL;
+}
+
+/* A copy on the heap, NULL when out of memory. */
+static Outgoing *outgoing_copy(const Outgoing *o) {
+        Outgoing *c = calloc(1, sizeof(*c));
+
+        if (!c)
+                return NULL;
+        *c = (Outgoing) { .kind = o->kind, .progress = o->progress };
+        c->topic = strdup(o->topic);
+        c->payload = strdup(o->payload);
+        c->job_id = o->job_id ? strdup(o->job_id) : NULL;
+        if (!c->topic || !c->payload || (o->job_id && !c->job_id))
+                return outgoing_free(c);
+        return c;
+}
+
+static bool outgoing_same(const Outgoing *a, const Outgoing *b) {
+        return a && b && streq(a->topic, b->topic) && streq(a->payload, b->payload);
 }
 
 static uint64_t now_realtime(void) {
@@ -115,6 +132,7 @@ static uint64_t now_realtime(void) {
 static void context(Jobs *s, JobContext *c) {
         *c = (JobContext) {
                 .max_attempts = s->config->max_attempts,
+                .max_reboot_tries = s->config->max_reboot_tries,
                 .allow_http = s->config->allow_http,
                 .now_usec = now_realtime(),
                 .boot_id = s->boot_id,
@@ -169,13 +187,13 @@ void jobs_current(Jobs *s, const char **ret_id, const char **ret_status,
 
 /* --- Outgoing messages --- */
 
-static int queue_message(Jobs *s, OutKind kind, char *topic, char *payload) {
+/* Takes o over, also on failure. */
+static int queue_message(Jobs *s, Outgoing o) {
         if (s->n_out >= OUTGOING_MAX) {
-                free(topic);
-                free(payload);
+                outgoing_done(&o);
                 return -ENOBUFS;
         }
-        s->out[s->n_out++] = (Outgoing) { .kind = kind, .topic = topic, .payload = payload };
+        s->out[s->n_out++] = o;
         if (s->channel)
                 channel_wake(s->channel);
         return 0;
@@ -199,7 +217,8 @@ static void request_list(Jobs *s) {
                 log_oom();
                 return;
         }
-        (void) queue_message(s, OUT_LIST, TAKE_PTR(topic), TAKE_PTR(payload));
+        (void) queue_message(s, (Outgoing) { .kind = OUT_LIST, .topic = TAKE_PTR(topic),
+                                             .payload = TAKE_PTR(payload) });
 }
 
 static void request_job(Jobs *s, const char *id) {
@@ -219,57 +238,71 @@ static void request_job(Jobs *s, const char *id) {
                 log_oom();
                 return;
         }
-        (void) queue_message(s, OUT_JOB, TAKE_PTR(topic), TAKE_PTR(payload));
+        (void) queue_message(s, (Outgoing) { .kind = OUT_JOB, .topic = TAKE_PTR(topic),
+                                             .payload = TAKE_PTR(payload) });
 }
 
 static void send_next_update(Jobs *s);
 
+/* The update on its way: handed to the channel, or sent and waiting for its answer. */
+static const Outgoing *update_in_flight(Jobs *s) {
+        if (s->update_sent)
+                return s->update_sent;
+        for (size_t i = 0; i < s->n_out; i++)
+                if (s->out[i].kind == OUT_UPDATE)
+                        return &s->out[i];
+        return NULL;
+}
+
 /* Updates go one at a time: an answer on <job>/update/accepted carries no token, so it can
- * only be matched to the one update that is waiting. A newer update replaces one not yet
- * sent: the last word is the one that counts. */
+ * only be matched to the one update that is waiting (by its job). A newer update replaces one
+ * not yet sent: the last word is the one that counts. */
 static void queue_update(Jobs *s, const JobReport *report, bool progress) {
-        _cleanup_free_ char *topic = NULL, *payload = NULL;
-        Outgoing *o;
+        _cleanup_(outgoing_done) Outgoing o = { .kind = OUT_UPDATE, .progress = progress };
+        Outgoing *n;
         int r;
 
         if (!job_id(s))
                 return;
-        r = topic_build(TOPIC_JOB_UPDATE, s->thing, NULL, job_id(s), &topic);
+        r = topic_build(TOPIC_JOB_UPDATE, s->thing, NULL, job_id(s), &o.topic);
         if (r >= 0)
-                r = job_report_encode(report, &payload);
+                r = job_report_encode(report, &o.payload);
+        if (r >= 0 && !(o.job_id = strdup(job_id(s))))
+                r = -ENOMEM;
         if (r < 0) {
                 log_event(LOG_ERR, NULL, job_id(s), NULL,
                           "Cannot encode the status update of the job: %s", strerror(-r));
                 return;
         }
         /* A progress report never replaces a status change still to be sent. */
-        if (progress && s->update_next && !s->update_next_is_progress)
+        if (progress && s->update_next && !s->update_next->progress)
                 return;
-        o = calloc(1, sizeof(*o));
-        if (!o) {
+        /* The same update on its way already (a job that came both through notify-next and
+         * the list, a report re-sent at a reconnect): it is sent again if its answer does not
+         * come, never twice while it may. */
+        if (!s->update_next && outgoing_same(update_in_flight(s), &o)) {
+                log_debug("Jobs: the same update is on its way already.");
+                return;
+        }
+        n = outgoing_copy(&o);
+        if (!n) {
                 log_oom();
                 return;
         }
-        *o = (Outgoing) { .kind = OUT_UPDATE, .topic = TAKE_PTR(topic), .payload = TAKE_PTR(payload) };
         outgoing_free(s->update_next);
-        s->update_next = o;
-        s->update_next_is_progress = progress;
+        s->update_next = n;
         send_next_update(s);
 }
 
 static void send_next_update(Jobs *s) {
         Outgoing *o;
 
-        if (s->update_sent || !s->update_next || !s->connection)
+        if (update_in_flight(s) || !s->update_next || !s->connection)
                 return;
         o = TAKE_PTR(s->update_next);
-        s->update_is_progress = s->update_next_is_progress;
-        if (queue_message(s, OUT_UPDATE, o->topic, o->payload) < 0) {
-                free(o);
-                return;
-        }
-        free(o);
         /* Marked as sent when the channel takes it (see channel_next()). */
+        (void) queue_message(s, *o);
+        free(o);
 }
 
 static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata);
@@ -288,14 +321,7 @@ static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
         s->n_out--;
 
         /* Kept until answered, to send again when the answer does not come. */
-        copy = calloc(1, sizeof(*copy));
-        if (copy) {
-                copy->kind = o.kind;
-                copy->topic = strdup(o.topic);
-                copy->payload = strdup(o.payload);
-                if (!copy->topic || !copy->payload)
-                        copy = outgoing_free(copy);
-        }
+        copy = outgoing_copy(&o);
         if (o.kind == OUT_UPDATE) {
                 outgoing_free(s->update_sent);
                 s->update_sent = copy;
@@ -309,6 +335,8 @@ static int channel_next(Channel *ch, ChannelMessage *ret, void *userdata) {
         }
         if (r < 0)
                 log_error_errno(r, "Failed to arm the job answer timer: %m");
+        free(o.job_id);
+        /* The connection owns topic and payload from here on. */
         *ret = (ChannelMessage) {
                 .topic = o.topic,
                 .data = o.payload,
@@ -361,7 +389,7 @@ static int on_request_timeout(sd_event_source *t, uint64_t usec, void *userdata)
         log_debug("No answer to %s, asking again.", o->topic);
         if (o->kind == OUT_LIST)
                 check_waiters_done(s, -ETIMEDOUT);
-        if (queue_message(s, o->kind, o->topic, o->payload) < 0)
+        if (queue_message(s, *o) < 0)
                 log_debug("Job request queue full, dropping the request.");
         free(o);
         return 0;
@@ -373,16 +401,15 @@ static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) 
 
         if (!o)
                 return 0;
-        if (s->update_is_progress || s->update_next) {
+        if (o->progress || s->update_next) {
                 /* Superseded or only progress: the next one says more. */
                 outgoing_free(o);
                 send_next_update(s);
                 return 0;
         }
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "No answer to the job's status update; "
-                  "sending it again.");
+        log_event(LOG_INFO, NULL, o->job_id, NULL,
+                  "No answer to the status update of job %s; sending it again.", o->job_id);
         s->update_next = o;
-        s->update_next_is_progress = false;
         send_next_update(s);
         return 0;
 }
@@ -392,8 +419,8 @@ static int on_update_timeout(sd_event_source *t, uint64_t usec, void *userdata) 
 static void apply(Jobs *s, JobPhase before, JobDecision *d);
 static void stop_download(Jobs *s);
 static void start_download(Jobs *s, const char *url, uint64_t offset);
-static void run_hook(Jobs *s, bool install);
-static void start_reboot(Jobs *s);
+static void run_hook(Jobs *s, JobAction which);
+static void start_reboot(Jobs *s, uint64_t delay_usec);
 
 static void run_event(Jobs *s, const JobEvent *ev) {
         _cleanup_(job_decision_done) JobDecision d = {};
@@ -469,34 +496,28 @@ static void log_finished(Jobs *s) {
                   strempty(e_reason), err ? "; installer said: " : "", strempty(e_err));
 }
 
-/* A save that fails leaves memory ahead of the disk: go back to what the disk says and decide
- * again as after a restart, which is what the journal is made for. */
-static void journal_save_failed(Jobs *s, int error) {
-        JobJournal j = JOB_JOURNAL_NULL;
-        int r;
-
-        log_event(LOG_ERR, NULL, job_id(s), NULL,
-                  "Failed to save the job journal in %s, going back to the saved state: %s",
-                  s->dir, strerror(-error));
-        stop_download(s);
-        r = job_journal_load(s->dir, &j);
-        job_journal_done(&s->journal);
-        s->journal = r >= 0 ? j : JOB_JOURNAL_NULL;
-        s->started = false;
-        later(s, JOB_ACTION_GET_LIST, NULL, NULL);
-        current_changed(s);
-}
-
 /* before: the phase the journal had before the decision changed it. */
 static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         int r;
 
         if (d->save) {
                 r = job_journal_save(s->dir, &s->journal);
-                if (r < 0) {
-                        journal_save_failed(s, r);
+                if (r < 0 && d->must_save) {
+                        /* The step is not safe without its record: the job ends instead. */
+                        JobEvent ev = { .type = JOB_EVENT_SAVE_FAILED, .error = r };
+
+                        log_event(LOG_ERR, NULL, job_id(s), NULL,
+                                  "Job %s: failed to save the job journal in %s (%s); the job "
+                                  "ends here.",
+                                  job_id(s), s->dir, strerror(-r));
+                        run_event(s, &ev);
                         return;
                 }
+                if (r < 0)
+                        log_event(LOG_ERR, NULL, job_id(s), NULL,
+                                  "Job %s: failed to save the job journal in %s (%s); going on "
+                                  "from memory.",
+                                  job_id(s), s->dir, strerror(-r));
         }
         if (d->remove_download)
                 remove_download(s);
@@ -531,13 +552,12 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
                 start_download(s, d->url, d->offset);
                 break;
         case JOB_ACTION_INSTALL:
-                run_hook(s, true);
-                break;
         case JOB_ACTION_CONFIRM:
-                run_hook(s, false);
+        case JOB_ACTION_ROLLBACK:
+                run_hook(s, d->action);
                 break;
         case JOB_ACTION_REBOOT:
-                start_reboot(s);
+                start_reboot(s, d->delay_usec);
                 break;
         case JOB_ACTION_ABANDON:
                 log_event(LOG_NOTICE, LODEV_MESSAGE_JOB_FINISHED, d->job_id, NULL,
@@ -552,6 +572,10 @@ static void apply(Jobs *s, JobPhase phase, JobDecision *d) {
         default:
                 break;
         }
+
+        /* A reboot asked for while rebooting was the plan; not after. */
+        if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT)
+                firmware_reboot_cancel(s->reboot);
 
         /* JobUpdated for a change of phase, and the property. */
         if (s->journal.phase != phase) {
@@ -657,14 +681,16 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
 static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, const void *data,
                              size_t len) {
         _cleanup_(platform_error_done) PlatformError err = {};
-        bool progress = s->update_is_progress;
-        JobEvent ev = {};
+        JobEvent ev = { .job_id = topic_job };
 
-        if (!s->update_sent || !streq_ptr(topic_job, job_id(s))) {
+        /* Matched by job: an answer for another job's update (one re-sent, say, after the
+         * next job began) still frees the way for the next update. */
+        if (!s->update_sent || !streq_ptr(topic_job, s->update_sent->job_id)) {
                 log_debug("An update answer for job %s that nothing waits for, ignoring.",
                           strempty(topic_job));
                 return;
         }
+        ev.progress = s->update_sent->progress;
         s->update_sent = outgoing_free(s->update_sent);
         event_disarm(s->update_timer);
 
@@ -673,16 +699,15 @@ static void on_update_answer(Jobs *s, bool accepted, const char *topic_job, cons
         else {
                 if (message_decode_error(data, len, &err) < 0) {
                         log_warning("The rejection of job %s's update cannot be decoded, "
-                                    "taking it as InternalError.", job_id(s));
+                                    "taking it as InternalError.", topic_job);
                         err.error_code = strdup("InternalError");
                 }
                 ev.type = JOB_EVENT_UPDATE_REJECTED;
                 ev.error_code = err.error_code;
-                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                log_event(LOG_WARNING, NULL, topic_job, NULL,
                           "The platform rejected the status update of job %s: %s: %s",
-                          job_id(s), strempty(err.error_code), strempty(err.error_message));
+                          topic_job, strempty(err.error_code), strempty(err.error_message));
         }
-        ev.progress = progress;
         run_event(s, &ev);
         send_next_update(s);
 }
@@ -877,18 +902,31 @@ static void start_download(Jobs *s, const char *url, uint64_t offset) {
 
 /* --- Hooks --- */
 
+static const char *hook_verb(Jobs *s) {
+        switch (s->journal.phase) {
+        case JOB_PHASE_INSTALLING:
+                return "install";
+        case JOB_PHASE_CONFIRMING:
+                return "confirm";
+        default:
+                return "rollback";
+        }
+}
+
 static void on_hook_progress(Hook *h, unsigned percent, void *userdata) {
         Jobs *s = userdata;
 
         set_progress(s, percent, s->journal.phase == JOB_PHASE_INSTALLING ? "installing"
-                                                                           : "confirming");
+                                 : s->journal.phase == JOB_PHASE_CONFIRMING ? "confirming"
+                                                                            : "rolling back");
 }
 
 static void on_hook_line(Hook *h, const char *line, void *userdata) {
         Jobs *s = userdata;
         _cleanup_free_ char *e = escape_control(line);
 
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "installer: %s", strempty(e));
+        log_event(LOG_INFO, NULL, job_id(s), NULL, "installer %s: %s", hook_verb(s),
+                  strempty(e));
 }
 
 static void on_hook_ended(Hook *h, HookEnd end, int code, const char *last_line,
@@ -901,11 +939,12 @@ static void on_hook_ended(Hook *h, HookEnd end, int code, const char *last_line,
         ev.type = end == HOOK_EXITED   ? JOB_EVENT_HOOK_EXITED
                   : end == HOOK_KILLED ? JOB_EVENT_HOOK_KILLED
                                        : JOB_EVENT_HOOK_TIMEOUT;
-        log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: the installer %s %d.", job_id(s),
-                  end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
-                                                                     ? "was killed by signal"
-                                                                     : "timed out,",
-                  code);
+        log_event(end == HOOK_EXITED ? LOG_INFO : LOG_WARNING, NULL, job_id(s), NULL,
+                  "Job %s: INSTALLER %s %s %d.", job_id(s), hook_verb(s),
+                  end == HOOK_EXITED   ? "exited with status"
+                  : end == HOOK_KILLED ? "was killed by signal"
+                                       : "did not finish in time, signal",
+                  end == HOOK_TIMEOUT ? SIGTERM : code);
         run_event(s, &ev);
 }
 
@@ -915,13 +954,18 @@ static const HookCallbacks hook_callbacks = {
         .ended = on_hook_ended,
 };
 
-static void run_hook(Jobs *s, bool install) {
+/* INSTALLER install FILE, confirm or rollback, with the job's environment (SPEC §6). */
+static void run_hook(Jobs *s, JobAction which) {
         _cleanup_free_ char *file = NULL, *e_job = NULL, *e_fw = NULL, *e_dep = NULL,
                             *e_thing = NULL;
         const char *installer = s->config->installer;
+        const char *verb = which == JOB_ACTION_INSTALL   ? "install"
+                           : which == JOB_ACTION_CONFIRM ? "confirm"
+                                                         : "rollback";
         JobEvent ev = { .type = JOB_EVENT_HOOK_EXITED, .code = 127 };
         int r;
 
+        s->hook = hook_free(s->hook, false);
         file = strdup_printf("%s/%s", s->dir, strempty(s->journal.file));
         e_job = strdup_printf("LODEV_JOB_ID=%s", job_id(s));
         e_fw = strdup_printf("LODEV_FIRMWARE_ID=%s", strempty(s->journal.firmware_id));
@@ -933,17 +977,16 @@ static void run_hook(Jobs *s, bool install) {
                 run_event(s, &ev);
                 return;
         }
-        char *argv_install[] = { (char *) installer, (char *) "install", file, NULL };
-        char *argv_confirm[] = { (char *) installer, (char *) "confirm", NULL };
+        char *argv[] = { (char *) installer, (char *) verb,
+                         which == JOB_ACTION_INSTALL ? file : NULL, NULL };
         char *env[] = { e_job, e_fw, e_dep, e_thing, (char *) "LODEV_PROGRESS_FD=3", NULL };
 
         job_progress_reset(&s->throttle);
         s->has_percent = false;
         log_event(LOG_INFO, NULL, job_id(s), NULL, "Job %s: running %s %s.", job_id(s),
-                  installer, install ? "install" : "confirm");
-        r = hook_spawn(s->event, install ? argv_install : argv_confirm, env,
-                       (uint64_t) s->config->install_timeout * 1000000, true, &hook_callbacks,
-                       s, &s->hook);
+                  installer, verb);
+        r = hook_spawn(s->event, argv, env, (uint64_t) s->config->install_timeout * 1000000,
+                       true, &hook_callbacks, s, &s->hook);
         if (r < 0) {
                 _cleanup_free_ char *msg = strdup_printf("cannot run %s: %s", installer,
                                                           strerror(-r));
@@ -957,84 +1000,76 @@ static void run_hook(Jobs *s, bool install) {
 
 /* --- Reboot --- */
 
-static void on_reboot_ended(Hook *h, HookEnd end, int code, const char *last_line,
-                            void *userdata) {
+static void on_reboot_state(FirmwareReboot *r, FirmwareRebootState state, void *userdata) {
         Jobs *s = userdata;
-        _cleanup_free_ char *msg = NULL;
-        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
 
-        if (end == HOOK_EXITED && code == 0) {
+        switch (state) {
+        case FIRMWARE_REBOOT_DELAYED:
                 log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                          "Job %s: reboot requested; the job is confirmed after the restart.",
-                          job_id(s));
-                s->reboot_hook = hook_free(s->reboot_hook, false);
-                return;
+                          "Job %s: the reboot command runs again shortly (try %u of %u).",
+                          job_id(s), s->journal.reboot_tries, s->config->max_reboot_tries);
+                break;
+        case FIRMWARE_REBOOT_INHIBITED:
+                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
+                          "Job %s: the reboot waits for %zu inhibitor(s), at most %u s.",
+                          job_id(s), inhibitors_count(s->inhibitors),
+                          s->config->max_reboot_delay);
+                break;
+        case FIRMWARE_REBOOT_RUNNING_ANYWAY:
+                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                          "Job %s: reboot inhibitors still held after firmware.max_reboot_delay "
+                          "(%u s); rebooting anyway.",
+                          job_id(s), s->config->max_reboot_delay);
+                _fallthrough_;
+        case FIRMWARE_REBOOT_RUNNING:
+                log_event(LOG_NOTICE, NULL, job_id(s), NULL, "Job %s: rebooting with \"%s\".",
+                          job_id(s), s->config->reboot_command);
+                break;
+        case FIRMWARE_REBOOT_WAITING:
+                log_event(LOG_NOTICE, NULL, job_id(s), NULL,
+                          "Job %s: reboot requested; the job is confirmed after the restart "
+                          "(still this boot in %u s: the command runs again).",
+                          job_id(s), s->config->reboot_timeout);
+                break;
+        default:
+                break;
         }
-        msg = strdup_printf("%s %s %d%s%s", s->config->reboot_command,
-                            end == HOOK_EXITED ? "exited with status" : end == HOOK_KILLED
-                                                                       ? "was killed by signal"
-                                                                       : "timed out",
-                            code, last_line ? ": " : "", strempty(last_line));
-        s->reboot_hook = hook_free(s->reboot_hook, false);
-        ev.message = msg;
+}
+
+static void on_reboot_failed(FirmwareReboot *r, bool timed_out, const char *message,
+                             void *userdata) {
+        Jobs *s = userdata;
+        _cleanup_free_ char *copy = message ? strdup(message) : NULL;
+        JobEvent ev = { .type = timed_out ? JOB_EVENT_REBOOT_TIMEOUT : JOB_EVENT_REBOOT_FAILED,
+                        .code = (int) s->config->reboot_timeout,
+                        .message = copy };
+
+        if (timed_out)
+                log_event(LOG_WARNING, NULL, job_id(s), NULL,
+                          "Job %s: still the same boot %u s after the reboot command.",
+                          job_id(s), s->config->reboot_timeout);
+        else
+                log_event(LOG_WARNING, NULL, job_id(s), NULL, "Job %s: the reboot failed: %s.",
+                          job_id(s), strempty(copy));
         run_event(s, &ev);
 }
 
-static const HookCallbacks reboot_callbacks = {
-        .ended = on_reboot_ended,
+static const FirmwareRebootCallbacks reboot_callbacks = {
+        .state_changed = on_reboot_state,
+        .failed = on_reboot_failed,
 };
 
-static void reboot_now(Jobs *s) {
-        char *argv[] = { (char *) "/bin/sh", (char *) "-c", s->config->reboot_command, NULL };
-        JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED };
-        int r;
-
-        s->reboot_waiting = false;
-        s->reboot_timer = sd_event_source_disable_unref(s->reboot_timer);
-        if (s->journal.phase != JOB_PHASE_AWAITING_REBOOT || s->reboot_hook)
-                return;
-        log_event(LOG_NOTICE, NULL, job_id(s), NULL, "Job %s: rebooting with \"%s\".",
-                  job_id(s), s->config->reboot_command);
-        r = hook_spawn(s->event, argv, NULL, REBOOT_COMMAND_TIMEOUT_USEC, false,
-                       &reboot_callbacks, s, &s->reboot_hook);
-        if (r < 0) {
-                _cleanup_free_ char *msg = strdup_printf("cannot run it: %s", strerror(-r));
-
-                ev.message = msg;
-                run_event(s, &ev);
-        }
-}
-
-static int on_reboot_timer(sd_event_source *t, uint64_t usec, void *userdata) {
-        Jobs *s = userdata;
-
-        log_event(LOG_WARNING, NULL, job_id(s), NULL,
-                  "Job %s: reboot inhibitors still held after firmware.max_reboot_delay "
-                  "(%u s); rebooting anyway.",
-                  job_id(s), s->config->max_reboot_delay);
-        reboot_now(s);
-        return 0;
-}
-
-static void start_reboot(Jobs *s) {
-        size_t n = inhibitors_count(s->inhibitors);
+static void start_reboot(Jobs *s, uint64_t delay_usec) {
         int r;
 
         s->has_percent = false;
-        if (n == 0) {
-                reboot_now(s);
-                return;
-        }
-        log_event(LOG_NOTICE, NULL, job_id(s), NULL,
-                  "Job %s: the reboot waits for %zu inhibitor(s), at most %u s.", job_id(s), n,
-                  s->config->max_reboot_delay);
-        s->reboot_waiting = true;
-        r = event_arm_timer(s->event, &s->reboot_timer,
-                            (uint64_t) s->config->max_reboot_delay * 1000000, 0, false,
-                            on_reboot_timer, s, "reboot-delay");
+        r = firmware_reboot_request(s->reboot, s->config->reboot_command, delay_usec,
+                                    (uint64_t) s->config->max_reboot_delay * 1000000,
+                                    (uint64_t) s->config->reboot_timeout * 1000000);
         if (r < 0) {
-                log_error_errno(r, "Failed to arm the reboot delay timer, rebooting now: %m");
-                reboot_now(s);
+                JobEvent ev = { .type = JOB_EVENT_REBOOT_FAILED, .message = strerror(-r) };
+
+                run_event(s, &ev);
         }
 }
 
@@ -1043,11 +1078,11 @@ static void on_inhibitors_changed(void *userdata) {
 
         if (s->cb.inhibitors_changed)
                 s->cb.inhibitors_changed(s->userdata);
-        if (s->reboot_waiting && inhibitors_count(s->inhibitors) == 0) {
+        if (firmware_reboot_state(s->reboot) == FIRMWARE_REBOOT_INHIBITED &&
+            inhibitors_count(s->inhibitors) == 0)
                 log_event(LOG_INFO, NULL, job_id(s), NULL,
                           "Job %s: the last reboot inhibitor was released.", job_id(s));
-                reboot_now(s);
-        }
+        firmware_reboot_inhibitors_changed(s->reboot);
 }
 
 int jobs_inhibit_reboot(Jobs *s, const char *who, const char *why, const char *owner,
@@ -1139,10 +1174,8 @@ void jobs_detach(Jobs *s) {
                 outgoing_done(&s->out[i]);
         s->n_out = 0;
         /* An update waiting for its answer is sent again on the next connection. */
-        if (s->update_sent && !s->update_is_progress && !s->update_next) {
+        if (s->update_sent && !s->update_sent->progress && !s->update_next)
                 s->update_next = TAKE_PTR(s->update_sent);
-                s->update_next_is_progress = false;
-        }
         s->update_sent = outgoing_free(s->update_sent);
         s->request_sent = outgoing_free(s->request_sent);
         event_disarm(s->request_timer);
@@ -1209,6 +1242,8 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 return log_oom();
         }
         r = inhibitors_new(event, on_inhibitors_changed, s, &s->inhibitors);
+        if (r >= 0)
+                r = firmware_reboot_new(event, s->inhibitors, &reboot_callbacks, s, &s->reboot);
         if (r < 0) {
                 jobs_free(s);
                 return log_oom();
@@ -1225,6 +1260,24 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                           "A job the platform lists as IN_PROGRESS will be failed.",
                           s->dir);
                 (void) job_journal_remove(s->dir);
+                s->journal = JOB_JOURNAL_NULL;
+                s->journal.corrupt = true;
+        } else if (r == -EPROTONOSUPPORT) {
+                /* A later lodevd wrote it (this one runs after a fallback, say): what it says
+                 * cannot be read, and is not deleted. */
+                r = job_journal_set_aside(s->dir);
+                if (r < 0) {
+                        log_error_errno(r, "The job journal %s/" JOB_JOURNAL_FILE " was written "
+                                        "by a newer lodevd and cannot be set aside: %m",
+                                        s->dir);
+                        jobs_free(s);
+                        return r;
+                }
+                log_event(LOG_ERR, NULL, NULL, NULL,
+                          "The job journal %s/" JOB_JOURNAL_FILE " was written by a newer "
+                          "lodevd; kept as " JOB_JOURNAL_FILE ".newer. A job the platform "
+                          "lists as IN_PROGRESS will be failed.",
+                          s->dir);
                 s->journal = JOB_JOURNAL_NULL;
                 s->journal.corrupt = true;
         } else if (r < 0 && r != -ENOENT) {
@@ -1246,7 +1299,7 @@ Jobs *jobs_free(Jobs *s) {
         check_waiters_done(s, -ECANCELED);
         stop_download(s);
         s->hook = hook_free(s->hook, true);
-        s->reboot_hook = hook_free(s->reboot_hook, false);
+        s->reboot = firmware_reboot_free(s->reboot);
         for (size_t i = 0; i < s->n_out; i++)
                 outgoing_done(&s->out[i]);
         outgoing_free(s->request_sent);
@@ -1255,7 +1308,6 @@ Jobs *jobs_free(Jobs *s) {
         sd_event_source_disable_unref(s->request_timer);
         sd_event_source_disable_unref(s->update_timer);
         sd_event_source_disable_unref(s->retry_timer);
-        sd_event_source_disable_unref(s->reboot_timer);
         inhibitors_free(s->inhibitors);
         job_report_done(&s->retry_report);
         free(s->retry_job_id);

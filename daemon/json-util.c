@@ -68,10 +68,9 @@ static json_object *member(json_object *obj, const char *key) {
         return json_object_object_get_ex(obj, key, &v) ? v : NULL;
 }
 
-int json_member_string(json_object *obj, const char *key, size_t max, char **ret) {
+int json_member_string_borrow(json_object *obj, const char *key, size_t max, const char **ret) {
         json_object *v = member(obj, key);
         const char *s;
-        char *copy;
         int len;
 
         if (!v) {
@@ -84,7 +83,23 @@ int json_member_string(json_object *obj, const char *key, size_t max, char **ret
         len = json_object_get_string_len(v);
         if (!s || len < 0 || (size_t) len > max || !utf8_is_valid(s, (size_t) len))
                 return -EBADMSG; /* utf8_is_valid() also refuses an escaped \u0000 */
-        copy = strndup(s, (size_t) len);
+        *ret = s;
+        return 0;
+}
+
+int json_member_string(json_object *obj, const char *key, size_t max, char **ret) {
+        const char *s;
+        char *copy;
+        int r;
+
+        r = json_member_string_borrow(obj, key, max, &s);
+        if (r < 0)
+                return r;
+        if (!s) {
+                *ret = NULL;
+                return 0;
+        }
+        copy = strdup(s);
         if (!copy)
                 return -ENOMEM;
         *ret = copy;

@@ -35,6 +35,8 @@ int json_object_parse(const void *data, size_t size, size_t max, json_object **r
  * or null gives 0 and NULL: the caller decides whether that is allowed. Another type is
  * -EBADMSG. */
 int json_member_string(json_object *obj, const char *key, size_t max, char **ret);
+/* The same, borrowed from obj (valid while obj is); missing or null gives 0 and NULL. */
+int json_member_string_borrow(json_object *obj, const char *key, size_t max, const char **ret);
 /* The same, but missing, null or "" is -EBADMSG. */
 int json_member_required_string(json_object *obj, const char *key, size_t max, char **ret);
 /* Free text from the platform that may end up in a log line, LastError or lodevctl output:

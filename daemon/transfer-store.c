@@ -197,26 +197,24 @@ static int metadata_encode(const Transfer *t, char **ret) {
         return 0;
 }
 
+/* A required member in 0..max (json-util's integer rules). */
 static int json_get_u64(json_object *o, const char *key, uint64_t max, uint64_t *ret) {
-        json_object *v;
         int64_t n;
+        int r;
 
-        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
-                return -EBADMSG;
-        errno = 0;
-        n = json_object_get_int64(v);
-        if (errno != 0 || n < 0 || (uint64_t) n > max)
+        r = json_member_integer(o, key, 0, (int64_t) MIN(max, (uint64_t) JSON_INTEGER_MAX), -1,
+                                &n);
+        if (r < 0 || n < 0)
                 return -EBADMSG;
         *ret = (uint64_t) n;
         return 0;
 }
 
+/* A string member, borrowed; NULL when missing or not a valid string. */
 static const char *json_get_string(json_object *o, const char *key) {
-        json_object *v;
+        const char *s = NULL;
 
-        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-                return NULL;
-        return json_object_get_string(v);
+        return json_member_string_borrow(o, key, SIZE_MAX, &s) < 0 ? NULL : s;
 }
 
 /* Parses and validates metadata; -EBADMSG with a static *ret_reason when it is not ours. */

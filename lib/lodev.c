@@ -53,6 +53,8 @@ static const sd_bus_error_map lodev_errors[] = {
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Busy", EBUSY),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "LimitsExceeded", EUSERS),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "NotSupported", EOPNOTSUPP),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "Offline", ENETDOWN),
+        SD_BUS_ERROR_MAP(ERROR_PREFIX "Timeout", ETIMEDOUT),
         SD_BUS_ERROR_MAP(ERROR_PREFIX "Failed", EIO),
         SD_BUS_ERROR_MAP_END,
 };
@@ -159,6 +161,8 @@ const char *lodev_strerror(int error) {
                 return "the device is not provisioned";
         case EOPNOTSUPP:
                 return "not supported by this lodevd";
+        case ENETDOWN:
+                return "the device is not online";
         case ETIMEDOUT:
                 return "timed out";
         case EUSERS:

@@ -40,6 +40,11 @@ confirm)
         while [ -f "$rec/hold-confirm" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
         exit $(cat "$rec/confirm-exit" 2>/dev/null || echo 0)
         ;;
+rollback)
+        env > "$rec/env-rollback"
+        echo "rollback: nothing armed any more" >&2
+        exit $(cat "$rec/rollback-exit" 2>/dev/null || echo 0)
+        ;;
 esac
 exit 3
 """
@@ -463,6 +468,43 @@ def test_check_jobs_and_jobs_command(device, platform, bus):
     assert job in r.stdout and "installing" in r.stdout
     d.unflag("hold-install")
     wait_status(platform, d.thing, job, "SUCCEEDED")
+
+
+def check_jobs_error(bus):
+    """CheckJobs() through dbus-send: the error name, or None on success."""
+    import subprocess
+
+    r = subprocess.run(["dbus-send", "--system", "--print-reply", "--reply-timeout=90000",
+                        "--dest=com.lifeomic.Device1", "/com/lifeomic/Device1",
+                        "com.lifeomic.Device1.CheckJobs"],
+                       env=bus.env(), capture_output=True, text=True, timeout=120)
+    if r.returncode == 0:
+        return None
+    return r.stderr.split(":")[0].replace("Error ", "").strip()
+
+
+def test_check_jobs_errors_are_distinct(device, platform, bus):
+    """CheckJobs: no answer from the platform is Timeout, no connection is Offline, each with
+    its own error name (liblodev: ETIMEDOUT, ENETDOWN) rather than one Failed for both."""
+    d = device().start()
+    # The list request of the connect is answered first, so that the one ignored is ours.
+    assert check_jobs_error(bus) is None
+    platform.ignore_next("jobs-get")
+    t0 = time.monotonic()
+    assert check_jobs_error(bus) == "com.lifeomic.Device1.Error.Timeout"
+    assert 25 < time.monotonic() - t0 < 60
+    r = lodevtest.lodevctl(bus, "jobs", "--check")
+    assert r.returncode == 0, r.stderr
+    platform.broker_stop()
+    try:
+        wait_until(lambda: d.daemon.status()["state"] != "online", 30, what="offline")
+        assert check_jobs_error(bus) == "com.lifeomic.Device1.Error.Offline"
+        r = lodevtest.lodevctl(bus, "jobs", "--check")
+        assert r.returncode == 1 and "not online" in r.stderr, (r.returncode, r.stderr)
+    finally:
+        platform.broker_start()
+    d.daemon.wait_online(60)
+    assert check_jobs_error(bus) is None
 
 
 HOSTILE = [

@@ -22,6 +22,7 @@ static char jobdir[sizeof(tmpdir) + 8];
 
 static const JobContext ctx = {
         .max_attempts = 3,
+        .max_reboot_tries = 3,
         .allow_http = false,
         .now_usec = 1700000000000000ULL,
         .boot_id = BOOT_A,
@@ -61,11 +62,50 @@ static JobJournal journal_make(JobPhase phase, const char *job_id) {
         j.size = 1000000;
         CHECK_INT(job_download_file_name(job_id, &j.file), 0);
         j.accepted_usec = j.updated_usec = ctx.now_usec;
-        if (phase == JOB_PHASE_REPORTING || phase == JOB_PHASE_DONE) {
+        if (phase == JOB_PHASE_ROLLING_BACK || phase == JOB_PHASE_REPORTING ||
+            phase == JOB_PHASE_DONE) {
                 j.report.status = JOB_STATUS_FAILED;
                 CHECK_INT(job_report_set(&j.report, JOB_DETAIL_REASON, "it broke"), 0);
         }
         return j;
+}
+
+/* The rows of the table in job.h that a case walked, by tag. */
+static char covered[128][8];
+static size_t n_covered;
+
+static void row_covered(const char *row) {
+        for (size_t i = 0; i < n_covered; i++)
+                if (streq(covered[i], row))
+                        return;
+        CHECK(n_covered < ELEMENTSOF(covered) && strlen(row) < sizeof(covered[0]));
+        if (n_covered < ELEMENTSOF(covered))
+                snprintf(covered[n_covered++], sizeof(covered[0]), "%s", row);
+}
+
+/* Every tag of job.h's table ("  X12  ..." at the start of a table line) has a case. */
+static void test_table_walked(void) {
+        _cleanup_fclose_ FILE *f = fopen(JOB_H_PATH, "re");
+        char line[256];
+        size_t rows = 0;
+
+        CHECK(f != NULL);
+        while (f && fgets(line, sizeof(line), f)) {
+                char tag[8];
+                bool found = false;
+
+                if (sscanf(line, " *  %7[A-Z0-9] ", tag) != 1 || strlen(tag) < 2 ||
+                    !(tag[0] >= 'A' && tag[0] <= 'Z') || !(tag[1] >= '0' && tag[1] <= '9'))
+                        continue;
+                rows++;
+                for (size_t i = 0; i < n_covered; i++)
+                        found = found || streq(covered[i], tag);
+                if (!found)
+                        fprintf(stderr, "row %s of job.h has no case\n", tag);
+                CHECK(found);
+        }
+        /* The table is there: X, U, G, A, D, H, R, S, L, M and C rows. */
+        CHECK(rows >= 70);
 }
 
 /* A list from "id" strings; a NULL ends each group. */
@@ -412,6 +452,7 @@ static void test_document_huge(void) {
                                     "\"%s\":\"%s\"}",
                                     fields[f], big);
                 json = execution_json("job-big", "QUEUED", doc);
+                j.reconciled = true;
                 CHECK(strlen(json) <= MESSAGE_SIZE_MAX);
                 CHECK_INT(execution_parse(json, &e), 0);
                 CHECK_INT(job_handle(&j,
@@ -610,7 +651,7 @@ static void test_journal_corrupt(void) {
                 "{}",
                 "{\"version\":1}",
                 "not json at all",
-                "{\"version\":2,\"jobId\":\"job-c\",\"phase\":\"done\",\"offset\":0,"
+                "{\"version\":0,\"jobId\":\"job-c\",\"phase\":\"done\",\"offset\":0,"
                 "\"attempts\":0}",
                 "{\"version\":1,\"jobId\":\"../x\",\"phase\":\"done\",\"offset\":0,"
                 "\"attempts\":0}",
@@ -686,21 +727,82 @@ static void test_journal_corrupt(void) {
         CHECK_INT(job_journal_remove(jobdir), 0);
 }
 
+/* Older versions are read; a newer one is refused, and kept. */
+static void test_journal_versions(void) {
+        _cleanup_free_ char *file = NULL, *v1 = NULL, *v1_rollback = NULL, *aside = NULL;
+        JobJournal j = JOB_JOURNAL_NULL;
+        struct stat st;
+
+        CHECK_INT(job_download_file_name("job-v", &file), 0);
+        /* What lodevd wrote before the rollback phase and the reboot tries: a pending reboot,
+         * which must still be confirmed after the update that brings the new format. */
+        v1 = strdup_printf("{\"version\":1,\"jobId\":\"job-v\",\"phase\":\"awaiting-reboot\","
+                           "\"firmwareId\":\"fw-2\",\"deploymentId\":\"d\",\"file\":\"%s\","
+                           "\"offset\":0,\"failedOffset\":0,\"downloadTries\":0,\"attempts\":1,"
+                           "\"bootId\":\"" BOOT_A "\",\"acceptedAt\":1,\"updatedAt\":2,"
+                           "\"executionNumber\":1,\"versionNumber\":3}",
+                           file);
+        write_text(v1, strlen(v1));
+        CHECK_INT(job_journal_load(jobdir, &j), 0);
+        CHECK_INT(j.phase, JOB_PHASE_AWAITING_REBOOT);
+        CHECK_INT(j.attempts, 1);
+        CHECK_INT(j.reboot_tries, 0);
+        CHECK_STR(j.boot_id, BOOT_A);
+        {
+                _cleanup_(job_decision_done) JobDecision d = {};
+                _cleanup_(job_list_done) JobList l = list_make(NULL);
+                JobContext c = ctx;
+
+                c.boot_id = BOOT_B;
+                CHECK_INT(job_reconcile(&j, &l, JOB_RECONCILE_STARTUP, &c, &d), 0);
+                CHECK_INT(d.action, JOB_ACTION_CONFIRM);
+        }
+        /* Written back in the current version, and read again. */
+        CHECK_INT(job_journal_save(jobdir, &j), 0);
+        job_journal_done(&j);
+        CHECK_INT(job_journal_load(jobdir, &j), 0);
+        CHECK_INT(j.phase, JOB_PHASE_CONFIRMING);
+        job_journal_done(&j);
+
+        /* Version 1 had no rollback phase. */
+        v1_rollback = strdup_printf("{\"version\":1,\"jobId\":\"job-v\",\"phase\":\"rolling-back\","
+                                    "\"firmwareId\":\"fw-2\",\"deploymentId\":\"d\",\"file\":\"%s\","
+                                    "\"offset\":0,\"attempts\":0}",
+                                    file);
+        write_text(v1_rollback, strlen(v1_rollback));
+        CHECK_INT(job_journal_load(jobdir, &j), -EBADMSG);
+
+        /* A newer version is not read at all, whatever it holds, and set aside whole. */
+        write_text("{\"version\":3,\"anything\":[1,2,3]}", 32);
+        CHECK_INT(job_journal_load(jobdir, &j), -EPROTONOSUPPORT);
+        CHECK_INT(j.phase, JOB_PHASE_NONE);
+        CHECK_INT(job_journal_set_aside(jobdir), 0);
+        CHECK_INT(job_journal_load(jobdir, &j), -ENOENT);
+        aside = strdup_printf("%s/" JOB_JOURNAL_FILE ".newer", jobdir);
+        CHECK_INT(stat(aside, &st), 0);
+        CHECK_INT(st.st_size, 32);
+        CHECK_INT(unlink(aside), 0);
+}
+
 /* --- Start-up and reconnect --- */
 
 typedef struct StartCase {
+        const char *row; /* the tag of the row in job.h */
         const char *name;
         JobPhase phase; /* NONE: no journal */
         bool corrupt;
         bool no_report; /* DONE without a saved report (dropped, not finished) */
+        bool want_url;
+        bool acknowledged;
         const char *boot_id;
         unsigned attempts;
         unsigned tries;
+        unsigned reboot_tries;
         ListSpec list;
         JobReconcileMode mode;
         JobAction action;
         JobPhase next;
-        JobStatus status; /* of the report sent, _JOB_STATUS_INVALID when none */
+        JobStatus status; /* of the report sent (or saved for after a rollback), NOREPORT */
         const char *reason;
         bool save;
         const char *job_id;
@@ -711,112 +813,138 @@ typedef struct StartCase {
 #define NOREPORT _JOB_STATUS_INVALID
 
 static const StartCase start_cases[] = {
-        { "idle, nothing listed", JOB_PHASE_NONE, .mode = S, .action = JOB_ACTION_NONE,
+        { "C4", "idle, nothing listed", JOB_PHASE_NONE, .mode = S, .action = JOB_ACTION_NONE,
           .next = JOB_PHASE_NONE, .status = NOREPORT },
-        { "idle, orphan in progress", JOB_PHASE_NONE, .list = { .in_progress = { "job-x" } },
-          .mode = S,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
+        { "C1", "idle, orphan in progress", JOB_PHASE_NONE,
+          .list = { .in_progress = { "job-x" } }, .mode = S, .action = JOB_ACTION_REPORT,
+          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "lodevd has no record of this job: the device lost its state", .save = true,
           .job_id = "job-x" },
-        { "corrupt journal, orphan", JOB_PHASE_NONE, .corrupt = true,
-          .list = { .in_progress = { "job-x" } },
-          .mode = S, .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING,
-          .status = JOB_STATUS_FAILED, .reason = "unreadable", .save = true, .job_id = "job-x" },
-        { "idle, queued job", JOB_PHASE_NONE, .list = { .queued = { "job-q" } }, .mode = S,
+        { "C1", "corrupt journal, orphan", JOB_PHASE_NONE, .corrupt = true,
+          .list = { .in_progress = { "job-x" } }, .mode = S, .action = JOB_ACTION_REPORT,
+          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .reason = "unreadable",
+          .save = true, .job_id = "job-x" },
+        { "C3", "idle, queued job", JOB_PHASE_NONE, .list = { .queued = { "job-q" } }, .mode = S,
           .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_NONE, .status = NOREPORT,
           .job_id = "job-q" },
-        { "idle, orphan before queued", JOB_PHASE_NONE,
+        { "C1", "idle, orphan before queued", JOB_PHASE_NONE,
           .list = { .in_progress = { "job-x" }, .queued = { "job-q" } }, .mode = R,
-          .action = JOB_ACTION_REPORT,
-          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .save = true,
-          .job_id = "job-x" },
-        { "accepted, listed", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-1" } }, .mode = S,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_ACCEPTED,
+          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
+          .save = true, .job_id = "job-x" },
+        { "C5", "accepted, listed", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-1" } },
+          .mode = S, .action = JOB_ACTION_REPORT, .next = JOB_PHASE_ACCEPTED,
           .status = JOB_STATUS_IN_PROGRESS, .job_id = "job-1" },
-        { "accepted, reconnect", JOB_PHASE_ACCEPTED, .list = { .in_progress = { "job-1" } },
-          .mode = R,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_ACCEPTED,
-          .status = JOB_STATUS_IN_PROGRESS, .job_id = "job-1" },
-        { "accepted, gone", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-q" } }, .mode = S,
+        { "C5", "accepted, reconnect", JOB_PHASE_ACCEPTED,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_REPORT,
+          .next = JOB_PHASE_ACCEPTED, .status = JOB_STATUS_IN_PROGRESS, .job_id = "job-1" },
+        { "C6", "accepted, gone", JOB_PHASE_ACCEPTED, .list = { .queued = { "job-q" } },
+          .mode = S, .action = JOB_ACTION_ABANDON, .next = JOB_PHASE_DONE, .status = NOREPORT,
+          .save = true, .job_id = "job-1" },
+        { "C7", "downloading, listed", JOB_PHASE_DOWNLOADING,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_GET_JOB,
+          .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT, .save = true, .job_id = "job-1" },
+        { "C6", "downloading, gone", JOB_PHASE_DOWNLOADING, .mode = S,
           .action = JOB_ACTION_ABANDON, .next = JOB_PHASE_DONE, .status = NOREPORT,
           .save = true, .job_id = "job-1" },
-        { "downloading, listed", JOB_PHASE_DOWNLOADING, .list = { .in_progress = { "job-1" } },
-          .mode = S,
-          .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT,
-          .save = true, .job_id = "job-1" },
-        { "downloading, gone", JOB_PHASE_DOWNLOADING, .mode = S, .action = JOB_ACTION_ABANDON,
-          .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "downloading, reconnect", JOB_PHASE_DOWNLOADING,
-          .list = { .in_progress = { "job-1" } }, .mode = R,
-          .action = JOB_ACTION_NONE, .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT },
-        { "downloading, restarts without progress", JOB_PHASE_DOWNLOADING,
+        { "C8", "downloading, reconnect, URL wanted", JOB_PHASE_DOWNLOADING, .want_url = true,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_GET_JOB,
+          .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT, .job_id = "job-1" },
+        { "C8", "downloading, reconnect", JOB_PHASE_DOWNLOADING,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_NONE,
+          .next = JOB_PHASE_DOWNLOADING, .status = NOREPORT },
+        { "D3", "downloading, restarts without progress", JOB_PHASE_DOWNLOADING,
           .tries = JOB_DOWNLOAD_TRIES_MAX - 1, .list = { .in_progress = { "job-1" } }, .mode = S,
           .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "failed 5 times without progress", .save = true, .job_id = "job-1" },
-        { "installing, listed", JOB_PHASE_INSTALLING, .list = { .in_progress = { "job-1" } },
-          .mode = S,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
+        { "C9", "installing, listed", JOB_PHASE_INSTALLING,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_ROLLBACK,
+          .next = JOB_PHASE_ROLLING_BACK, .status = JOB_STATUS_FAILED,
           .reason = "interrupted during installation", .save = true, .job_id = "job-1" },
-        { "installing, gone", JOB_PHASE_INSTALLING, .mode = S, .action = JOB_ACTION_ABANDON,
-          .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "installing, reconnect", JOB_PHASE_INSTALLING, .mode = R, .action = JOB_ACTION_NONE,
-          .next = JOB_PHASE_INSTALLING, .status = NOREPORT },
-        { "awaiting reboot, rebooted", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_B,
+        { "C10", "installing, gone: rolled back all the same", JOB_PHASE_INSTALLING, .mode = S,
+          .action = JOB_ACTION_ROLLBACK, .next = JOB_PHASE_ROLLING_BACK, .status = NOREPORT,
+          .save = true, .job_id = "job-1" },
+        { "C21", "installing, reconnect", JOB_PHASE_INSTALLING, .mode = R,
+          .action = JOB_ACTION_NONE, .next = JOB_PHASE_INSTALLING, .status = NOREPORT },
+        { "C11", "awaiting reboot, rebooted", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_B,
           .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_CONFIRM,
           .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "awaiting reboot, same boot", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_A,
-          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REBOOT,
-          .next = JOB_PHASE_AWAITING_REBOOT, .status = NOREPORT, .save = true,
-          .job_id = "job-1" },
-        { "awaiting reboot, boot unknown", JOB_PHASE_AWAITING_REBOOT,
-          .list = { .in_progress = { "job-1" } },
-          .mode = S, .action = JOB_ACTION_CONFIRM, .next = JOB_PHASE_CONFIRMING,
-          .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "awaiting reboot, gone: still confirmed", JOB_PHASE_AWAITING_REBOOT,
+        { "C11", "awaiting reboot, boot unknown", JOB_PHASE_AWAITING_REBOOT,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_CONFIRM,
+          .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
+        { "C11", "awaiting reboot, gone: still confirmed", JOB_PHASE_AWAITING_REBOOT,
           .boot_id = BOOT_B, .mode = S, .action = JOB_ACTION_CONFIRM,
           .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
-        { "awaiting reboot, too many restarts", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_B,
-          .attempts = 3, .list = { .in_progress = { "job-1" } }, .mode = S,
-          .action = JOB_ACTION_REPORT,
-          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
-          .reason = "the device restarted 4 times without finishing", .save = true,
-          .job_id = "job-1" },
-        { "awaiting reboot, reconnect", JOB_PHASE_AWAITING_REBOOT,
-          .list = { .in_progress = { "job-1" } },
-          .mode = R, .action = JOB_ACTION_NONE, .next = JOB_PHASE_AWAITING_REBOOT,
-          .status = NOREPORT },
-        { "confirming", JOB_PHASE_CONFIRMING, .attempts = 1,
-          .list = { .in_progress = { "job-1" } }, .mode = S,
-          .action = JOB_ACTION_CONFIRM, .next = JOB_PHASE_CONFIRMING, .status = NOREPORT,
+        { "C11", "awaiting reboot, rebooted after restarts in the old boot",
+          JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_B, .attempts = 3,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_CONFIRM,
+          .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
+        { "C12", "awaiting reboot, same boot", JOB_PHASE_AWAITING_REBOOT, .boot_id = BOOT_A,
+          .reboot_tries = 1, .list = { .in_progress = { "job-1" } }, .mode = S,
+          .action = JOB_ACTION_REBOOT, .next = JOB_PHASE_AWAITING_REBOOT, .status = NOREPORT,
           .save = true, .job_id = "job-1" },
-        { "confirming, too many restarts", JOB_PHASE_CONFIRMING, .attempts = 3,
+        { "C13", "awaiting reboot, same boot, too many restarts", JOB_PHASE_AWAITING_REBOOT,
+          .boot_id = BOOT_A, .attempts = 3, .reboot_tries = 1,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_ROLLBACK,
+          .next = JOB_PHASE_ROLLING_BACK, .status = JOB_STATUS_FAILED,
+          .reason = "lodevd restarted 4 times without the device rebooting", .save = true,
+          .job_id = "job-1" },
+        { "C14", "awaiting reboot, same boot, reboot tries used", JOB_PHASE_AWAITING_REBOOT,
+          .boot_id = BOOT_A, .reboot_tries = 3, .list = { .in_progress = { "job-1" } },
+          .mode = S, .action = JOB_ACTION_ROLLBACK, .next = JOB_PHASE_ROLLING_BACK,
+          .status = JOB_STATUS_FAILED, .reason = "could not be rebooted into the new firmware",
+          .save = true, .job_id = "job-1" },
+        { "C21", "awaiting reboot, reconnect", JOB_PHASE_AWAITING_REBOOT,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_NONE,
+          .next = JOB_PHASE_AWAITING_REBOOT, .status = NOREPORT },
+        { "C15", "confirming", JOB_PHASE_CONFIRMING, .attempts = 1,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_CONFIRM,
+          .next = JOB_PHASE_CONFIRMING, .status = NOREPORT, .save = true, .job_id = "job-1" },
+        { "C16", "confirming, too many restarts", JOB_PHASE_CONFIRMING, .attempts = 3,
           .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REPORT,
           .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .reason = "4 times",
           .save = true, .job_id = "job-1" },
-        { "confirming, reconnect", JOB_PHASE_CONFIRMING, .list = { .in_progress = { "job-1" } },
-          .mode = R,
-          .action = JOB_ACTION_NONE, .next = JOB_PHASE_CONFIRMING, .status = NOREPORT },
-        { "reporting, listed", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } },
-          .mode = S,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
-          .reason = "it broke", .job_id = "job-1" },
-        { "reporting, reconnect", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } },
-          .mode = R,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
-          .reason = "it broke", .job_id = "job-1" },
-        { "reporting, gone", JOB_PHASE_REPORTING, .mode = S, .action = JOB_ACTION_NONE,
+        { "C21", "confirming, reconnect", JOB_PHASE_CONFIRMING,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_NONE,
+          .next = JOB_PHASE_CONFIRMING, .status = NOREPORT },
+        { "C17", "rolling back", JOB_PHASE_ROLLING_BACK, .list = { .in_progress = { "job-1" } },
+          .mode = S, .action = JOB_ACTION_ROLLBACK, .next = JOB_PHASE_ROLLING_BACK,
+          .status = JOB_STATUS_FAILED, .reason = "it broke", .save = true, .job_id = "job-1" },
+        { "C18", "rolling back, too many restarts", JOB_PHASE_ROLLING_BACK, .attempts = 3,
+          .list = { .in_progress = { "job-1" } }, .mode = S, .action = JOB_ACTION_REPORT,
+          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .reason = "it broke",
+          .save = true, .job_id = "job-1" },
+        { "C18", "rolling back without a report, too many restarts", JOB_PHASE_ROLLING_BACK,
+          .no_report = true, .attempts = 3, .mode = S, .action = JOB_ACTION_GET_LIST,
           .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true },
-        { "reporting, gone, next queued", JOB_PHASE_REPORTING, .list = { .queued = { "job-q" } },
-          .mode = S, .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_DONE, .status = NOREPORT,
-          .save = true, .job_id = "job-q" },
-        { "done, listed again", JOB_PHASE_DONE, .list = { .in_progress = { "job-1" } }, .mode = S,
-          .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
-          .reason = "it broke", .save = true, .job_id = "job-1" },
-        { "dropped, queued again", JOB_PHASE_DONE, .no_report = true,
+        { "C21", "rolling back, reconnect", JOB_PHASE_ROLLING_BACK, .mode = R,
+          .action = JOB_ACTION_NONE, .next = JOB_PHASE_ROLLING_BACK, .status = JOB_STATUS_FAILED },
+        { "C19", "reporting, listed", JOB_PHASE_REPORTING, .list = { .in_progress = { "job-1" } },
+          .mode = S, .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING,
+          .status = JOB_STATUS_FAILED, .reason = "it broke", .job_id = "job-1" },
+        { "C19", "reporting, reconnect", JOB_PHASE_REPORTING,
+          .list = { .in_progress = { "job-1" } }, .mode = R, .action = JOB_ACTION_REPORT,
+          .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED, .reason = "it broke",
+          .job_id = "job-1" },
+        { "C20", "reporting, gone", JOB_PHASE_REPORTING, .mode = S, .action = JOB_ACTION_NONE,
+          .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true },
+        { "C20", "reporting, gone, next queued", JOB_PHASE_REPORTING,
+          .list = { .queued = { "job-q" } }, .mode = S, .action = JOB_ACTION_GET_JOB,
+          .next = JOB_PHASE_DONE, .status = NOREPORT, .save = true, .job_id = "job-q" },
+        { "C2", "done, listed again", JOB_PHASE_DONE, .list = { .in_progress = { "job-1" } },
+          .mode = S, .action = JOB_ACTION_REPORT, .next = JOB_PHASE_REPORTING,
+          .status = JOB_STATUS_FAILED, .reason = "it broke", .save = true, .job_id = "job-1" },
+        { "C2", "dropped, queued again", JOB_PHASE_DONE, .no_report = true,
           .list = { .queued = { "job-1" } }, .mode = R, .action = JOB_ACTION_REPORT,
           .next = JOB_PHASE_REPORTING, .status = JOB_STATUS_FAILED,
           .reason = "will not run it again", .save = true, .job_id = "job-1" },
-        { "done, next queued", JOB_PHASE_DONE, .list = { .queued = { "job-q" } }, .mode = S,
+        { "C2", "done and acknowledged: a list from before the answer", JOB_PHASE_DONE,
+          .acknowledged = true, .list = { .in_progress = { "job-1" } }, .mode = R,
+          .action = JOB_ACTION_NONE, .next = JOB_PHASE_DONE, .status = NOREPORT },
+        { "C2", "done and acknowledged, the next one behind it", JOB_PHASE_DONE,
+          .acknowledged = true, .list = { .queued = { "job-1", "job-q" } }, .mode = R,
+          .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_DONE, .status = NOREPORT,
+          .job_id = "job-q" },
+        { "C3", "done, next queued", JOB_PHASE_DONE, .list = { .queued = { "job-q" } }, .mode = S,
           .action = JOB_ACTION_GET_JOB, .next = JOB_PHASE_DONE, .status = NOREPORT,
           .job_id = "job-q" },
 };
@@ -835,22 +963,31 @@ static void test_startup(void) {
                         j.boot_id = t->boot_id ? strdup(t->boot_id) : NULL;
                         j.attempts = t->attempts;
                         j.download_tries = t->tries;
+                        j.reboot_tries = t->reboot_tries;
                         if (t->no_report)
                                 job_report_reset(&j.report, _JOB_STATUS_INVALID);
                         CHECK_INT(job_journal_save(jobdir, &j), 0);
                 }
                 j.corrupt = t->corrupt;
+                j.want_url = t->want_url;
+                j.acknowledged = t->acknowledged;
+                row_covered(t->row);
 
                 CHECK_INT(job_reconcile(&j, &l, t->mode, &ctx, &d), 0);
+                CHECK(j.reconciled);
                 CHECK_INT(d.action, t->action);
                 CHECK_INT(j.phase, t->next);
                 CHECK_INT(d.save, t->save);
                 CHECK(streq_ptr(d.job_id, t->job_id));
                 if (d.action == JOB_ACTION_REPORT)
                         CHECK_INT(d.report.status, t->status);
+                else if (j.phase == JOB_PHASE_ROLLING_BACK)
+                        /* The report that follows the rollback is decided and saved now. */
+                        CHECK_INT(j.report.status, t->status);
                 else
                         CHECK_INT(t->status, NOREPORT);
-                reason = job_report_get(&d.report, JOB_DETAIL_REASON);
+                reason = job_report_get(d.action == JOB_ACTION_REPORT ? &d.report : &j.report,
+                                        JOB_DETAIL_REASON);
                 if (t->reason)
                         CHECK(reason && strstr(reason, t->reason));
                 /* What was decided can be saved, and reads back the same. */
@@ -861,6 +998,15 @@ static void test_startup(void) {
                         CHECK_INT(job_journal_load(jobdir, &back), 0);
                         journal_expect_equal(&j, &back);
                 }
+                if (streq(t->row, "C11"))
+                        CHECK_INT(j.attempts, 1);
+                if (streq(t->row, "C12")) {
+                        CHECK_INT(j.reboot_tries, 2);
+                        CHECK_INT(d.delay_usec, 0);
+                }
+                if (streq(t->row, "C18") && !t->no_report)
+                        CHECK(strstr(strempty(job_report_get(&d.report, JOB_DETAIL_ROLLBACK)),
+                                     "did not finish: the device restarted 4 times"));
                 if (tests_failed != failed)
                         fprintf(stderr, "  in start-up case \"%s\"\n", t->name);
         }
@@ -911,228 +1057,302 @@ static void test_startup(void) {
 /* --- Events --- */
 
 typedef struct EventCase {
+        const char *row;
         const char *name;
         JobPhase phase;
         JobEvent event;
         JobAction action;
         JobPhase next;
-        JobStatus status;
+        JobStatus status; /* of the report sent (or saved for after a rollback) */
         const char *reason;
         const char *stderr_line;
         bool save;
         bool backoff;
         bool want_url;
+        bool must_save;
+        unsigned reboot_tries;
+        bool no_report;
 } EventCase;
 
 #define EV(...) ((JobEvent) { __VA_ARGS__ })
 
 static const EventCase event_cases[] = {
-        { "start acknowledged", JOB_PHASE_ACCEPTED, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
-          JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .save = true },
-        { "start throttled", JOB_PHASE_ACCEPTED,
+        { "A4", "start acknowledged", JOB_PHASE_ACCEPTED, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
+          JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .save = true, .must_save = true },
+        { "A6", "start throttled", JOB_PHASE_ACCEPTED,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "RequestThrottled"),
           JOB_ACTION_REPORT, JOB_PHASE_ACCEPTED, JOB_STATUS_IN_PROGRESS, .backoff = true },
-        { "start refused: canceled", JOB_PHASE_ACCEPTED,
+        { "A8", "start refused: canceled", JOB_PHASE_ACCEPTED,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "InvalidStateTransition"),
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "start refused: other", JOB_PHASE_ACCEPTED,
+        { "A8", "start refused: other", JOB_PHASE_ACCEPTED,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "InvalidRequest"),
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "progress acknowledged", JOB_PHASE_DOWNLOADING, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
-          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "progress throttled", JOB_PHASE_DOWNLOADING,
+        { "A9", "update accepted while downloading", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED), JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING,
+          NOREPORT, .reason = NULL },
+        { "A9", "update throttled while downloading", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "RequestThrottled"),
           JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "progress: job is over", JOB_PHASE_DOWNLOADING,
+        { "A2", "update refused while downloading: job is over", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "TerminalStateReached"),
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "downloaded", JOB_PHASE_DOWNLOADING, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
-          JOB_ACTION_INSTALL, JOB_PHASE_INSTALLING, NOREPORT, .save = true },
-        { "network error", JOB_PHASE_DOWNLOADING,
+        { "D1", "downloaded", JOB_PHASE_DOWNLOADING, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
+          JOB_ACTION_INSTALL, JOB_PHASE_INSTALLING, NOREPORT, .save = true, .must_save = true },
+        { "D2", "network error", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_NETWORK,
              .offset = 5000, .message = "Connection reset"),
           JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .save = true, .backoff = true },
-        { "URL expired", JOB_PHASE_DOWNLOADING,
+        { "D2", "URL expired", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_EXPIRED,
              .offset = 5000, .message = "HTTP 403"),
           JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .save = true },
-        { "not found", JOB_PHASE_DOWNLOADING,
+        { "D4", "not found", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_REFUSED,
              .message = "HTTP 404"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "the firmware download was refused: HTTP 404", .save = true },
-        { "sha mismatch", JOB_PHASE_DOWNLOADING,
+        { "D4", "a redirect to a refused scheme", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_REFUSED,
+             .message = "Protocol \"file\" not supported"),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "not supported",
+          .save = true },
+        { "D4", "sha mismatch", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_CORRUPT,
              .message = "sha256 differs"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "does not match the job",
           .save = true },
-        { "no space", JOB_PHASE_DOWNLOADING,
+        { "D4", "no space", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_NO_SPACE),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "not enough space for the firmware", .save = true },
-        { "local error", JOB_PHASE_DOWNLOADING,
+        { "D4", "local error", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED, .download_error = JOB_DOWNLOAD_LOCAL,
              .message = "EIO"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "the firmware download failed: EIO", .save = true },
-        { "installed", JOB_PHASE_INSTALLING, EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0),
+        { "H1", "installed", JOB_PHASE_INSTALLING, EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_SUCCEEDED, .save = true },
-        { "installed, reboot", JOB_PHASE_INSTALLING,
+        { "H2", "installed, reboot", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_HOOK_EXITED, .code = 100), JOB_ACTION_REBOOT,
-          JOB_PHASE_AWAITING_REBOOT, NOREPORT, .save = true },
-        { "installer failed", JOB_PHASE_INSTALLING,
+          JOB_PHASE_AWAITING_REBOOT, NOREPORT, .save = true, .must_save = true },
+        { "H3", "installer failed", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_HOOK_EXITED, .code = 2, .message = "rauc: no\x1b slot\n"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "the installer exited with status 2", "rauc: no  slot", .save = true },
-        { "installer killed", JOB_PHASE_INSTALLING,
-          EV(.type = JOB_EVENT_HOOK_KILLED, .code = 9), JOB_ACTION_REPORT,
-          JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "the installer was killed by signal 9",
+        { "H4", "installer killed: rolled back first", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_HOOK_KILLED, .code = 9), JOB_ACTION_ROLLBACK,
+          JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED, "the installer was killed by signal 9",
           .save = true },
-        { "installer timeout", JOB_PHASE_INSTALLING,
-          EV(.type = JOB_EVENT_HOOK_TIMEOUT, .message = "50%"), JOB_ACTION_REPORT,
-          JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "the installer did not finish in time",
+        { "H4", "installer timeout: rolled back first", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_HOOK_TIMEOUT, .message = "50%"), JOB_ACTION_ROLLBACK,
+          JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED, "the installer did not finish in time",
           "50%", .save = true },
-        { "canceled while installing", JOB_PHASE_INSTALLING,
+        { "A9", "canceled while installing", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "TerminalStateReached"),
           JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
-        { "reboot failed", JOB_PHASE_AWAITING_REBOOT,
-          EV(.type = JOB_EVENT_REBOOT_FAILED, .message = "exit 1"), JOB_ACTION_REPORT,
-          JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "the reboot command failed: exit 1",
-          .save = true },
-        { "confirmed", JOB_PHASE_CONFIRMING, EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0),
+        { "R1", "reboot failed: again, later", JOB_PHASE_AWAITING_REBOOT,
+          EV(.type = JOB_EVENT_REBOOT_FAILED, .message = "exit 1"), JOB_ACTION_REBOOT,
+          JOB_PHASE_AWAITING_REBOOT, NOREPORT, .save = true, .reboot_tries = 1 },
+        { "R1", "still the same boot: again, later", JOB_PHASE_AWAITING_REBOOT,
+          EV(.type = JOB_EVENT_REBOOT_TIMEOUT, .code = 600), JOB_ACTION_REBOOT,
+          JOB_PHASE_AWAITING_REBOOT, NOREPORT, .save = true, .reboot_tries = 2 },
+        { "R2", "reboot failed, tries used: rolled back", JOB_PHASE_AWAITING_REBOOT,
+          EV(.type = JOB_EVENT_REBOOT_FAILED, .message = "exit 1"), JOB_ACTION_ROLLBACK,
+          JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED,
+          "could not be rebooted into the new firmware (3 tries): the reboot command failed: "
+          "exit 1",
+          .save = true, .reboot_tries = 3 },
+        { "R2", "still the same boot, tries used: rolled back", JOB_PHASE_AWAITING_REBOOT,
+          EV(.type = JOB_EVENT_REBOOT_TIMEOUT, .code = 600), JOB_ACTION_ROLLBACK,
+          JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED,
+          "(3 tries): still the same boot 600 s after the reboot command", .save = true,
+          .reboot_tries = 3 },
+        { "H5", "confirmed", JOB_PHASE_CONFIRMING, EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_SUCCEEDED, .save = true },
-        { "confirm failed", JOB_PHASE_CONFIRMING,
+        { "H6", "confirm failed", JOB_PHASE_CONFIRMING,
           EV(.type = JOB_EVENT_HOOK_EXITED, .code = 1, .message = "booted the old slot"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "the confirm hook exited with status 1", "booted the old slot", .save = true },
-        { "confirm exit 100 is a failure", JOB_PHASE_CONFIRMING,
+        { "H6", "confirm exit 100 is a failure", JOB_PHASE_CONFIRMING,
           EV(.type = JOB_EVENT_HOOK_EXITED, .code = 100), JOB_ACTION_REPORT,
           JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "status 100", .save = true },
-        { "confirm killed", JOB_PHASE_CONFIRMING, EV(.type = JOB_EVENT_HOOK_KILLED, .code = 15),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "signal 15", .save = true },
-        { "confirm timeout", JOB_PHASE_CONFIRMING, EV(.type = JOB_EVENT_HOOK_TIMEOUT),
+        { "H6", "confirm killed", JOB_PHASE_CONFIRMING,
+          EV(.type = JOB_EVENT_HOOK_KILLED, .code = 15), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
+          JOB_STATUS_FAILED, "signal 15", .save = true },
+        { "H6", "confirm timeout", JOB_PHASE_CONFIRMING, EV(.type = JOB_EVENT_HOOK_TIMEOUT),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
           "the confirm hook did not finish in time", .save = true },
-        { "report acknowledged", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
+        { "H7", "rolled back: the saved report", JOB_PHASE_ROLLING_BACK,
+          EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
+          JOB_STATUS_FAILED, "it broke", .save = true },
+        { "H7", "the rollback failed: the saved report all the same", JOB_PHASE_ROLLING_BACK,
+          EV(.type = JOB_EVENT_HOOK_EXITED, .code = 1, .message = "rauc: busy"),
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "it broke", .save = true },
+        { "H7", "the rollback killed", JOB_PHASE_ROLLING_BACK,
+          EV(.type = JOB_EVENT_HOOK_KILLED, .code = 9), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
+          JOB_STATUS_FAILED, "it broke", .save = true },
+        { "H7", "rolled back, no report: done", JOB_PHASE_ROLLING_BACK,
+          EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0), JOB_ACTION_GET_LIST, JOB_PHASE_DONE,
+          NOREPORT, .save = true, .no_report = true },
+        { "A5", "report acknowledged", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "report: internal error", JOB_PHASE_REPORTING,
+        { "A6", "report: internal error", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "InternalError"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "it broke",
           .backoff = true },
-        { "report: not found yet", JOB_PHASE_REPORTING,
+        { "A6", "report: not found yet", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "ResourceNotFound"),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "it broke",
           .backoff = true },
-        { "report: terminal already", JOB_PHASE_REPORTING,
+        { "A8", "report: terminal already", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "TerminalStateReached"),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "report: version mismatch", JOB_PHASE_REPORTING,
+        { "A8", "report: version mismatch", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "VersionMismatch"),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "report: no code", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_REJECTED),
+        { "A8", "report: no code", JOB_PHASE_REPORTING, EV(.type = JOB_EVENT_UPDATE_REJECTED),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
+        { "A1", "an answer for the job before", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .job_id = "job-0",
+             .error_code = "TerminalStateReached"),
+          JOB_ACTION_NONE, JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
+        { "A1", "an acceptance for the job before", JOB_PHASE_ACCEPTED,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .job_id = "job-0"), JOB_ACTION_NONE,
+          JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
+        { "A5", "an acceptance naming our job", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .job_id = "job-1"), JOB_ACTION_GET_LIST,
+          JOB_PHASE_DONE, NOREPORT, .save = true },
+        /* The journal cannot be saved. */
+        { "S1", "taking the job on", JOB_PHASE_ACCEPTED,
+          EV(.type = JOB_EVENT_SAVE_FAILED, .error = -ENOSPC), JOB_ACTION_REPORT,
+          JOB_PHASE_REPORTING, JOB_STATUS_REJECTED,
+          "the job journal cannot be saved: No space left on device", .save = true },
+        { "S2", "starting the download", JOB_PHASE_DOWNLOADING,
+          EV(.type = JOB_EVENT_SAVE_FAILED, .error = -EIO), JOB_ACTION_REPORT,
+          JOB_PHASE_REPORTING, JOB_STATUS_FAILED,
+          "the job journal cannot be saved: Input/output error", .save = true },
+        { "S2", "installing", JOB_PHASE_INSTALLING,
+          EV(.type = JOB_EVENT_SAVE_FAILED, .error = -ENOSPC), JOB_ACTION_REPORT,
+          JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "cannot be saved", .save = true },
+        { "S3", "rebooting", JOB_PHASE_AWAITING_REBOOT,
+          EV(.type = JOB_EVENT_SAVE_FAILED, .error = -ENOSPC), JOB_ACTION_ROLLBACK,
+          JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED, "not rebooted into the new firmware",
+          .save = true },
+        { "L1", "save failed when reporting", JOB_PHASE_REPORTING,
+          EV(.type = JOB_EVENT_SAVE_FAILED, .error = -ENOSPC), JOB_ACTION_NONE,
+          JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
         /* Executions that cannot be decoded, named by their topic. */
-        { "unreadable when idle", JOB_PHASE_NONE,
+        { "U1", "unreadable when idle", JOB_PHASE_NONE,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -E2BIG),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED,
           "the job execution cannot be read: larger than 128 KiB", .save = true },
-        { "unreadable when done", JOB_PHASE_DONE,
+        { "U1", "unreadable when done", JOB_PHASE_DONE,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "not valid JSON",
           .save = true },
-        { "unreadable fresh URL", JOB_PHASE_DOWNLOADING,
+        { "U2", "unreadable fresh URL", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
           JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "cannot be read",
           .save = true, .want_url = true },
-        { "unreadable other job while busy", JOB_PHASE_DOWNLOADING,
+        { "U3", "unreadable other job while busy", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-9", .error = -EBADMSG),
-          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .want_url = true },
-        { "unreadable while installing", JOB_PHASE_INSTALLING,
+          JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL, .want_url = true },
+        { "U3", "unreadable while installing", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .job_id = "job-1", .error = -EBADMSG),
           JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
-        { "unreadable without an id", JOB_PHASE_NONE,
+        { "U4", "unreadable without an id", JOB_PHASE_NONE,
           EV(.type = JOB_EVENT_EXECUTION_UNREADABLE, .error = -EBADMSG), JOB_ACTION_GET_LIST,
           JOB_PHASE_NONE, NOREPORT, .reason = NULL },
         /* Requests the platform refused. */
-        { "list refused", JOB_PHASE_NONE,
+        { "G1", "list refused", JOB_PHASE_NONE,
           EV(.type = JOB_EVENT_GET_REJECTED, .error_code = "InternalError"),
           JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
-        { "our job not found", JOB_PHASE_DOWNLOADING,
+        { "G2", "our job not found", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
              .error_code = "ResourceNotFound"),
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true, .want_url = true },
-        { "our job not found while reporting", JOB_PHASE_REPORTING,
+        { "G2", "our job not found while reporting", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
              .error_code = "ResourceNotFound"),
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "fresh URL throttled", JOB_PHASE_DOWNLOADING,
+        { "G3", "fresh URL throttled", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-1",
              .error_code = "RequestThrottled"),
           JOB_ACTION_GET_JOB, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true,
           .want_url = true },
-        { "another job refused", JOB_PHASE_DOWNLOADING,
+        { "G4", "another job refused", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
              .error_code = "ResourceNotFound"),
           JOB_ACTION_GET_LIST, JOB_PHASE_DOWNLOADING, NOREPORT, .backoff = true },
-        { "queued job not found when idle", JOB_PHASE_NONE,
+        { "G4", "queued job not found when idle", JOB_PHASE_NONE,
           EV(.type = JOB_EVENT_GET_REJECTED, .job_id = "job-9",
              .error_code = "ResourceNotFound"),
           JOB_ACTION_GET_LIST, JOB_PHASE_NONE, NOREPORT, .backoff = true },
         /* Answers to progress reports. */
-        { "progress report accepted", JOB_PHASE_DOWNLOADING,
+        { "A3", "progress report accepted", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
           JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "progress accepted is no start", JOB_PHASE_ACCEPTED,
+        { "A3", "progress accepted is no start", JOB_PHASE_ACCEPTED,
           EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
           JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
-        { "progress accepted is no final answer", JOB_PHASE_REPORTING,
+        { "A3", "progress accepted is no final answer", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_ACCEPTED, .progress = true), JOB_ACTION_NONE,
           JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
-        { "progress report throttled", JOB_PHASE_DOWNLOADING,
+        { "A3", "progress report throttled", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
              .error_code = "RequestThrottled"),
           JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "progress report invalid", JOB_PHASE_DOWNLOADING,
+        { "A3", "progress report invalid", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true, .error_code = "InvalidRequest"),
           JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "progress report: job canceled", JOB_PHASE_DOWNLOADING,
+        { "A2", "progress report: job canceled", JOB_PHASE_DOWNLOADING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
              .error_code = "TerminalStateReached"),
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .save = true },
-        { "progress report: canceled while installing", JOB_PHASE_INSTALLING,
+        { "A3", "progress report: canceled while installing", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
              .error_code = "InvalidStateTransition"),
           JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
-        { "progress rejection is no final answer", JOB_PHASE_REPORTING,
+        { "A3", "progress rejection is no final answer", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_UPDATE_REJECTED, .progress = true,
              .error_code = "TerminalStateReached"),
           JOB_ACTION_NONE, JOB_PHASE_REPORTING, NOREPORT, .reason = NULL },
         /* Late or misplaced events change nothing. */
-        { "hook when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_HOOK_EXITED), JOB_ACTION_NONE,
-          JOB_PHASE_NONE, NOREPORT, .reason = NULL },
-        { "download when done", JOB_PHASE_DONE, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
+        { "L1", "hook when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_HOOK_EXITED),
+          JOB_ACTION_NONE, JOB_PHASE_NONE, NOREPORT, .reason = NULL },
+        { "L1", "download when done", JOB_PHASE_DONE, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
           JOB_ACTION_NONE, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
-        { "hook when accepted", JOB_PHASE_ACCEPTED, EV(.type = JOB_EVENT_HOOK_EXITED),
+        { "L1", "hook when accepted", JOB_PHASE_ACCEPTED, EV(.type = JOB_EVENT_HOOK_EXITED),
           JOB_ACTION_NONE, JOB_PHASE_ACCEPTED, NOREPORT, .reason = NULL },
-        { "download failure when reporting", JOB_PHASE_REPORTING,
+        { "L1", "download failure when reporting", JOB_PHASE_REPORTING,
           EV(.type = JOB_EVENT_DOWNLOAD_FAILED), JOB_ACTION_NONE, JOB_PHASE_REPORTING,
           NOREPORT, .reason = NULL },
-        { "reboot failure when installing", JOB_PHASE_INSTALLING,
+        { "L1", "reboot failure when installing", JOB_PHASE_INSTALLING,
           EV(.type = JOB_EVENT_REBOOT_FAILED), JOB_ACTION_NONE, JOB_PHASE_INSTALLING,
           NOREPORT, .reason = NULL },
-        { "download done twice", JOB_PHASE_INSTALLING, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
+        { "L1", "reboot timeout when confirming", JOB_PHASE_CONFIRMING,
+          EV(.type = JOB_EVENT_REBOOT_TIMEOUT, .code = 600), JOB_ACTION_NONE,
+          JOB_PHASE_CONFIRMING, NOREPORT, .reason = NULL },
+        { "L1", "download done twice", JOB_PHASE_INSTALLING, EV(.type = JOB_EVENT_DOWNLOAD_DONE),
           JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
-        { "ack when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
+        { "L1", "ack when idle", JOB_PHASE_NONE, EV(.type = JOB_EVENT_UPDATE_ACCEPTED),
           JOB_ACTION_NONE, JOB_PHASE_NONE, NOREPORT, .reason = NULL },
+        { "A9", "an update answer while rolling back", JOB_PHASE_ROLLING_BACK,
+          EV(.type = JOB_EVENT_UPDATE_REJECTED, .error_code = "TerminalStateReached"),
+          JOB_ACTION_NONE, JOB_PHASE_ROLLING_BACK, JOB_STATUS_FAILED, .reason = NULL },
 };
 
 static void check_event_case(const EventCase *t, JobJournal *j, const JobDecision *d) {
-        const char *reason = job_report_get(&d->report, JOB_DETAIL_REASON);
-        const char *err = job_report_get(&d->report, JOB_DETAIL_STDERR);
+        /* A report sent now, or saved to go out after the rollback. */
+        const JobReport *report = d->action == JOB_ACTION_REPORT ? &d->report : &j->report;
+        const char *reason = job_report_get(report, JOB_DETAIL_REASON);
+        const char *err = job_report_get(report, JOB_DETAIL_STDERR);
 
         CHECK_INT(d->action, t->action);
         CHECK_INT(j->phase, t->next);
         CHECK_INT(d->save, t->save);
+        CHECK_INT(d->must_save, t->must_save);
         CHECK_INT(d->backoff, t->backoff);
         if (d->action == JOB_ACTION_REPORT) {
                 _cleanup_free_ char *payload = NULL;
@@ -1140,7 +1360,9 @@ static void check_event_case(const EventCase *t, JobJournal *j, const JobDecisio
                 CHECK_INT(d->report.status, t->status);
                 CHECK_INT(job_report_encode(&d->report, &payload), 0);
                 CHECK_STR(d->job_id, j->job_id);
-        } else
+        } else if (j->phase == JOB_PHASE_ROLLING_BACK)
+                CHECK_INT(j->report.status, t->status);
+        else
                 CHECK_INT(t->status, NOREPORT);
         if (t->reason)
                 CHECK(reason && strstr(reason, t->reason));
@@ -1172,13 +1394,32 @@ static void test_events(void) {
                 if (t->phase != JOB_PHASE_NONE)
                         j = journal_make(t->phase, "job-1");
                 j.want_url = t->want_url;
+                j.reboot_tries = t->reboot_tries;
+                j.reconciled = true;
+                if (t->no_report)
+                        job_report_reset(&j.report, _JOB_STATUS_INVALID);
+                row_covered(t->row);
                 CHECK_INT(job_handle(&j, &t->event, &ctx, &d), 0);
                 check_event_case(t, &j, &d);
-                if (t->phase == JOB_PHASE_INSTALLING && t->next == JOB_PHASE_AWAITING_REBOOT) {
+                if (streq(t->row, "H2")) {
                         CHECK_STR(j.boot_id, BOOT_A);
                         CHECK_INT(j.attempts, 0);
+                        CHECK_INT(j.reboot_tries, 1);
+                        CHECK_INT(d.delay_usec, 0);
                         CHECK(d.remove_download);
                 }
+                if (streq(t->row, "R1")) {
+                        CHECK_INT(j.reboot_tries, t->reboot_tries + 1);
+                        CHECK_INT(d.delay_usec, job_reboot_delay_usec(t->reboot_tries));
+                        CHECK(d.delay_usec >= JOB_REBOOT_DELAY_MIN_USEC);
+                }
+                if (streq(t->row, "H4") || streq(t->row, "R2") || streq(t->row, "S3"))
+                        CHECK(d.remove_download);
+                if (streq(t->row, "H7") && !t->no_report)
+                        CHECK(strstr(strempty(job_report_get(&d.report, JOB_DETAIL_ROLLBACK)),
+                                     "INSTALLER rollback "));
+                if (streq(t->row, "A5"))
+                        CHECK(j.acknowledged);
                 if (t->event.type == JOB_EVENT_DOWNLOAD_FAILED && t->action == JOB_ACTION_GET_JOB) {
                         CHECK_INT(j.offset, 5000);
                         CHECK(j.want_url);
@@ -1187,6 +1428,9 @@ static void test_events(void) {
                         fprintf(stderr, "  in event case \"%s\"\n", t->name);
         }
 
+        CHECK_INT(job_reboot_delay_usec(1), JOB_REBOOT_DELAY_MIN_USEC);
+        CHECK_INT(job_reboot_delay_usec(2), 2 * JOB_REBOOT_DELAY_MIN_USEC);
+        CHECK_INT(job_reboot_delay_usec(100), JOB_REBOOT_DELAY_MAX_USEC);
         {
                 JobJournal j = JOB_JOURNAL_NULL;
                 JobDecision d;
@@ -1197,6 +1441,7 @@ static void test_events(void) {
 }
 
 typedef struct ExecCase {
+        const char *row;
         const char *name;
         JobPhase phase;
         bool want_url;
@@ -1205,6 +1450,8 @@ typedef struct ExecCase {
         JobPhase next;
         JobStatus status;
         const char *reason;
+        bool not_reconciled;
+        bool acknowledged;
 } ExecCase;
 
 #define EXEC(id, status, doc)                                                                      \
@@ -1216,77 +1463,90 @@ typedef struct ExecCase {
 #define NO_EXEC "{\"timestamp\":1}"
 
 static const ExecCase exec_cases[] = {
-        { "new job", JOB_PHASE_NONE, false, EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_REPORT,
-          JOB_PHASE_ACCEPTED, JOB_STATUS_IN_PROGRESS, .reason = NULL },
-        { "new job, wrong operation", JOB_PHASE_NONE, false,
+        { "X1", "a job before the first list", JOB_PHASE_NONE, false,
+          EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_NONE, NOREPORT,
+          .not_reconciled = true },
+        { "X1", "an unsupported job before the first list", JOB_PHASE_DONE, false,
+          EXEC("job-9", "QUEUED", "{\"operation\":\"reboot\"}"), JOB_ACTION_NONE, JOB_PHASE_DONE,
+          NOREPORT, .not_reconciled = true },
+        { "X2", "new job", JOB_PHASE_NONE, false, EXEC("job-1", "QUEUED", DOC_OK),
+          JOB_ACTION_REPORT, JOB_PHASE_ACCEPTED, JOB_STATUS_IN_PROGRESS, .reason = NULL },
+        { "X3", "new job, wrong operation", JOB_PHASE_NONE, false,
           EXEC("job-1", "QUEUED", "{\"operation\":\"reboot\"}"), JOB_ACTION_REPORT,
-          JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "is not supported" },
-        { "new job, file URL", JOB_PHASE_NONE, false,
+          JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "is not supported", .not_reconciled = false },
+        { "X3", "new job, file URL", JOB_PHASE_NONE, false,
           EXEC("job-1", "QUEUED",
                "{\"operation\":\"firmware_update\",\"deploymentId\":\"d\",\"firmwareId\":\"f\","
                "\"firmwareUrl\":\"file:///dev/sda\"}"),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "https://" },
-        { "new job, no document", JOB_PHASE_NONE, false,
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "https://", .not_reconciled = false },
+        { "X3", "new job, no document", JOB_PHASE_NONE, false,
           "{\"execution\":{\"jobId\":\"job-1\",\"status\":\"QUEUED\"}}", JOB_ACTION_REPORT,
-          JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "no operation" },
-        { "unknown job in progress", JOB_PHASE_NONE, false,
+          JOB_PHASE_REPORTING, JOB_STATUS_REJECTED, "no operation", .not_reconciled = false },
+        { "X4", "unknown job in progress", JOB_PHASE_NONE, false,
           EXEC("job-1", "IN_PROGRESS", DOC_OK), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
-          JOB_STATUS_FAILED, "no record of this job" },
-        { "finished job when idle", JOB_PHASE_NONE, false, EXEC("job-1", "CANCELED", DOC_OK),
-          JOB_ACTION_NONE, JOB_PHASE_NONE, NOREPORT, .reason = NULL },
-        { "nothing pending when idle", JOB_PHASE_NONE, false, NO_EXEC, JOB_ACTION_NONE,
+          JOB_STATUS_FAILED, "no record of this job", .not_reconciled = false },
+        { "X5", "finished job when idle", JOB_PHASE_NONE, false,
+          EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_NONE, NOREPORT,
+          .reason = NULL },
+        { "X5", "nothing pending when idle", JOB_PHASE_NONE, false, NO_EXEC, JOB_ACTION_NONE,
           JOB_PHASE_NONE, NOREPORT, .reason = NULL },
-        { "canceled while accepted", JOB_PHASE_ACCEPTED, false, NO_EXEC, JOB_ACTION_ABANDON,
-          JOB_PHASE_DONE, NOREPORT, .reason = NULL },
-        { "repeat while accepted", JOB_PHASE_ACCEPTED, false,
+        { "X8", "canceled while accepted", JOB_PHASE_ACCEPTED, false, NO_EXEC,
+          JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
+        { "X11", "repeat while accepted", JOB_PHASE_ACCEPTED, false,
           EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_ACCEPTED, NOREPORT,
           .reason = NULL },
-        { "fresh URL", JOB_PHASE_DOWNLOADING, true, EXEC("job-1", "IN_PROGRESS", DOC_OK),
+        { "X9", "fresh URL", JOB_PHASE_DOWNLOADING, true, EXEC("job-1", "IN_PROGRESS", DOC_OK),
           JOB_ACTION_DOWNLOAD, JOB_PHASE_DOWNLOADING, NOREPORT, .reason = NULL },
-        { "notify-next echo while downloading", JOB_PHASE_DOWNLOADING, false,
+        { "X11", "notify-next echo while downloading", JOB_PHASE_DOWNLOADING, false,
           EXEC("job-1", "IN_PROGRESS", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_DOWNLOADING,
           NOREPORT, .reason = NULL },
-        { "document changed", JOB_PHASE_DOWNLOADING, true,
+        { "X10", "document changed", JOB_PHASE_DOWNLOADING, true,
           EXEC("job-1", "IN_PROGRESS",
                "{\"operation\":\"firmware_update\",\"deploymentId\":\"dep-1\","
                "\"firmwareId\":\"fw-3.0\",\"firmwareUrl\":\"https://h/x\",\"sha256\":\"" SHA "\","
                "\"size\":1000000}"),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "changed" },
-        { "sha256 dropped from the document", JOB_PHASE_DOWNLOADING, true,
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "changed", .not_reconciled = false },
+        { "X10", "sha256 dropped from the document", JOB_PHASE_DOWNLOADING, true,
           EXEC("job-1", "IN_PROGRESS",
                "{\"operation\":\"firmware_update\",\"deploymentId\":\"dep-1\","
                "\"firmwareId\":\"fw-2.0\",\"firmwareUrl\":\"https://h/x\",\"size\":1000000}"),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "changed" },
-        { "fresh URL is http", JOB_PHASE_DOWNLOADING, true,
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "changed", .not_reconciled = false },
+        { "X10", "fresh URL is http", JOB_PHASE_DOWNLOADING, true,
           EXEC("job-1", "IN_PROGRESS",
                "{\"operation\":\"firmware_update\",\"deploymentId\":\"dep-1\","
                "\"firmwareId\":\"fw-2.0\",\"firmwareUrl\":\"http://h/x\",\"sha256\":\"" SHA "\","
                "\"size\":1000000}"),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "https:// only" },
-        { "next is another job", JOB_PHASE_DOWNLOADING, true,
+          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "https:// only", .not_reconciled = false },
+        { "X7", "next is another job", JOB_PHASE_DOWNLOADING, true,
           EXEC("job-2", "QUEUED", DOC_OK), JOB_ACTION_GET_LIST, JOB_PHASE_DOWNLOADING,
           NOREPORT, .reason = NULL },
-        { "canceled while downloading", JOB_PHASE_DOWNLOADING, true,
+        { "M1", "canceled while downloading", JOB_PHASE_DOWNLOADING, true,
           EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT,
           .reason = NULL },
-        { "nothing pending while downloading", JOB_PHASE_DOWNLOADING, false, NO_EXEC,
+        { "X8", "nothing pending while downloading", JOB_PHASE_DOWNLOADING, false, NO_EXEC,
           JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
-        { "re-run while downloading", JOB_PHASE_DOWNLOADING, true,
+        { "X8", "re-run while downloading", JOB_PHASE_DOWNLOADING, true,
           EXEC2("job-1", "QUEUED", DOC_OK), JOB_ACTION_ABANDON, JOB_PHASE_DONE, NOREPORT,
           .reason = NULL },
-        { "canceled while installing", JOB_PHASE_INSTALLING, false, NO_EXEC, JOB_ACTION_NONE,
-          JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
-        { "canceled while confirming", JOB_PHASE_CONFIRMING, false,
+        { "M3", "canceled while installing", JOB_PHASE_INSTALLING, false, NO_EXEC,
+          JOB_ACTION_NONE, JOB_PHASE_INSTALLING, NOREPORT, .reason = NULL },
+        { "M3", "canceled while confirming", JOB_PHASE_CONFIRMING, false,
           EXEC("job-1", "CANCELED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_CONFIRMING, NOREPORT,
           .reason = NULL },
-        { "nothing pending while reporting", JOB_PHASE_REPORTING, false, NO_EXEC,
+        { "M3", "canceled while rolling back", JOB_PHASE_ROLLING_BACK, false, NO_EXEC,
+          JOB_ACTION_NONE, JOB_PHASE_ROLLING_BACK, NOREPORT, .reason = NULL },
+        { "M2", "nothing pending while reporting", JOB_PHASE_REPORTING, false, NO_EXEC,
           JOB_ACTION_GET_LIST, JOB_PHASE_DONE, NOREPORT, .reason = NULL },
-        { "finished job comes back", JOB_PHASE_DONE, false,
+        { "X6", "finished job comes back", JOB_PHASE_DONE, false,
           EXEC("job-1", "IN_PROGRESS", DOC_OK), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
-          JOB_STATUS_FAILED, "it broke" },
-        { "finished job queued again", JOB_PHASE_DONE, false, EXEC("job-1", "QUEUED", DOC_OK),
-          JOB_ACTION_REPORT, JOB_PHASE_REPORTING, JOB_STATUS_FAILED, "it broke" },
-        { "finished job re-run (new execution)", JOB_PHASE_DONE, false,
+          JOB_STATUS_FAILED, "it broke", .not_reconciled = false },
+        { "X6", "finished job queued again", JOB_PHASE_DONE, false,
+          EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_REPORT, JOB_PHASE_REPORTING,
+          JOB_STATUS_FAILED, "it broke", .not_reconciled = false },
+        { "X6", "finished and acknowledged: an answer from before", JOB_PHASE_DONE, false,
+          EXEC("job-1", "QUEUED", DOC_OK), JOB_ACTION_NONE, JOB_PHASE_DONE, NOREPORT,
+          .acknowledged = true },
+        { "X2", "finished job re-run (new execution)", JOB_PHASE_DONE, false,
           EXEC2("job-1", "QUEUED", DOC_OK), JOB_ACTION_REPORT, JOB_PHASE_ACCEPTED,
           JOB_STATUS_IN_PROGRESS, .reason = NULL },
 };
@@ -1303,7 +1563,10 @@ static void test_executions(void) {
                 if (t->phase != JOB_PHASE_NONE)
                         j = journal_make(t->phase, "job-1");
                 j.want_url = t->want_url;
+                j.reconciled = !t->not_reconciled;
+                j.acknowledged = t->acknowledged;
                 j.offset = 4242;
+                row_covered(t->row);
                 CHECK(message_decode_job_execution(t->payload, strlen(t->payload), &e) >= 0);
                 CHECK_INT(job_handle(&j,
                                      &EV(.type = JOB_EVENT_EXECUTION, .execution = &e),
@@ -1324,6 +1587,9 @@ static void test_executions(void) {
                 }
                 if (t->next == JOB_PHASE_ACCEPTED && t->phase != JOB_PHASE_ACCEPTED) {
                         CHECK(d.save);
+                        CHECK(d.must_save);
+                        CHECK(!j.acknowledged);
+                        CHECK(j.reconciled);
                         CHECK_STR(j.firmware_id, "fw-2.0");
                         CHECK_STR(j.deployment_id, "dep-1");
                         CHECK_STR(j.sha256, SHA);
@@ -1374,6 +1640,7 @@ static void test_executions(void) {
                                                                     "456789ABCDEF",
                                                  .size = -1 } };
 
+                j.reconciled = true;
                 CHECK_INT(job_handle(&j, &EV(.type = JOB_EVENT_EXECUTION, .execution = &e),
                                      &ctx, &d),
                           0);
@@ -1409,6 +1676,8 @@ static void test_bounds(void) {
                 }
                 CHECK_INT(reports, JOB_REPORT_TRIES_MAX - 1);
                 CHECK_INT(j.phase, JOB_PHASE_DONE);
+                row_covered("A6");
+                row_covered(p == JOB_PHASE_REPORTING ? "A7" : "A8");
                 /* A report given up on goes out again at the next reconcile, while listed. */
                 if (p == JOB_PHASE_REPORTING) {
                         _cleanup_(job_decision_done) JobDecision d = {};
@@ -1446,6 +1715,7 @@ static void test_bounds(void) {
                         CHECK_INT(d.action, JOB_ACTION_GET_JOB);
                 }
                 CHECK_INT(n, JOB_DOWNLOAD_TRIES_MAX);
+                row_covered("D3");
         }
         /* Progress each time: a slow, flaky link finishes. */
         {
@@ -1517,8 +1787,12 @@ static void test_progress(void) {
 typedef struct Sim {
         JobStatus status;           /* of job-1 on the platform */
         unsigned terminal_updates;  /* accepted updates to a terminal status */
-        unsigned installs, confirms, reboots, boots;
+        unsigned installs, confirms, reboots, boots, rollbacks;
         int install_exit;           /* 0 or 100 */
+        int reboot;                 /* 0: the command reboots; else how it does not:
+                                     * JOB_EVENT_REBOOT_FAILED or _TIMEOUT */
+        bool armed;                 /* an install left the new firmware armed to boot */
+        unsigned failed_armed;      /* FAILED reports sent while armed: must stay 0 */
         unsigned network_failures;  /* download tries that fail first */
         bool cancel_when_installing;
         JobJournal j;
@@ -1625,6 +1899,8 @@ static void sim_run(Sim *s, int crash_at, bool crash_before, bool power_cut) {
                         CHECK_INT(sim_execution(s, &ev), 0);
                         break;
                 case JOB_ACTION_REPORT:
+                        if (d.report.status == JOB_STATUS_FAILED && s->armed)
+                                s->failed_armed++;
                         if (s->status != JOB_STATUS_QUEUED && s->status != JOB_STATUS_IN_PROGRESS)
                                 ev = EV(.type = JOB_EVENT_UPDATE_REJECTED,
                                         .error_code = "TerminalStateReached");
@@ -1651,14 +1927,27 @@ static void sim_run(Sim *s, int crash_at, bool crash_before, bool power_cut) {
                         break;
                 case JOB_ACTION_INSTALL:
                         s->installs++;
+                        /* As RAUC's service does: armed, even if lodevd dies right now. */
+                        s->armed = true;
                         if (s->cancel_when_installing)
                                 s->status = JOB_STATUS_CANCELED;
                         ev = EV(.type = JOB_EVENT_HOOK_EXITED, .code = s->install_exit);
                         break;
                 case JOB_ACTION_REBOOT:
                         s->reboots++;
+                        if (s->reboot) {
+                                ev = EV(.type = (JobEventType) s->reboot, .code = 600,
+                                        .message = "refused");
+                                break;
+                        }
+                        s->armed = false; /* booted: confirm or the bootloader decide now */
                         have_event = false;
                         CHECK_INT(sim_restart(s, true, &next), 0);
+                        break;
+                case JOB_ACTION_ROLLBACK:
+                        s->rollbacks++;
+                        s->armed = false;
+                        ev = EV(.type = JOB_EVENT_HOOK_EXITED, .code = 0);
                         break;
                 case JOB_ACTION_CONFIRM:
                         s->confirms++;
@@ -1717,10 +2006,14 @@ static void test_crashes(void) {
                                         CHECK(s.confirms <= ctx.max_attempts);
                                         /* Only a crash in the middle of the install fails the
                                          * job; a reboot, or a crash anywhere else, does not. */
-                                        if (s.crash_phase == JOB_PHASE_INSTALLING)
+                                        CHECK_INT(s.failed_armed, 0);
+                                        if (s.crash_phase == JOB_PHASE_INSTALLING) {
                                                 CHECK_INT(s.status, JOB_STATUS_FAILED);
-                                        else
+                                                CHECK_INT(s.rollbacks, 1);
+                                        } else {
                                                 CHECK_INT(s.status, JOB_STATUS_SUCCEEDED);
+                                                CHECK_INT(s.rollbacks, 0);
+                                        }
                                         if (s.status == JOB_STATUS_SUCCEEDED)
                                                 CHECK_INT(s.installs, 1);
                                         if (install_exit == 100 && s.status == JOB_STATUS_SUCCEEDED)
@@ -1735,6 +2028,43 @@ static void test_crashes(void) {
                                                         strempty(job_status_to_string(s.status)),
                                                         s.installs, s.confirms);
                                 }
+
+        /* A reboot command that fails, or returns but does not reboot: tried
+         * max_reboot_tries times, then rolled back, then FAILED; at every crash point, never
+         * FAILED while armed, never two installs, one terminal report. */
+        for (int how = JOB_EVENT_REBOOT_FAILED; how <= JOB_EVENT_REBOOT_TIMEOUT; how++)
+                for (int crash_at = -1; crash_at < 40; crash_at++)
+                        for (int mode = 0; mode < 4; mode++) {
+                                Sim s = { .install_exit = 100, .reboot = how };
+                                unsigned failed = tests_failed;
+                                bool before = mode & 1, power_cut = mode & 2;
+
+                                sim_run(&s, crash_at, before, power_cut);
+                                CHECK_INT(s.terminal_updates, 1);
+                                CHECK(s.installs <= 1);
+                                CHECK_INT(s.failed_armed, 0);
+                                if (crash_at < 0) {
+                                        CHECK_INT(s.status, JOB_STATUS_FAILED);
+                                        CHECK_INT(s.reboots, ctx.max_reboot_tries);
+                                        CHECK_INT(s.rollbacks, 1);
+                                        CHECK_INT(s.confirms, 0);
+                                }
+                                /* A power cut boots the armed firmware: confirmed. */
+                                if (s.status == JOB_STATUS_SUCCEEDED)
+                                        CHECK(s.confirms >= 1);
+                                else
+                                        CHECK(s.rollbacks >= 1);
+                                if (tests_failed != failed)
+                                        fprintf(stderr,
+                                                "  in reboot run how=%d crash_at=%d before=%d "
+                                                "power_cut=%d: status %s, reboots %u, rollbacks "
+                                                "%u\n",
+                                                how, crash_at, before, power_cut,
+                                                strempty(job_status_to_string(s.status)),
+                                                s.reboots, s.rollbacks);
+                        }
+        row_covered("R1");
+        row_covered("R2");
 
         /* Canceled on the platform while installing: the install finishes, the final report
          * is refused, no second report, and the job ends. */
@@ -1792,12 +2122,14 @@ int main(void) {
         test_journal_roundtrip();
         test_journal_refuses();
         test_journal_corrupt();
+        test_journal_versions();
         test_startup();
         test_events();
         test_executions();
         test_bounds();
         test_progress();
         test_crashes();
+        test_table_walked();
 
         rm_dir_files(jobdir);
         rm_dir_files(tmpdir);
