@@ -26,6 +26,7 @@ The machine's load average is printed at the start and the end: the machine is s
 """
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -87,6 +88,13 @@ def rss_kib(pid):
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def pss_kib(pid):
+    try:
+        return memory_kib(pid)[1]
+    except (FileNotFoundError, ProcessLookupError, KeyError):
+        return 0
 
 
 def children(pid):
@@ -315,7 +323,7 @@ def mono_usec():
 
 def busy_download(platform, scratch, rounds, size):
     path, fw_id, sha = make_firmware(platform, size)
-    idle_p99, busy_p99, growth, peaks, idles, counts = [], [], [], [], [], []
+    idle_p99, busy_p99, growth, peaks, idles, counts, pss_growth = [], [], [], [], [], [], []
     dev = Device(platform, scratch, transfers={"max_bytes": 64 * MiB})
     try:
         for _ in range(rounds):
@@ -327,6 +335,7 @@ def busy_download(platform, scratch, rounds, size):
             time.sleep(1)
 
             idle_rss = rss_kib(dev.pid) + sum(rss_kib(c) for c in children(dev.pid))
+            idle_pss = pss_kib(dev.pid)
             stop = threading.Event()
             box = {}
             th = threading.Thread(target=lambda: box.setdefault("lat", submit_latencies(dev.bus, stop)))
@@ -335,17 +344,19 @@ def busy_download(platform, scratch, rounds, size):
             t0 = mono_usec()
             took, _, samples = dev.run_job(
                 platform, fw_id, size, sha,
-                during=lambda: rss_kib(dev.pid) + sum(rss_kib(c) for c in children(dev.pid)))
+                during=lambda: (rss_kib(dev.pid) + sum(rss_kib(c) for c in children(dev.pid)),
+                                pss_kib(dev.pid) + sum(pss_kib(c) for c in children(dev.pid))))
             t1 = t0 + int(took * 1e6)
             stop.set()
             th.join(30)
             during = [l for s, l in box.get("lat", []) if t0 <= s <= t1]
             counts.append(len(during))
             busy_p99.append(p99(during))
-            peak = max(samples + [idle_rss])
+            peak = max([x[0] for x in samples] + [idle_rss])
             idles.append(idle_rss)
             peaks.append(peak)
             growth.append(peak - idle_rss)
+            pss_growth.append(max([x[1] for x in samples] + [idle_pss]) - idle_pss)
     finally:
         dev.stop()
         os.unlink(path)
@@ -355,7 +366,10 @@ def busy_download(platform, scratch, rounds, size):
         note="vs idle; %d calls during the download" % med(counts))
     row("RSS of lodevd + helper, idle before the download (MiB)", med(idles) / 1024, fmt="%.1f")
     row("RSS of lodevd + helper, peak during it (MiB)", med(peaks) / 1024, fmt="%.1f")
-    row("RSS growth for %d MiB (MiB)" % (size / MiB), med(growth) / 1024, fmt="%.1f")
+    row("RSS growth for %d MiB (MiB)" % (size / MiB), med(growth) / 1024, fmt="%.1f",
+        note="RSS counts the libraries both map twice")
+    row("PSS growth of lodevd + helper for %d MiB (MiB)" % (size / MiB), med(pss_growth) / 1024,
+        fmt="%.1f")
 
 
 class TinyServer:
@@ -371,53 +385,154 @@ class TinyServer:
         self.p.wait(10)
 
 
-def helper_start(scratch, rounds, n=20):
+def run_helper(request, path, write=True):
+    """lodevd-transfer on its own, as lodevd starts it: (seconds, its report lines)."""
+    a, b = socket.socketpair()
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
+
+    def place():
+        x, y = os.dup(b.fileno()), os.dup(fd)
+        os.dup2(x, 3)
+        os.dup2(y, 4)
+
+    t0 = time.monotonic()
+    p = subprocess.Popen([HELPER], pass_fds=(3, 4), preexec_fn=place, env={})
+    b.close()
+    os.close(fd)
+    a.sendall(("".join("%s %s\n" % kv for kv in request.items()) + "end\n").encode())
+    a.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        k = a.recv(65536)
+        if not k:
+            break
+        data += k
+    a.close()
+    p.wait()
+    took = time.monotonic() - t0
+    lines = data.decode().splitlines()
+    if not lines or not lines[-1].startswith("done 0 "):
+        raise SystemExit("helper: %r" % lines[-3:])
+    return took, lines
+
+
+def helper_alone(scratch, rounds, down_size, up_size):
+    """The helper alone against the same local server as curl: a GET with sha256 and syncs,
+    a PUT."""
     if not os.path.exists(HELPER):
-        row("starting the transfer helper (ms per transfer)", 0, fmt="%.1f", note="n/a: no helper in this build")
+        row("lodevd-transfer alone", 0, fmt="%.0f", note="n/a: no helper in this build")
         return
+    d = tempfile.mkdtemp(dir=scratch)
+    chunk = os.urandom(4 * MiB)
+    for name, size in (("down", down_size), ("up", up_size)):
+        with open(os.path.join(d, name), "wb") as f:
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+    blob = os.path.join(d, "up")
+    srv = TinyServer(d)
+    out = os.path.join(scratch, "helper.out")
+    get_t, curl_t, curl_sha_t, put_t, curlput_t = [], [], [], [], []
+    try:
+        url = "http://127.0.0.1:%d/down" % srv.port
+        for _ in range(rounds):
+            t0 = time.monotonic()
+            subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
+            curl_t.append(time.monotonic() - t0)
+            subprocess.run(["sha256sum", out], check=True, stdout=subprocess.DEVNULL)
+            curl_sha_t.append(time.monotonic() - t0)
+            os.unlink(out)
+            took, _ = run_helper({"method": "GET", "url": url, "allow-http": 1, "sha256": 1,
+                                  "max-size": 0, "sync-bytes": 16 * MiB, "sync-ms": 1000,
+                                  "offset": 0}, out)
+            get_t.append(took)
+            os.unlink(out)
+    finally:
+        srv.stop()
+    mib = down_size / MiB
+    row("lodevd-transfer alone: GET %d MiB, sha256, syncs (MiB/s)" % mib, mib / med(get_t),
+        mib / med(curl_t), fmt="%.0f", note="vs curl -o, same server")
+    row("lodevd-transfer alone: the same (MiB/s)", mib / med(get_t), mib / med(curl_sha_t), fmt="%.0f",
+        note="vs curl -o then sha256sum")
+    put = PutServer()
+    try:
+        for _ in range(rounds):
+            t0 = time.monotonic()
+            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", blob,
+                                "-H", "Content-Type: application/octet-stream", put.url], capture_output=True,
+                               text=True, timeout=1800)
+            curlput_t.append(time.monotonic() - t0)
+            if r.stdout.strip() != "200":
+                raise SystemExit("curl -T: %s %s" % (r.stdout, r.stderr))
+            took, _ = run_helper({"method": "PUT", "url": put.url, "allow-http": 1,
+                                  "content-type": "application/octet-stream",
+                                  "size": os.path.getsize(blob)}, blob, write=False)
+            put_t.append(took)
+    finally:
+        put.stop()
+    mib = os.path.getsize(blob) / MiB
+    row("lodevd-transfer alone: PUT %d MiB (MiB/s)" % mib, mib / med(put_t), mib / med(curlput_t),
+        fmt="%.0f", note="vs curl -T, same server")
+
+
+class PutServer:
+    """Takes PUTs and throws the bytes away (the emulator hashes them, which bounds it)."""
+
+    def __init__(self):
+        import http.server
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_PUT(self):
+                left = int(self.headers.get("Content-Length", "0"))
+                while left:
+                    k = self.rfile.read(min(left, 1 << 20))
+                    if not k:
+                        break
+                    left -= len(k)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = "http://127.0.0.1:%d/put" % self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def helper_start(scratch, rounds, n=20):
+    """ms per transfer of a 1 KiB GET through lodevd's own HTTP code (tests/tools/lodev-http):
+    with the helper, its start is in it; compare with a build without the helper."""
+    tool = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-http")
     d = tempfile.mkdtemp(dir=scratch)
     with open(os.path.join(d, "tiny"), "wb") as f:
         f.write(os.urandom(1024))
     srv = TinyServer(d)
     url = "http://127.0.0.1:%d/tiny" % srv.port
     out = os.path.join(d, "out")
-    ours, theirs = [], []
+    ms = []
     try:
         for _ in range(rounds):
-            t0 = time.monotonic()
+            each = []
             for _ in range(n):
-                a, b = socket.socketpair()
-                fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-
-                def place(b=b, fd=fd):
-                    x, y = os.dup(b.fileno()), os.dup(fd)
-                    os.dup2(x, 3)
-                    os.dup2(y, 4)
-
-                p = subprocess.Popen([HELPER], pass_fds=(3, 4), preexec_fn=place, env={})
-                b.close()
-                os.close(fd)
-                a.sendall(("method GET\nurl %s\nallow-http 1\nend\n" % url).encode())
-                a.shutdown(socket.SHUT_WR)
-                data = b""
-                while True:
-                    k = a.recv(4096)
-                    if not k:
-                        break
-                    data += k
-                a.close()
-                p.wait()
-                if b"done 0 1024" not in data:
-                    raise SystemExit("helper: %r" % data)
-            ours.append((time.monotonic() - t0) / n)
-            t0 = time.monotonic()
-            for _ in range(n):
-                subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
-            theirs.append((time.monotonic() - t0) / n)
+                r = subprocess.run([tool, "--allow-http", "get", url, out], capture_output=True,
+                                   text=True, timeout=60)
+                if r.returncode != 0:
+                    raise SystemExit("lodev-http: %s %s" % (r.stdout, r.stderr))
+                each.append(json.loads(r.stdout)["elapsed_ms"])
+            ms.append(med(each))
     finally:
         srv.stop()
-    row("starting the transfer helper: a 1 KiB GET through it (ms)", med(ours) * 1000, med(theirs) * 1000,
-        fmt="%.1f", note="vs curl -o of the same")
+    row("a 1 KiB GET through lodevd's HTTP code, call to end (ms)", med(ms), fmt="%.1f",
+        note="%s; median of %d per round" % ("transfer helper started for it" if os.path.exists(HELPER)
+                                              else "in-process libcurl", n))
 
 
 def idle_wakeups(platform, scratch, rounds, seconds):
@@ -452,7 +567,8 @@ def main():
     ap.add_argument("--up-mib", type=int, default=1024)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--idle-seconds", type=int, default=40)
-    ap.add_argument("--only", default="", help="comma-separated: memory,firmware,upload,busy,start,wakeups")
+    ap.add_argument("--only", default="",
+                    help="comma-separated: memory,firmware,upload,busy,alone,start,wakeups")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -471,6 +587,8 @@ def main():
                 upload(p, scratch, args.rounds, args.up_mib * MiB)
             if want("busy"):
                 busy_download(p, scratch, args.rounds, args.big_mib * MiB)
+            if want("alone"):
+                helper_alone(scratch, args.rounds, args.fw_mib * MiB, args.up_mib * MiB)
             if want("start"):
                 helper_start(scratch, args.rounds)
             if want("wakeups"):
