@@ -22,6 +22,7 @@ struct FirmwareDownload {
         int fd;
         uint64_t offset;      /* where the transfer starts */
         uint64_t pos, synced; /* bytes written, bytes durable */
+        uint64_t recorded_usec; /* when synced() was last told */
         uint64_t total;       /* as the server announced it, 0 unknown */
         HttpTransfer *transfer;
 
@@ -145,7 +146,10 @@ static void on_synced(HttpTransfer *t, uint64_t offset, void *userdata) {
 
         d->synced = offset;
         d->pos = MAX(d->pos, offset);
-        if (d->cb.synced) {
+        /* Recorded at most once a second: each record is a journal write and fsync on the
+         * loop, and the end (finished()) carries the last offset anyway. */
+        if (d->cb.synced && event_now(d->event) - d->recorded_usec >= FIRMWARE_DOWNLOAD_SYNC_USEC) {
+                d->recorded_usec = event_now(d->event);
                 r = d->cb.synced(d, d->synced, d->userdata);
                 if (r < 0) {
                         set_message(d, "cannot record the download's progress: %s",

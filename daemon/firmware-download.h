@@ -22,7 +22,8 @@
 #include "http.h"
 #include "job.h"
 
-/* What arrived is made durable at least this often. */
+/* What arrived is made durable at least this often; synced() is told at most once per
+ * FIRMWARE_DOWNLOAD_SYNC_USEC. */
 #define FIRMWARE_DOWNLOAD_SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
 #define FIRMWARE_DOWNLOAD_SYNC_USEC (UINT64_C(1) * 1000000)
 

@@ -387,18 +387,8 @@ class TinyServer:
 
 def run_helper(request, path, write=True):
     """lodevd-transfer on its own, as lodevd starts it: (seconds, its report lines)."""
-    a, b = socket.socketpair()
-    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
-
-    def place():
-        x, y = os.dup(b.fileno()), os.dup(fd)
-        os.dup2(x, 3)
-        os.dup2(y, 4)
-
     t0 = time.monotonic()
-    p = subprocess.Popen([HELPER], pass_fds=(3, 4), preexec_fn=place, env={})
-    b.close()
-    os.close(fd)
+    p, a = lodevtest.spawn_transfer_helper(path, writable=write, helper=HELPER)
     a.sendall(("".join("%s %s\n" % kv for kv in request.items()) + "end\n").encode())
     a.shutdown(socket.SHUT_WR)
     data = b""
@@ -408,7 +398,7 @@ def run_helper(request, path, write=True):
             break
         data += k
     a.close()
-    p.wait()
+    p.communicate()
     took = time.monotonic() - t0
     lines = data.decode().splitlines()
     if not lines or not lines[-1].startswith("done 0 "):

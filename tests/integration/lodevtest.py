@@ -50,6 +50,29 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Config
 """
 
 
+def spawn_transfer_helper(path, writable=True, env=None, helper=None):
+    """lodevd-transfer as lodevd starts it: its socket on fd 3, the file (read-write, or
+    read-only for an upload) on fd 4, an empty environment (or env), a session of its own.
+    Returns (the process, our end of its socket)."""
+    a, b = socket.socketpair()
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY, 0o600)
+
+    def place_fds():
+        x, y = os.dup(b.fileno()), os.dup(fd)
+        os.dup2(x, 3)
+        os.dup2(y, 4)
+        os.setsid()
+
+    try:
+        proc = subprocess.Popen([helper or TRANSFER_HELPER], pass_fds=(3, 4), preexec_fn=place_fds,
+                                env=env or {}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    finally:
+        b.close()
+        os.close(fd)
+    return proc, a
+
+
 def require_tool(name):
     """Outside CI a missing tool skips; under CI=true it fails."""
     import pytest

@@ -171,21 +171,8 @@ class Run:
     """One helper run: its reports, exit status and what it was while it ran."""
 
     def __init__(self, request, path, write=True, env=None, raw=None, watch=None, timeout=60):
-        a, b = socket.socketpair()
-        fd = os.open(path, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
-
-        def place_fds():
-            x, y = os.dup(b.fileno()), os.dup(fd)
-            os.dup2(x, 3)
-            os.dup2(y, 4)
-            os.setsid()
-
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([HELPER], pass_fds=(3, 4), preexec_fn=place_fds, env=env or {},
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        b.close()
-        os.close(fd)
+        self.proc, a = lodevtest.spawn_transfer_helper(path, writable=write, env=env, helper=HELPER)
         if raw is None:
             raw = "".join("%s %s\n" % (k, escape(str(v))) for k, v in request.items()) + "end\n"
         a.sendall(raw.encode())
