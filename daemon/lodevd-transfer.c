@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -815,6 +816,9 @@ int main(int argc, char **argv) {
         (void) signal(SIGPIPE, SIG_IGN);
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                 return 2;
+        /* Background work: D-Bus callers and MQTT, on lodevd's loop, go first when the CPU is
+         * short. Before any thread, which inherits it; best effort. */
+        (void) setpriority(PRIO_PROCESS, 0, 10);
         if (fstat(CONTROL_FD, &st) < 0 || !S_ISSOCK(st.st_mode)) {
                 fprintf(stderr, "lodevd-transfer: fd 3 is not a socket: lodevd starts this "
                                 "program, see lodevd(8).\n");

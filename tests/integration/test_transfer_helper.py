@@ -428,11 +428,14 @@ def test_sandboxed_while_it_runs(server, tmp_path):
                 seen[k] = v.strip()
         seen["fds"] = sorted(int(x) for x in os.listdir("/proc/%d/fd" % pid))
         seen["pgid"] = os.getpgid(pid)
+        with open("/proc/%d/stat" % pid) as f:
+            seen["nice"] = int(f.read().rsplit(")", 1)[1].split()[16])
 
     r = get(server, "/stall", tmp_path / "fw", low_speed_time=2, watch=watch, timeout=30)
     assert r.error == 110, r.lines  # ETIMEDOUT: the stall
     assert seen["NoNewPrivs"] == "1"
     assert seen["Seccomp"] == ("0" if sanitized_build() else "2")  # a filter
+    assert seen["nice"] == 10  # background work: lodevd's loop goes first
     # stdin, stdout, stderr, the socket, the file, the connection; nothing else inherited.
     assert seen["fds"][:5] == [0, 1, 2, 3, 4] and len(seen["fds"]) <= 8, seen["fds"]
 
