@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Drives daemon/transfer-client.c (and so lodevd-transfer, the helper it starts) on an
+/* Drives daemon/http.c (and so lodevd-transfer, the helper it starts) on an
  * sd-event loop, for the HTTP tests.
  *
  *   lodev-http [OPTIONS] put URL FILE CONTENT_TYPE
