@@ -2,10 +2,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 
 #include "event-util.h"
 #include "fileio.h"
@@ -24,34 +22,18 @@ struct FirmwareDownload {
 
         int fd;
         uint64_t offset;      /* where the transfer starts */
-        uint64_t hashed;      /* of the first offset bytes, re-hashed before the transfer */
-        unsigned hash_steps;
-        uint64_t hash_longest_usec, hash_longest_cpu_usec; /* a step, in wall and CPU time */
         uint64_t pos, synced; /* bytes written, bytes durable */
-        uint64_t synced_usec;
+        uint64_t recorded_usec; /* when synced() was last told */
         uint64_t total;       /* as the server announced it, 0 unknown */
-        EVP_MD_CTX *sha;
-        unsigned char *chunk;
         HttpTransfer *transfer;
 
-        /* Prefix hashing steps, and an end decided outside the loop's callbacks. */
+        /* The transfer starts, and an end decided in start() is told, from the loop. */
         sd_event_source *idle;
-        bool hashing;
+        bool starting;
         bool ending;
         FirmwareDownloadResult end;
-        char *message;       /* of end, or why data() stopped the transfer */
+        char *message;       /* of end */
 };
-
-static uint64_t clock_usec(clockid_t clock) {
-        struct timespec ts;
-
-        (void) clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-static uint64_t now_usec(void) {
-        return clock_usec(CLOCK_MONOTONIC);
-}
 
 JobDownloadError firmware_download_classify(int error, long status) {
         if (error < 0)
@@ -97,15 +79,13 @@ static void set_message(FirmwareDownload *d, const char *fmt, ...) {
 static void close_transfer(FirmwareDownload *d) {
         http_transfer_cancel(d->transfer);
         d->transfer = NULL;
-        d->hashing = false;
+        d->starting = false;
         if (d->idle)
                 (void) sd_event_source_set_enabled(d->idle, SD_EVENT_OFF);
 }
 
 /* The end, told once. Only from the loop's own callbacks. */
 static void finish(FirmwareDownload *d, bool complete, JobDownloadError error) {
-        if (d->fd >= 0 && !complete && d->pos > d->synced && fsync(d->fd) >= 0)
-                d->synced = d->pos; /* the bytes here count on the next try */
         close_transfer(d);
         d->ending = false;
         d->end = (FirmwareDownloadResult) {
@@ -154,114 +134,61 @@ static int check_space(FirmwareDownload *d, uint64_t needed) {
         return -ENOSPC;
 }
 
-/* Makes what is written durable and records it, so that a crash resumes from here. */
-static int sync_now(FirmwareDownload *d) {
-        int r;
-
-        if (d->pos == d->synced)
-                return 0;
-        if (fsync(d->fd) < 0) {
-                r = -errno;
-                set_message(d, "cannot sync %s: %s", d->path, strerror(-r));
-                return r;
-        }
-        d->synced = d->pos;
-        d->synced_usec = event_now(d->event);
-        if (d->cb.synced) {
-                r = d->cb.synced(d, d->synced, d->userdata);
-                if (r < 0) {
-                        set_message(d, "cannot record the download's progress: %s",
-                                    strerror(-r));
-                        return r;
-                }
-        }
-        /* A download without a known size is held to the room left as it goes. */
-        return check_space(d, 0);
-}
-
 static void progress(FirmwareDownload *d) {
         if (d->cb.progress)
                 d->cb.progress(d, d->pos, d->size >= 0 ? (uint64_t) d->size : d->total,
                                d->userdata);
 }
 
-static int on_data(HttpTransfer *t, uint64_t offset, const void *data, size_t len,
-                   void *userdata) {
+/* The helper made [0, offset) durable: recorded, so that a crash resumes from there. */
+static void on_synced(HttpTransfer *t, uint64_t offset, void *userdata) {
         FirmwareDownload *d = userdata;
         int r;
 
-        if (offset != d->pos) {
-                /* The server sent the whole file instead of the range: start over. */
-                if (offset != 0)
-                        return -EBADMSG;
-                if (ftruncate(d->fd, 0) < 0)
-                        return -errno;
-                d->pos = d->synced = 0;
-                if (d->sha && EVP_DigestInit_ex(d->sha, EVP_sha256(), NULL) != 1)
-                        return -EIO;
+        d->synced = offset;
+        d->pos = MAX(d->pos, offset);
+        /* Recorded at most once a second: each record is a journal write and fsync on the
+         * loop, and the end (finished()) carries the last offset anyway. */
+        if (d->cb.synced && event_now(d->event) - d->recorded_usec >= FIRMWARE_DOWNLOAD_SYNC_USEC) {
+                d->recorded_usec = event_now(d->event);
+                r = d->cb.synced(d, d->synced, d->userdata);
+                if (r < 0) {
+                        set_message(d, "cannot record the download's progress: %s",
+                                    strerror(-r));
+                        finish(d, false, JOB_DOWNLOAD_LOCAL);
+                        return;
+                }
         }
-        if (d->size >= 0 && d->pos + len > (uint64_t) d->size) {
-                set_message(d, "the server sent more than the job document's size, %" PRId64
-                            " bytes", d->size);
-                return -EFBIG;
-        }
-        if (d->size < 0 && d->max_size > 0 && d->pos + len > d->max_size) {
-                set_message(d, "the firmware is larger than firmware.max_download_bytes, %" PRIu64
-                            " bytes", d->max_size);
-                return -E2BIG;
-        }
-        r = pwrite_full(d->fd, data, len, d->pos);
-        if (r < 0) {
-                set_message(d, "cannot write %s: %s", d->path, strerror(-r));
-                return r;
-        }
-        if (d->sha && EVP_DigestUpdate(d->sha, data, len) != 1)
-                return -EIO;
-        d->pos += len;
-        if (d->pos - d->synced >= FIRMWARE_DOWNLOAD_SYNC_BYTES ||
-            event_now(d->event) - d->synced_usec >= FIRMWARE_DOWNLOAD_SYNC_USEC) {
-                r = sync_now(d);
-                if (r < 0)
-                        return r;
-        }
-        progress(d);
-        return 0;
+        /* A download without a known size is held to the room left as it goes. */
+        if (check_space(d, 0) < 0)
+                finish(d, false, JOB_DOWNLOAD_NO_SPACE);
 }
 
 static void on_progress(HttpTransfer *t, uint64_t done, uint64_t total, void *userdata) {
         FirmwareDownload *d = userdata;
 
+        d->pos = done;
         d->total = total;
+        progress(d);
 }
 
-/* Every byte is here: size and digest, then durable. */
-static void verify(FirmwareDownload *d) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        char hex[2 * EVP_MAX_MD_SIZE + 1];
-        unsigned md_len = 0;
-
+/* Every byte is here and durable: size and digest. */
+static void verify(FirmwareDownload *d, const char *digest) {
         if (d->size >= 0 && d->pos != (uint64_t) d->size) {
                 set_message(d, "%" PRIu64 " bytes instead of the job document's %" PRId64,
                             d->pos, d->size);
                 goto corrupt;
         }
-        if (d->sha) {
-                if (EVP_DigestFinal_ex(d->sha, md, &md_len) != 1) {
+        if (d->sha256) {
+                if (!digest) {
                         set_message(d, "SHA-256 failed");
                         finish(d, false, JOB_DOWNLOAD_LOCAL);
                         return;
                 }
-                for (unsigned i = 0; i < md_len; i++)
-                        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-                if (!streq(hex, d->sha256)) {
-                        set_message(d, "SHA-256 %s, the job document says %s", hex, d->sha256);
+                if (!streq(digest, d->sha256)) {
+                        set_message(d, "SHA-256 %s, the job document says %s", digest, d->sha256);
                         goto corrupt;
                 }
-        }
-        if (fsync(d->fd) < 0) {
-                set_message(d, "cannot sync %s: %m", d->path);
-                finish(d, false, JOB_DOWNLOAD_LOCAL);
-                return;
         }
         d->synced = d->pos;
         finish(d, true, 0);
@@ -278,26 +205,31 @@ static void on_finished(HttpTransfer *t, const HttpResult *res, void *userdata) 
         FirmwareDownload *d = userdata;
 
         d->transfer = NULL;
+        /* What the helper made durable, whatever the end: the next try resumes there. */
+        d->synced = res->synced;
         if (res->error >= 0 && res->status >= 200 && res->status < 300) {
-                verify(d);
+                d->pos = res->synced; /* the helper syncs everything before a success */
+                verify(d, res->sha256);
                 return;
         }
-        if (res->error == -EFBIG && !d->message) {
-                /* The answer announced more than the cap (CURLOPT_MAXFILESIZE_LARGE). */
-                if (d->size < 0) {
+        d->pos = d->synced;
+        if (res->error == -EFBIG) {
+                /* The cap is the document's size, or firmware.max_download_bytes without one. */
+                if (d->size >= 0) {
+                        set_message(d, "the server sent more than the job document's size, "
+                                       "%" PRId64 " bytes", d->size);
+                        finish(d, false, JOB_DOWNLOAD_CORRUPT);
+                } else {
                         set_message(d, "the firmware is larger than "
-                                    "firmware.max_download_bytes, %" PRIu64 " bytes",
+                                       "firmware.max_download_bytes, %" PRIu64 " bytes",
                                     d->max_size);
                         finish(d, false, JOB_DOWNLOAD_NO_SPACE);
-                        return;
                 }
-                set_message(d, "the server announces more than the job document's size, %" PRId64
-                            " bytes", d->size);
-        } else if (res->error < 0) {
-                /* Our own reason (data() stopped it) says more than curl's. */
-                if (!d->message || res->error == -ECONNRESET || res->error == -ETIMEDOUT)
-                        set_message(d, "%s", res->error_text ?: strerror(-res->error));
-        } else if (res->status == 416 && d->pos > 0) {
+                return;
+        }
+        if (res->error < 0)
+                set_message(d, "%s", res->error_text ?: strerror(-res->error));
+        else if (res->status == 416 && d->offset > 0) {
                 /* Nothing past our offset: the file here is not what the server has. */
                 (void) ftruncate(d->fd, 0);
                 d->pos = d->synced = 0;
@@ -309,18 +241,41 @@ static void on_finished(HttpTransfer *t, const HttpResult *res, void *userdata) 
         finish(d, false, firmware_download_classify(res->error, res->status));
 }
 
+/* The file was complete before a restart: only its digest, from the helper. */
+static void on_hashed(HttpTransfer *t, const HttpResult *res, void *userdata) {
+        FirmwareDownload *d = userdata;
+
+        d->transfer = NULL;
+        if (res->error < 0) {
+                set_message(d, "cannot hash %s: %s", d->path,
+                            res->error_text ?: strerror(-res->error));
+                finish(d, false, JOB_DOWNLOAD_LOCAL);
+                return;
+        }
+        verify(d, res->sha256);
+}
+
 static void begin_transfer(FirmwareDownload *d) {
-        uint64_t cap = d->size >= 0 ? (uint64_t) d->size : d->max_size;
+        HttpGet g = {
+                .offset = d->offset,
+                /* The cap is on the whole file: a server that ignores the range sends all. */
+                .max_size = d->size >= 0 ? (uint64_t) d->size : d->max_size,
+                .sha256 = d->sha256 != NULL,
+                .sync_bytes = FIRMWARE_DOWNLOAD_SYNC_BYTES,
+                .sync_usec = FIRMWARE_DOWNLOAD_SYNC_USEC,
+        };
         int r;
 
         if (d->size >= 0 && d->offset == (uint64_t) d->size && d->offset > 0) {
-                verify(d); /* everything was here before the restart */
-                return;
-        }
-        d->synced_usec = event_now(d->event);
-        /* The cap is on the whole file: a server that ignores the range sends all of it. */
-        r = http_get(d->http, d->url, d->offset, cap, on_data, on_progress, on_finished, d,
-                     &d->transfer);
+                /* Everything was here before the restart. */
+                if (!d->sha256) {
+                        verify(d, NULL);
+                        return;
+                }
+                r = http_hash_fd(d->http, d->fd, d->offset, on_hashed, d, &d->transfer);
+        } else
+                r = http_get_fd(d->http, d->url, d->fd, &g, on_progress, on_synced, on_finished,
+                                d, &d->transfer);
         if (r < 0) {
                 set_message(d, "cannot start the download: %s", strerror(-r));
                 finish(d, false,
@@ -331,49 +286,18 @@ static void begin_transfer(FirmwareDownload *d) {
         progress(d);
 }
 
-/* Hashes the bytes kept from before, a few milliseconds at a time. */
 static int on_idle(sd_event_source *s, void *userdata) {
         FirmwareDownload *d = userdata;
-        uint64_t start = now_usec(), cpu = clock_usec(CLOCK_THREAD_CPUTIME_ID);
 
+        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
         if (d->ending) {
                 finish(d, false, d->end.error);
                 return 0;
         }
-        if (!d->hashing)
-                return 0;
-        d->hash_steps++;
-        /* The kernel reads the next stretch meanwhile, so that a step waits for no disk. */
-        (void) posix_fadvise(d->fd, (off_t) d->hashed, (off_t) FIRMWARE_DOWNLOAD_READAHEAD,
-                             POSIX_FADV_WILLNEED);
-        while (d->hashed < d->offset) {
-                size_t n = (size_t) MIN(d->offset - d->hashed, (uint64_t) FIRMWARE_DOWNLOAD_HASH_CHUNK);
-                int r = pread_full(d->fd, d->chunk, n, d->hashed);
-
-                if (r < 0 || EVP_DigestUpdate(d->sha, d->chunk, n) != 1) {
-                        set_message(d, "cannot hash %s: %s", d->path,
-                                    strerror(r < 0 ? -r : EIO));
-                        finish(d, false, JOB_DOWNLOAD_LOCAL);
-                        return 0;
-                }
-                d->hashed += n;
-                if (now_usec() - start >= FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC)
-                        break;
+        if (d->starting) {
+                d->starting = false;
+                begin_transfer(d);
         }
-        d->hash_longest_usec = MAX(d->hash_longest_usec, now_usec() - start);
-        d->hash_longest_cpu_usec = MAX(d->hash_longest_cpu_usec,
-                                       clock_usec(CLOCK_THREAD_CPUTIME_ID) - cpu);
-        if (d->hashed < d->offset)
-                return 0; /* the rest at the next idle moment */
-        if (d->offset > 0 && d->sha)
-                log_debug("Re-hashed the %" PRIu64 " bytes of %s already here in %u steps, the "
-                          "longest %" PRIu64 " us (CPU %" PRIu64 " us).",
-                          d->offset, d->path, d->hash_steps, d->hash_longest_usec,
-                          d->hash_longest_cpu_usec);
-        d->hashing = false;
-        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-        d->chunk = mfree(d->chunk);
-        begin_transfer(d);
         return 0;
 }
 
@@ -399,20 +323,6 @@ static int prepare(FirmwareDownload *d, JobDownloadError *ret_error) {
         if (check_space(d, d->size >= 0 ? (uint64_t) d->size - d->offset : 0) < 0) {
                 *ret_error = JOB_DOWNLOAD_NO_SPACE;
                 return -ENOSPC;
-        }
-        if (d->sha256) {
-                d->sha = EVP_MD_CTX_new();
-                if (!d->sha || EVP_DigestInit_ex(d->sha, EVP_sha256(), NULL) != 1) {
-                        set_message(d, "SHA-256 cannot be set up");
-                        return -EIO;
-                }
-                if (d->offset > 0) {
-                        d->chunk = malloc(FIRMWARE_DOWNLOAD_HASH_CHUNK);
-                        if (!d->chunk) {
-                                set_message(d, "out of memory");
-                                return -ENOMEM;
-                        }
-                }
         }
         return 0;
 }
@@ -456,12 +366,10 @@ int firmware_download_start(sd_event *event, HttpClient *http, const FirmwareDow
         if (prepare(d, &error) < 0)
                 finish_later(d, error);
         else {
-                /* The prefix is hashed (when there is a digest to check) and the transfer
-                 * started from the idle source, so that nothing is told from inside this
+                /* Started from the idle source, so that nothing is told from inside this
                  * call. */
-                d->hashed = d->sha ? 0 : d->offset;
-                d->hashing = true;
-                (void) sd_event_source_set_enabled(d->idle, SD_EVENT_ON);
+                d->starting = true;
+                (void) sd_event_source_set_enabled(d->idle, SD_EVENT_ONESHOT);
         }
         *ret = d;
         return 0;
@@ -473,8 +381,6 @@ FirmwareDownload *firmware_download_free(FirmwareDownload *d) {
         http_transfer_cancel(d->transfer);
         sd_event_source_disable_unref(d->idle);
         safe_close(d->fd);
-        EVP_MD_CTX_free(d->sha);
-        free(d->chunk);
         free(d->message);
         free(d->path);
         free(d->url);

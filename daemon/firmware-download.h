@@ -2,17 +2,18 @@
 #pragma once
 
 /* One firmware download into one file, resumable at a durable offset: the file is truncated to
- * the offset, the bytes already there are hashed again in bounded steps from an idle-priority
- * source (never in one loop callback), then the rest is fetched with HTTP Range and hashed as it
- * streams. Every few MiB, and at most every second, what arrived is fsync()ed and handed to
- * synced(), which records the offset (the job journal) so that a crash resumes from there.
+ * the offset, then the transfer helper (http.h) fetches the rest with HTTP Range into the file,
+ * hashing it as it streams after hashing the bytes already there again, all in its own process:
+ * nothing of it runs on the loop. Every few MiB, and at most every second, the helper makes what
+ * arrived durable and synced() records the offset (the job journal) so that a crash resumes
+ * from there.
  * Room is kept in the file system: the download never leaves less than reserve() bytes free,
  * is capped at the document's size (or max_size without one), and fails with NO_SPACE past
  * either. The end comes once through finished(), never from inside a call into this module,
  * with the failure classified (JobDownloadError) so that the job knows what may pass.
  *
- * The transport is http.c's GET; the interface is only start, callbacks and free, so that it
- * can change underneath. Knows nothing of jobs beyond JobDownloadError. */
+ * The transport is http.c's GET into a file; the interface is only start, callbacks and free, so
+ * that it can change underneath. Knows nothing of jobs beyond JobDownloadError. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -21,14 +22,10 @@
 #include "http.h"
 #include "job.h"
 
-/* What arrived is made durable at least this often. */
+/* What arrived is made durable at least this often; synced() is told at most once per
+ * FIRMWARE_DOWNLOAD_SYNC_USEC. */
 #define FIRMWARE_DOWNLOAD_SYNC_BYTES (UINT64_C(16) * 1024 * 1024)
 #define FIRMWARE_DOWNLOAD_SYNC_USEC (UINT64_C(1) * 1000000)
-/* The resume hash: a step reads this much at a time and stops after the time budget. */
-#define FIRMWARE_DOWNLOAD_HASH_CHUNK (256U * 1024U)
-#define FIRMWARE_DOWNLOAD_HASH_BUDGET_USEC (UINT64_C(4) * 1000)
-/* Read ahead of the hashing, asked of the kernel at each step. */
-#define FIRMWARE_DOWNLOAD_READAHEAD (UINT64_C(16) * 1024 * 1024)
 /* The blocks of a removed download given back per step. */
 #define FIRMWARE_DOWNLOAD_REMOVE_STEP (UINT64_C(32) * 1024 * 1024)
 

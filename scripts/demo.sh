@@ -55,6 +55,8 @@ dbus-daemon --config-file "$work/bus.conf" --nofork --print-address=3 3>"$work/b
 pids+=($!)
 for _ in $(seq 50); do [ -s "$work/bus.address" ] && break; sleep 0.1; done
 export DBUS_SYSTEM_BUS_ADDRESS=$(head -n1 "$work/bus.address")
+# lodevd starts the transfer helper of this build, not an installed one.
+export LODEVD_TRANSFER_PATH="$PWD/build/daemon/lodevd-transfer"
 echo "DBUS_SYSTEM_BUS_ADDRESS=$DBUS_SYSTEM_BUS_ADDRESS"
 
 step "platform emulator (mosquitto with mutual TLS + the platform service)"

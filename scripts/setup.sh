@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
         meson ninja-build pkg-config gcc
         libmosquitto-dev libcurl4-openssl-dev libssl-dev libjson-c-dev libsystemd-dev
-        libconfig-dev scdoc mandoc systemd
+        libconfig-dev libseccomp-dev scdoc mandoc systemd
         mosquitto mosquitto-clients mosquitto-dev dbus-daemon dbus
         python3-paho-mqtt python3-pytest python3-cryptography python3-dbus
         curl openssl util-linux iproute2 valgrind man-db media-types

@@ -11,12 +11,12 @@ durability syncs and the verification, so it is if anything pessimistic. Peak RS
 lodevd started afresh for each size: it must not grow with the file.
 
 The resume measure (--resume-mib, 1024 by default; 0 skips it): a download of that size is cut
-1 MiB before its end, and lodevd resumes it, hashing again the bytes it has. lodevd runs with
+1 MiB before its end, and lodevd resumes it; the transfer helper hashes again the bytes already
+there, in its own process, while lodevd's loop goes on. lodevd runs with
 WATCHDOG_USEC=100 ms, so its loop sends WATCHDOG=1 every 50 ms or so when nothing holds it up;
 the longest gap between two of them, from the cut to the installer, is the longest the loop
 stood still (printed less the usual gap, as "longest stall"; on a busy machine it includes the
-time lodevd waited for a core, and the fsync()s of the journal and the file). lodevd's own
-debug line says how long the longest step of the hashing took.
+time lodevd waited for a core, and the fsync()s of the journal).
 
     tests/bench/firmware.py [--sizes-mib 64,512] [--resume-mib 1024]
 """
@@ -24,7 +24,6 @@ debug line says how long the longest step of the hashing took.
 import argparse
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -173,19 +172,9 @@ def run_resume(platform, size, scratch):
         t1 = time.monotonic()
         dev.succeeded(platform, job)
         ticks = [t for t in dev.d.notify.watchdog if t0 <= t <= t1]
-        steps = re.findall(r"Re-hashed the (\d+) bytes .* in (\d+) steps, the longest (\d+) us "
-                           r"\(CPU (\d+) us\)", dev.d.output())
     finally:
         dev.stop()
         os.unlink(os.path.join(platform.workdir, "firmware", fw_id))
-    if steps:
-        hashed, n, longest, cpu = steps[-1]
-        print("%5d MiB resume: the %d MiB already there hashed again in %s steps, the longest "
-              "callback %.1f ms (%.1f ms of CPU; the rest waiting for a core or the disk)"
-              % (size // 1048576, int(hashed) // 1048576, n, int(longest) / 1000,
-                 int(cpu) / 1000))
-    else:
-        print("%5d MiB resume: hashed again in one callback (no step count)" % (size // 1048576))
     gaps = sorted(b - a for a, b in zip(ticks, ticks[1:]))
     if not gaps:
         print("%5d MiB resume: no watchdog pings (lodevd without WATCHDOG_USEC support?)"

@@ -18,6 +18,9 @@ SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__f
 LODEVD = os.path.join(BUILD_DIR, "daemon", "lodevd")
 LODEVCTL = os.path.join(BUILD_DIR, "client", "lodevctl")
 POLICY = os.path.join(SOURCE_DIR, "systemd", "com.lifeomic.Device1.conf")
+# lodevd and tests/tools/lodev-http start the transfer helper of this build, not an installed one.
+TRANSFER_HELPER = os.path.join(BUILD_DIR, "daemon", "lodevd-transfer")
+os.environ.setdefault("LODEVD_TRANSFER_PATH", TRANSFER_HELPER)
 INTERFACE_XML = os.path.join(SOURCE_DIR, "daemon", "com.lifeomic.Device1.xml")
 
 # A system bus like Debian's system.conf: everything denied but what a
@@ -46,6 +49,29 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Config
   <include>{policy}</include>
 </busconfig>
 """
+
+
+def spawn_transfer_helper(path, writable=True, env=None, helper=None):
+    """lodevd-transfer as lodevd starts it: its socket on fd 3, the file (read-write, or
+    read-only for an upload) on fd 4, an empty environment (or env), a session of its own.
+    Returns (the process, our end of its socket)."""
+    a, b = socket.socketpair()
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY, 0o600)
+
+    def place_fds():
+        x, y = os.dup(b.fileno()), os.dup(fd)
+        os.dup2(x, 3)
+        os.dup2(y, 4)
+        os.setsid()
+
+    try:
+        proc = subprocess.Popen([helper or TRANSFER_HELPER], pass_fds=(3, 4), preexec_fn=place_fds,
+                                env=env or {}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    finally:
+        b.close()
+        os.close(fd)
+    return proc, a
 
 
 def require_tool(name):

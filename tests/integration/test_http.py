@@ -459,3 +459,76 @@ def test_proxy_environment_ignored(server, tmp_path):
         assert len(server.requests) == 1
     finally:
         proxy.stop()
+
+
+# --- The transfer helper misbehaving: each is a network error of that attempt, and the
+# helper's whole process group is gone afterwards. ---
+
+
+def process_gone(pid):
+    """The helper was reaped: no process, not even a zombie, under that id."""
+    return not os.path.exists("/proc/%d" % pid)
+
+
+def test_helper_killed_mid_transfer(server, tmp_path):
+    out = tmp_path / "out"
+    # SIGABRT, as an assertion or abort() would end it (a sanitizer build would report a
+    # SIGSEGV sent from outside as a finding of its own).
+    r, _, rc = lodev_http("--allow-http", "--max-rate", 256 * 1024, "--signal-helper", "ABRT",
+                          "--signal-after", 100000, "get", server.url("/blob"), out)
+    assert rc == 1
+    assert r["error_name"] == "ECONNABORTED", r
+    assert "killed by signal ABRT" in r["error_text"]
+    assert r["finished"] and process_gone(r["helper_pid"])
+
+
+def test_helper_hung_past_its_timeout(server, tmp_path):
+    out = tmp_path / "out"
+    # Stopped, it reports nothing: after 2 s of silence it is killed.
+    r, elapsed, rc = lodev_http("--allow-http", "--max-rate", 256 * 1024, "--silence-timeout", 2,
+                                "--signal-helper", "STOP", "--signal-after", 100000,
+                                "get", server.url("/blob"), out, timeout=30)
+    assert rc == 1
+    assert r["error_name"] == "ETIMEDOUT", r
+    assert "stopped reporting" in r["error_text"]
+    assert 1.5 < elapsed < 15
+    assert process_gone(r["helper_pid"])
+
+
+@pytest.mark.parametrize("garbage", [
+    "printf 'answer 200 0 0\\nthis is not a report\\n' >&3; sleep 30",
+    "printf 'progress 1 2\\n\\177ELF\\002\\n' >&3; sleep 30",
+    "head -c 20000 /dev/zero | tr '\\0' x >&3; sleep 30",  # a line that never ends
+    "printf 'done 0 0\\nprogress 1 1\\n' >&3; sleep 30",  # something after done
+    "printf 'answer 200 0 0\\nprogress 5' >&3",  # cut in the middle of a report
+    "exit 0",  # nothing at all
+])
+def test_helper_writing_garbage(tmp_path, garbage):
+    fake = tmp_path / "fake-helper"
+    fake.write_text("#!/bin/sh\n" + garbage + "\n")
+    fake.chmod(0o755)
+    r, elapsed, rc = lodev_http("--allow-http", "--helper", fake, "get", "http://127.0.0.1:9/x",
+                                tmp_path / "out", timeout=30)
+    assert rc == 1
+    assert r["error_name"] == "ECONNABORTED", r
+    assert elapsed < 10  # killed at once, not left to sleep
+    assert process_gone(r["helper_pid"])
+
+
+def test_cancel_kills_the_helper(server, tmp_path):
+    r, _, rc = lodev_http("--allow-http", "--max-rate", MiB, "--cancel-after", 65536,
+                          "get", server.url("/blob"), tmp_path / "out")
+    assert rc == 0, r
+    assert r["canceled"] is True and r["finished"] is False
+    assert process_gone(r["helper_pid"])
+
+
+def test_download_hashed_and_synced_through_the_helper(server, tmp_path):
+    out = tmp_path / "out"
+    offset = 300000
+    out.write_bytes(server.blob[:offset])
+    r, _, rc = lodev_http("--allow-http", "--sha256", "--sync-bytes", 256 * 1024, "--max-rate", 2 * MiB,
+                          "--offset", offset, "get", server.url("/blob"), out)
+    assert rc == 0, r
+    assert r["sha256"] == hashlib.sha256(server.blob).hexdigest()
+    assert r["synced"] == len(server.blob) and r["synced_calls"] >= 1

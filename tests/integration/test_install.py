@@ -103,6 +103,20 @@ def test_layout(root):
     for hook in ("rauc", "swupdate", "copy"):
         assert_file(root, "usr/libexec/lodevd/hooks/" + hook, executable=True)
     assert_file(root, "usr/libexec/lodevd/request-reboot", executable=True)
+    assert_file(root, "usr/libexec/lodevd/lodevd-transfer", executable=True)
+
+
+def test_libcurl_in_the_helper_only(root):
+    """lodevd itself links no libcurl (nor what libcurl pulls in); the transfer helper does."""
+    lodevtest.require_tool("ldd")
+    daemon = subprocess.run(["ldd", path(root, "usr/sbin/lodevd")], capture_output=True, text=True,
+                            timeout=30)
+    helper = subprocess.run(["ldd", path(root, "usr/libexec/lodevd/lodevd-transfer")],
+                            capture_output=True, text=True, timeout=30)
+    assert daemon.returncode == 0 and helper.returncode == 0, (daemon.stderr, helper.stderr)
+    for lib in ("libcurl", "libgnutls", "libldap", "librtmp", "libssh2", "libnghttp2"):
+        assert lib not in daemon.stdout, daemon.stdout
+    assert "libcurl" in helper.stdout and "libseccomp" in helper.stdout, helper.stdout
 
 
 def version_script_symbols():

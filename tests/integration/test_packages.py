@@ -26,12 +26,15 @@ BUILD_DIR = os.path.abspath(lodevtest.BUILD_DIR)
 SOURCE_DIR = os.path.abspath(lodevtest.SOURCE_DIR)
 PACKAGES = ("lodevd", "liblodev1", "liblodev-dev")
 
-# What the binaries may link (README, "Dependencies"): libmosquitto, libcurl, OpenSSL,
-# json-c, libsystemd, libconfig, and the C library.
+# What the binaries may link (README, "Dependencies"): libmosquitto, OpenSSL, json-c,
+# libsystemd, libconfig, and the C library; libcurl and libseccomp only in the transfer helper.
 ALLOWED_NEEDED = {
-    "usr/sbin/lodevd": {"libmosquitto.so.1", "libcurl.so.4", "libcrypto.so.3", "libssl.so.3",
+    "usr/sbin/lodevd": {"libmosquitto.so.1", "libcrypto.so.3", "libssl.so.3",
                         "libjson-c.so.5", "libsystemd.so.0", "libconfig.so.9", "libc.so.6",
                         "libm.so.6"},
+    "usr/libexec/lodevd/lodevd-transfer": {"libcurl.so.4", "libseccomp.so.2", "libcrypto.so.3",
+                                           "libssl.so.3", "libjson-c.so.5", "libsystemd.so.0",
+                                           "libconfig.so.9", "libc.so.6", "libm.so.6"},
     "usr/bin/lodevctl": {"liblodev.so.1", "libjson-c.so.5", "libsystemd.so.0", "libc.so.6",
                          "libm.so.6"},
 }
@@ -199,7 +202,8 @@ def test_packages_hold_what_meson_installs(debs):
                  "usr/share/dbus-1/interfaces/com.lifeomic.Device1.xml",
                  "usr/share/polkit-1/rules.d/lodevd.rules",
                  "usr/lib/systemd/catalog/lodevd.catalog", "etc/lodevd/lodevd.conf",
-                 "usr/libexec/lodevd/request-reboot", "usr/share/man/man8/lodevd.8.gz",
+                 "usr/libexec/lodevd/request-reboot", "usr/libexec/lodevd/lodevd-transfer",
+                 "usr/share/man/man8/lodevd.8.gz",
                  "usr/share/bash-completion/completions/lodevctl"):
         assert want in daemon, (want, daemon)
 

@@ -511,7 +511,7 @@ def test_firmware_job_restart_then_reboot(system):
                 time.monotonic() - start)
     entries = _job_entries(system, job, 0)
     assert len(_messages(entries, r"running \S+ install")) == 1, entries
-    assert _messages(entries, r"installer exited with status 100"), entries
+    assert _messages(entries, r"INSTALLER \S+ exited with status 100\b"), entries
     assert p.job_execution(system.thing, job)["status"] == "IN_PROGRESS"
     with open(m.path(RAUC_DIR + "/boot.state")) as f:
         assert "primary=B" in f.read().split()
@@ -554,7 +554,7 @@ def test_firmware_job_restart_then_reboot(system):
     after = _job_entries(system, job, 0)
     assert len(_messages(after, r"running \S+ confirm")) == 1, after
     assert not _messages(after, r"running \S+ install"), after
-    assert _messages(after, r"installer exited with status 0"), after
+    assert _messages(after, r"INSTALLER \S+ exited with status 0\b"), after
 
     boot2 = system.boot_id()
     assert boot2 != boot1
