@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "conf.h"
+#include "topic.h"
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(config_t *, config_destroy);
@@ -383,9 +384,13 @@ static int check_values(Config *c, const char *file, char **ret_error) {
         if (isempty(c->state_dir) || c->state_dir[0] != '/')
                 return fail(ret_error, file, c->line_state_dir, "state_dir",
                             "must be an absolute path");
-        if (isempty(c->template_name) || strpbrk(c->template_name, "/+#"))
+        /* It becomes a level of the RegisterThing topics: caught here, not at the first
+         * provisioning. libconfig strings may hold newlines and escapes of any byte. */
+        if (!topic_name_component_valid(c->template_name))
                 return fail(ret_error, file, c->line_template, "provisioning.template",
-                            "must be a non-empty name without '/', '+' or '#'");
+                            "must be a non-empty name of at most %u bytes of UTF-8 without '/', "
+                            "'+', '#' or control characters",
+                            TOPIC_COMPONENT_MAX);
         return 0;
 }
 
