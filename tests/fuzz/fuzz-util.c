@@ -11,6 +11,8 @@
 
 static char dir_path[256];
 
+static void empty_dir(const char *path, int depth);
+
 char *fuzz_strndup(const uint8_t *data, size_t size) {
         char *s = malloc(size + 1);
 
@@ -22,17 +24,25 @@ char *fuzz_strndup(const uint8_t *data, size_t size) {
         return s;
 }
 
+static void fuzz_dir_remove(void) {
+        fuzz_dir_reset();
+        (void) rmdir(dir_path);
+}
+
 const char *fuzz_dir(void) {
-        const char *base;
+        const char *base = getenv("LODEV_FUZZ_TMPDIR");
 
         if (dir_path[0])
                 return dir_path;
-        base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ?: "/tmp");
+        /* run-fuzz.sh names a directory it removes after the run, also after a finding. */
+        if (!base)
+                base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ?: "/tmp");
         snprintf(dir_path, sizeof(dir_path), "%s/lodev-fuzz-%d", base, (int) getpid());
         if (mkdir(dir_path, 0700) < 0 && errno != EEXIST) {
                 perror(dir_path);
                 abort();
         }
+        atexit(fuzz_dir_remove);
         return dir_path;
 }
 

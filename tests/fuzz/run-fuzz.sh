@@ -14,6 +14,10 @@ seconds="${LODEV_FUZZ_SECONDS:-8}"
 rm -rf "$work"
 mkdir -p "$work/corpus"
 log="$work/fuzz.log"
+# The stores' targets write files: on /dev/shm when it is there, removed whatever happens.
+LODEV_FUZZ_TMPDIR=$(mktemp -d "$([ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/lodev-fuzz.XXXXXX")
+export LODEV_FUZZ_TMPDIR
+trap 'rm -rf "$LODEV_FUZZ_TMPDIR"' EXIT
 
 # Leaks are findings too (but for a known one in libconfig, lsan.supp); a slow input (10 s)
 # or a large allocation is one as well.
