@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -41,7 +42,8 @@ static mode_t mode_arg(int flags, va_list ap) {
  * LODEV_FAULT_CALLS on a file whose path contains LODEV_FAULT_PATH fail with
  * LODEV_FAULT_ERRNO: "write" (write, pwrite, pwritev, writev, copy_file_range into the file,
  * fallocate), "sync" (fsync, fdatasync) and "rename" (either name). The path of a descriptor
- * is what /proc/self/fd shows.
+ * is what /proc/self/fd shows. Each error made is logged to the file LODEV_FAULT_LOG names, if
+ * any, as "KIND PATH", so a test knows its fault happened.
  *
  * Stop points: LODEV_STOP_AT = KIND "|" CONDITIONS "|" N "|" WHEN stops the process with
  * SIGSTOP at the N-th call of KIND that meets every condition, "before" the call is made or
@@ -54,6 +56,26 @@ static mode_t mode_arg(int flags, va_list ap) {
  * leave start-up out. Only a process named lodevd stops: the installer hooks it starts
  * inherit the preload. */
 
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* Raw system calls: the log must not go through the calls this file interposes. */
+static void fault_log(const char *kind, const char *path) {
+        const char *log = getenv("LODEV_FAULT_LOG");
+        char line[600];
+        int fd, n;
+
+        if (!log)
+                return;
+        fd = (int) syscall(SYS_openat, AT_FDCWD, log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                           0600);
+        if (fd < 0)
+                return;
+        n = snprintf(line, sizeof(line), "%s %s\n", kind, path);
+        if (n > 0)
+                (void) !syscall(SYS_write, fd, line, (size_t) MIN(n, (int) sizeof(line) - 1));
+        syscall(SYS_close, fd);
+}
+
 static int fault_errno(const char *kind, const char *path) {
         const char *match = getenv("LODEV_FAULT_PATH"), *flag = getenv("LODEV_FAULT_FLAG");
         const char *e = getenv("LODEV_FAULT_ERRNO"), *calls = getenv("LODEV_FAULT_CALLS");
@@ -63,6 +85,7 @@ static int fault_errno(const char *kind, const char *path) {
                 return 0;
         if (stat(flag, &st) < 0)
                 return 0;
+        fault_log(kind, path);
         return e ? atoi(e) : EIO;
 }
 
