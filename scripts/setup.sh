@@ -13,6 +13,8 @@ packages=(
         # The installer hook tests (tests/installers): RAUC and SWUpdate as the
         # shared recipes run them, without a bootloader.
         rauc squashfs-tools swupdate cpio grub-common
+        # The fuzz targets (tests/fuzz): Debian's clang with libFuzzer and the sanitizers.
+        clang libclang-rt-14-dev llvm
 )
 
 missing=()

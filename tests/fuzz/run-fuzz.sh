@@ -1,5 +1,6 @@
 #!/bin/bash
-# Runs one libFuzzer target for a bounded time: run-fuzz.sh TARGET SEED_CORPUS WORK_DIR [ARGS...]
+# Runs one libFuzzer target for a bounded time:
+#     run-fuzz.sh TARGET SEED_CORPUS WORK_DIR [MORE_CORPUS_DIRS_OR_FLAGS...]
 # LODEV_FUZZ_SECONDS (default 8) bounds the run. New inputs go to WORK_DIR/corpus, never into
 # the seed corpus in the source tree; a finding is saved in WORK_DIR and printed, and fails
 # the run. The last line sums it up: executions, coverage (edges), corpus, findings.
@@ -25,7 +26,7 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
 LSAN_OPTIONS="suppressions=$(dirname "$0")/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
         "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix="$work/" "$@" "$work/corpus" "$seeds" >"$log" 2>&1
+        -print_final_stats=1 -artifact_prefix="$work/" "$work/corpus" "$seeds" "$@" >"$log" 2>&1
 rc=$?
 
 runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
