@@ -271,6 +271,48 @@ def test_store_error(rig, platform, store, error):
         settle_and_check(rig, d, "after %s on %s" % (error, store), case)
 
 
+@pytest.mark.parametrize("store", ["spool", "transfers", "job"])
+def test_store_unreadable_at_start(rig, platform, store):
+    """lodevd starts while its store cannot be read (EIO on every open in it): what the store
+    holds waits, nothing is deleted, and once the disk heals it all goes out."""
+    d = rig.device()
+    flag = os.path.join(d.workdir, "fault-on")
+    d.fault_env = {"LODEV_FAULT_PATH": os.path.join(d.state_dir, store),
+                   "LODEV_FAULT_FLAG": flag,
+                   "LODEV_FAULT_ERRNO": str(errno.EIO),
+                   "LODEV_FAULT_CALLS": "open,write,sync,rename"}
+    d.start()
+    with Case(rig.name) as case:
+        if store == "job":
+            # A job installed and waiting for its reboot; the device reboots into a job
+            # journal it cannot read.
+            rig.queue_job(d)
+            wait_until(lambda: d.reboots() > 0, 60, what="the reboot request")
+            d.reboots_seen = d.reboots()
+            d.daemon.stop()
+            d.new_boot()
+            load = None
+        else:
+            # Observations and files queued while the broker is away.
+            platform.broker_stop()
+            wait_until(lambda: d.status()["state"] != "online", 20, what="offline")
+            load = Load(rig, d, count=200, uploads=2)
+            load.finish()
+            assert len(rig.ledger.acked_uploads) == 2, "the uploads were not spooled"
+            d.daemon.stop()
+        open(flag, "w").close()
+        d.start(online=False)
+        sleep_serving(d, 2.0)
+        assert d.alive(), "lodevd exited when its %s could not be read:\n%s" % (
+            store, d.output_tail())
+        assert "input/output error" in d.daemon.output().lower(), "the fault never happened"
+        os.unlink(flag)
+        if not platform.status()["broker_running"]:
+            platform.broker_start()
+        case.rounds += 1
+        settle_and_check(rig, d, "after %s could not be read at start" % store, case)
+
+
 # --- A real full disk --------------------------------------------------------------------------
 
 
