@@ -243,19 +243,16 @@ class Device:
 
     # -- records -------------------------------------------------------------
 
+    def _records(self, name):
+        """The lines the installer or the reboot command wrote to rec/NAME."""
+        path = os.path.join(self.rec, name)
+        return open(path).read().splitlines() if os.path.exists(path) else []
+
     def reboots(self):
-        try:
-            with open(os.path.join(self.rec, "reboots")) as f:
-                return len(f.readlines())
-        except FileNotFoundError:
-            return 0
+        return len(self._records("reboots"))
 
     def installs(self, job):
-        try:
-            with open(os.path.join(self.rec, "calls")) as f:
-                return sum(1 for line in f if line.strip() == "install|" + job)
-        except FileNotFoundError:
-            return 0
+        return self._records("calls").count("install|" + job)
 
     def status(self):
         return self.daemon.status()

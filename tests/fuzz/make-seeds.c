@@ -82,13 +82,31 @@ static void write_image(const char *dir, const char *out, const char *cut_suffix
                 DIE("%s: %m", out);
 }
 
+/* A seed made from a store's directory: as it is, torn, or damaged (see write_image()). */
+typedef struct Variant {
+        const char *name;
+        const char *cut_suffix;
+        size_t cut;
+        const char *flip_suffix;
+} Variant;
+
+static void write_variants(const char *dir, const char *corpus, const char *target,
+                           const Variant *v, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char out[1024];
+
+                snprintf(out, sizeof(out), "%s/%s/%s", corpus, target, v[i].name);
+                write_image(dir, out, v[i].cut_suffix, v[i].cut, v[i].flip_suffix);
+        }
+}
+
 static void make_dir(const char *path) {
         if (mkdir(path, 0755) < 0 && errno != EEXIST)
                 DIE("%s: %m", path);
 }
 
 static void seeds_spool(const char *corpus) {
-        char dir[1024], out[1024];
+        char dir[1024];
         Spool *s;
         uint64_t seq;
 
@@ -115,14 +133,14 @@ static void seeds_spool(const char *corpus) {
                 DIE("spool_flush");
         spool_free(s);
 
-        snprintf(out, sizeof(out), "%s/spool/acked-segments", corpus);
-        write_image(dir, out, NULL, 0, NULL);
-        snprintf(out, sizeof(out), "%s/spool/torn-tail", corpus);
-        write_image(dir, out, ".seg", 1000, NULL);
-        snprintf(out, sizeof(out), "%s/spool/damaged-record", corpus);
-        write_image(dir, out, NULL, 0, ".seg");
-        snprintf(out, sizeof(out), "%s/spool/damaged-head", corpus);
-        write_image(dir, out, NULL, 0, "head");
+        write_variants(dir, corpus, "spool",
+                       (const Variant[]) {
+                               { "acked-segments", NULL, 0, NULL },
+                               { "torn-tail", ".seg", 1000, NULL },
+                               { "damaged-record", NULL, 0, ".seg" },
+                               { "damaged-head", NULL, 0, "head" },
+                       },
+                       4);
 }
 
 static void seeds_transfers(const char *corpus) {
@@ -131,7 +149,7 @@ static void seeds_transfers(const char *corpus) {
                 { "reading 7.csv", "text/csv; charset=utf-8" },
                 { "Überweisung.txt", "text/plain" },
         };
-        char dir[1024], out[1024];
+        char dir[1024];
         TransferStore *s;
 
         snprintf(dir, sizeof(dir), "%s", fuzz_path("transfers"));
@@ -159,12 +177,13 @@ static void seeds_transfers(const char *corpus) {
         (void) transfer_store_mark_uploading(s, transfer_store_nth(s, 0)->id);
         transfer_store_free(s);
 
-        snprintf(out, sizeof(out), "%s/transfer-store/three", corpus);
-        write_image(dir, out, NULL, 0, NULL);
-        snprintf(out, sizeof(out), "%s/transfer-store/short-data", corpus);
-        write_image(dir, out, ".data", 2, NULL);
-        snprintf(out, sizeof(out), "%s/transfer-store/damaged-metadata", corpus);
-        write_image(dir, out, NULL, 0, ".json");
+        write_variants(dir, corpus, "transfer-store",
+                       (const Variant[]) {
+                               { "three", NULL, 0, NULL },
+                               { "short-data", ".data", 2, NULL },
+                               { "damaged-metadata", NULL, 0, ".json" },
+                       },
+                       3);
 }
 
 static void seed_journal(const char *corpus, const char *name, JobPhase phase, JobStatus status) {
