@@ -248,6 +248,13 @@ static int parse_parameters(config_setting_t *g, const char *file, Config *c, ch
                                     "expected a string, got %s",
                                     setting_type_name(config_setting_type(s)));
                 }
+                /* A value goes into the RegisterThing request as a JSON string: checked here
+                 * like every other string, not refused by each provisioning later. */
+                if (!utf8_is_valid(config_setting_get_string(s),
+                                   strlen(config_setting_get_string(s)))) {
+                        parameters_free(params, (size_t) i);
+                        return fail(ret_error, file, line, key ?: name, "not valid UTF-8");
+                }
                 params[i].name = strdup(name);
                 params[i].value = strdup(config_setting_get_string(s));
                 params[i].line = line;

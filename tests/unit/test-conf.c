@@ -125,6 +125,8 @@ static void test_errors(void) {
                     ":1: provisioning.method: expected \"create\" or \"csr\", got \"magic\"");
         check_error("provisioning = {\n parameters = { SerialNumber = 5; };\n};\n",
                     ":2: provisioning.parameters.SerialNumber: expected a string, got an integer");
+        check_error("provisioning = {\n parameters = { Name = \"caf\\xe9\"; };\n};\n",
+                    ":2: provisioning.parameters.Name: not valid UTF-8");
         check_error("platform = 5;\n", ":1: platform: expected a group, got an integer");
         check_error("log_level = \"loud\";\n",
                     ":1: log_level: expected one of err, warning, notice, info, debug, got "
