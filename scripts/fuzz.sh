@@ -20,7 +20,7 @@ ninja -C build-fuzz || exit 1
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
         for t in build-fuzz/tests/fuzz/fuzz-*; do
-                [ -x "$t" ] && targets+=("$(basename "$t" | sed 's/^fuzz-//')")
+                [ -f "$t" ] && [ -x "$t" ] && targets+=("$(basename "$t" | sed 's/^fuzz-//')")
         done
 fi
 
@@ -29,7 +29,7 @@ failed=0
 for t in "${targets[@]}"; do
         keep="build-fuzz/fuzz-corpus/$t"
         work="build-fuzz/fuzz-findings/$t"
-        mkdir -p "$keep"
+        mkdir -p "$keep" "$(dirname "$work")"
         # The run's new inputs land in WORK/corpus; the kept corpus is read as a seed
         # corpus and gets them afterwards.
         LODEV_FUZZ_SECONDS="$seconds" tests/fuzz/run-fuzz.sh "build-fuzz/tests/fuzz/fuzz-$t" \
