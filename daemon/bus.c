@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <sys/resource.h>
 
+#include "bus-args.h"
 #include "bus.h"
 #include "log.h"
 #include "message.h"
@@ -421,20 +422,21 @@ static int method_inhibit_reboot(sd_bus_message *msg, void *userdata, sd_bus_err
         return sd_bus_reply_method_return(msg, "h", fd);
 }
 
-/* Reads an a{sv} of options, calling handle() for each; unknown keys and wrong types are
- * InvalidArgument errors naming the key. */
+/* Reads an a{sv} of options, calling handle() for each, its value of the type options says;
+ * unknown keys and wrong types are InvalidArgument errors naming the key. */
 typedef int (*OptionHandler)(const char *key, sd_bus_message *msg, void *userdata,
                              sd_bus_error *error);
 
-static int read_options(sd_bus_message *msg, OptionHandler handle, void *userdata,
-                        sd_bus_error *error) {
+static int read_options(sd_bus_message *msg, const BusOption *options, size_t n_options,
+                        OptionHandler handle, void *userdata, sd_bus_error *error) {
         int r;
 
         r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
                 return r;
         for (;;) {
-                const char *key;
+                _cleanup_free_ char *message = NULL;
+                const char *key, *contents;
 
                 r = sd_bus_message_enter_container(msg, 'e', "sv");
                 if (r < 0)
@@ -442,6 +444,14 @@ static int read_options(sd_bus_message *msg, OptionHandler handle, void *userdat
                 if (r == 0)
                         break;
                 r = sd_bus_message_read(msg, "s", &key);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_peek_type(msg, NULL, &contents);
+                if (r < 0)
+                        return r;
+                r = bus_args_check_option(options, n_options, key, contents, NULL, &message);
+                if (r == -EINVAL)
+                        return sd_bus_error_set(error, LODEV_ERROR_INVALID_ARGUMENT, message);
                 if (r < 0)
                         return r;
                 r = handle(key, msg, userdata, error);
@@ -477,13 +487,9 @@ static int provision_option(const char *key, sd_bus_message *msg, void *userdata
         bool *force = userdata;
         int b, r;
 
-        if (!streq(key, "force"))
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "options: unknown key '%s'", key);
         r = sd_bus_message_read(msg, "v", "b", &b);
         if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "options: 'force' must be a boolean");
+                return r;
         *force = b;
         return 0;
 }
@@ -510,7 +516,8 @@ static int method_provision(sd_bus_message *msg, void *userdata, sd_bus_error *e
         bool force = false;
         int r;
 
-        r = read_options(msg, provision_option, &force, error);
+        r = read_options(msg, bus_options_provision, bus_options_provision_n, provision_option,
+                         &force, error);
         if (r < 0)
                 return r;
         if (force) {
@@ -553,13 +560,9 @@ static int observation_option(const char *key, sd_bus_message *msg, void *userda
         const char *v;
         int r;
 
-        if (!streq(key, "patientId"))
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "options: unknown key '%s'", key);
         r = sd_bus_message_read(msg, "v", "s", &v);
         if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "options: 'patientId' must be a string");
+                return r;
         o->patient_id = (char *) v;
         return 0;
 }
@@ -631,8 +634,8 @@ static void observation_submitted(uint64_t seq, int error, void *userdata) {
 static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Bus *b = userdata;
         Delivery *d = b->manager->delivery;
-        const char *field = NULL;
         PendingCall *p = NULL;
+        _cleanup_free_ char *message = NULL;
         Observation o = {};
         unsigned n = 0;
         int r;
@@ -658,25 +661,23 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
         r = sd_bus_message_exit_container(msg);
         if (r < 0)
                 return r;
-        if (n != 1)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT,
-                                         "coding: exactly one (system, code, display) entry is "
-                                         "required, got %u",
-                                         n);
+        r = bus_args_check_codings(n, &message);
+        if (r == -EINVAL)
+                return sd_bus_error_set(error, LODEV_ERROR_INVALID_ARGUMENT, message);
+        if (r < 0)
+                return r;
         r = sd_bus_message_read(msg, "ds", &o.value, &o.unit);
         if (r < 0)
                 return r;
-        r = read_options(msg, observation_option, &o, error);
+        r = read_options(msg, bus_options_submit_observation, bus_options_submit_observation_n,
+                         observation_option, &o, error);
         if (r < 0)
                 return r;
-        r = observation_validate(&o, &field);
+        r = bus_args_check_observation(&o, &message);
+        if (r == -EINVAL)
+                return sd_bus_error_set(error, LODEV_ERROR_INVALID_ARGUMENT, message);
         if (r < 0)
-                return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "%s: %s",
-                                         field ?: "observation",
-                                         streq_ptr(field, "value")
-                                                 ? "must be a finite number"
-                                                 : "must be valid UTF-8 of at most 4096 bytes"
-                                                   " (code and system non-empty)");
+                return r;
 
         r = pending_call_new(b, msg, 0, error, &p);
         if (r < 0)
@@ -689,12 +690,6 @@ static int method_submit_observation(sd_bus_message *msg, void *userdata, sd_bus
 }
 
 /* --- File transfers: UploadFile, CancelTransfer, ListTransfers --- */
-
-static int upload_option(const char *key, sd_bus_message *msg, void *userdata,
-                         sd_bus_error *error) {
-        return sd_bus_error_setf(error, LODEV_ERROR_INVALID_ARGUMENT, "options: unknown key '%s'",
-                                 key);
-}
 
 /* Why a file was not spooled, as an error name of its own for each errno. */
 static int set_upload_error(Bus *b, sd_bus_error *error, int r, const char *reason) {
@@ -751,7 +746,7 @@ static int method_upload_file(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = sd_bus_message_read(msg, "hss", &fd, &name, &type);
         if (r < 0)
                 return r;
-        r = read_options(msg, upload_option, NULL, error);
+        r = read_options(msg, NULL, 0, NULL, NULL, error);
         if (r < 0)
                 return r;
         /* The bounds come before anything of the call is taken: refused, the message and the

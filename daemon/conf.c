@@ -11,6 +11,7 @@
 #include "config.h"
 #include "conf.h"
 #include "fileio.h"
+#include "topic.h"
 #include "util.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(config_t *, config_destroy);
@@ -245,6 +246,13 @@ static int parse_parameters(config_setting_t *g, const char *file, Config *c, ch
                                     "expected a string, got %s",
                                     setting_type_name(config_setting_type(s)));
                 }
+                /* A value goes into the RegisterThing request as a JSON string: checked here
+                 * like every other string, not refused by each provisioning later. */
+                if (!utf8_is_valid(config_setting_get_string(s),
+                                   strlen(config_setting_get_string(s)))) {
+                        parameters_free(params, (size_t) i);
+                        return fail(ret_error, file, line, key ?: name, "not valid UTF-8");
+                }
                 params[i].name = strdup(name);
                 params[i].value = strdup(config_setting_get_string(s));
                 params[i].line = line;
@@ -381,9 +389,13 @@ static int check_values(Config *c, const char *file, char **ret_error) {
         if (isempty(c->state_dir) || c->state_dir[0] != '/')
                 return fail(ret_error, file, c->line_state_dir, "state_dir",
                             "must be an absolute path");
-        if (isempty(c->template_name) || strpbrk(c->template_name, "/+#"))
+        /* It becomes a level of the RegisterThing topics: caught here, not at the first
+         * provisioning. libconfig strings may hold newlines and escapes of any byte. */
+        if (!topic_name_component_valid(c->template_name))
                 return fail(ret_error, file, c->line_template, "provisioning.template",
-                            "must be a non-empty name without '/', '+' or '#'");
+                            "must be a non-empty name of at most %u bytes of UTF-8 without '/', "
+                            "'+', '#' or control characters",
+                            TOPIC_COMPONENT_MAX);
         return 0;
 }
 

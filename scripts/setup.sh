@@ -20,6 +20,8 @@ packages=(
         # The system test (tests/system): those packages booted in a Debian 12 root
         # made with mmdebstrap under systemd-nspawn.
         mmdebstrap systemd-container
+        # The fuzz targets (tests/fuzz): Debian's clang with libFuzzer and the sanitizers.
+        clang libclang-rt-14-dev llvm
 )
 
 missing=()

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Sets up a fresh Debian 12 machine and runs every test: unit, integration,
-# platform emulator and system tests in a normal build (warnings are errors), then
-# units and integration again in an AddressSanitizer+UBSan build. Prints
-# "N passed, M failed" at the end.
+# platform emulator, system tests and the fault matrix in a normal build (warnings are
+# errors), then the units and integration tests again in an AddressSanitizer+UBSan
+# build, and a bounded run of every fuzz target in a clang build with libFuzzer.
+# Prints the fault matrix's and the fuzzers' figures, then "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,8 +49,14 @@ run_build() {
         count "$dir"
 }
 
+# Lines a suite printed for the record (the fault matrix's counts, the fuzzers' runs).
+figures() {
+        grep -h "$2" "$1/meson-logs/testlog.txt" 2>/dev/null | awk '!seen[$0]++'
+}
+
 MESON_TEST_ARGS=()
 run_build build
+figures build '^faults: '
 
 # The sanitizer build runs the C code under test (units and the daemon in the
 # integration tests); the emulator's own tests and the system test (the packages on
@@ -59,6 +66,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 MESON_TEST_ARGS=(--suite unit --suite integration)
 run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dman-pages=disabled \
         -Dsystem-tests=false
+
+# libFuzzer needs clang; each target runs LODEV_FUZZ_SECONDS (8) from its seed corpus.
+MESON_TEST_ARGS=(--suite fuzz)
+CC=clang run_build build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
+figures build-fuzz 'executions in'
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

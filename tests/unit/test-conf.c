@@ -8,6 +8,11 @@
 #include "tests.h"
 #include "util.h"
 
+/* 129 bytes: one more than a topic level may hold. */
+#define LONG_TEMPLATE                                                                              \
+        "T01234567890123456789012345678901234567890123456789012345678901234567890" \
+        "123456789012345678901234567890123456789012345678901234567"
+
 static char dir[] = "/tmp/test-conf-XXXXXX";
 
 static char *write_conf(const char *name, const char *text) {
@@ -123,6 +128,8 @@ static void test_errors(void) {
                     ":1: provisioning.method: expected \"create\" or \"csr\", got \"magic\"");
         check_error("provisioning = {\n parameters = { SerialNumber = 5; };\n};\n",
                     ":2: provisioning.parameters.SerialNumber: expected a string, got an integer");
+        check_error("provisioning = {\n parameters = { Name = \"caf\\xe9\"; };\n};\n",
+                    ":2: provisioning.parameters.Name: not valid UTF-8");
         check_error("platform = 5;\n", ":1: platform: expected a group, got an integer");
         check_error("log_level = \"loud\";\n",
                     ":1: log_level: expected one of err, warning, notice, info, debug, got "
@@ -133,8 +140,15 @@ static void test_errors(void) {
         check_error("platform = { endpoint = \"\"; };\n",
                     ":1: platform.endpoint: must not be empty");
         check_error("\nprovisioning = {\n template = \"a/b\";\n};\n",
-                    ":3: provisioning.template: must be a non-empty name without '/', '+' or "
-                    "'#'");
+                    ":3: provisioning.template: must be a non-empty name of at most 128 bytes of "
+                    "UTF-8 without '/', '+', '#' or control characters");
+        /* libconfig takes a newline inside a string. */
+        check_error("provisioning = {\n template = \"Default\nTemplate\";\n};\n",
+                    ":2: provisioning.template: must be a non-empty name of at most 128 bytes of "
+                    "UTF-8 without '/', '+', '#' or control characters");
+        check_error("provisioning = { template = \"" LONG_TEMPLATE "\"; };\n",
+                    ":1: provisioning.template: must be a non-empty name of at most 128 bytes of "
+                    "UTF-8 without '/', '+', '#' or control characters");
         check_error("platform = {\n  port = ;\n};\n", ":2: syntax error: syntax error");
 
         /* A missing file keeps errno and names the path. */

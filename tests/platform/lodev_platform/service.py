@@ -16,9 +16,6 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .jobs import JobError
 from .pki import SERVICE_IDENTITY, CsrError, new_certificate_id
@@ -71,6 +68,31 @@ def _decode_in_topic(topic):
         return None
 
 
+class _Client(mqtt.Client):
+    """paho's network thread (loop_start) dies when an SSL write fails as the broker goes
+    away mid-burst (ssl.SSLEOFError, eclipse-paho/paho.mqtt.python#750 in 1.6.1), and the
+    service would never reconnect: this one goes on after such an error. It stays paho's own
+    thread, so publishes from other threads are still left to it, never written at once."""
+
+    def __init__(self, service, **kw):
+        super().__init__(**kw)
+        self._service = service
+
+    def _thread_main(self):
+        while not self._thread_terminate:
+            try:
+                self.loop_forever(retry_first_connection=True)
+                return
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                self._service.connected.clear()
+                log.info("service connection failed (%s); reconnecting", e)
+                time.sleep(0.05)
+                try:
+                    self.reconnect()
+                except OSError:
+                    pass
+
+
 class Service:
     def __init__(self, emulator, host, port, pki):
         self.emu = emulator
@@ -78,10 +100,13 @@ class Service:
         self.port = port
         self.pki = pki
         self.connected = threading.Event()
-        self.client = mqtt.Client(client_id=SERVICE_IDENTITY, protocol=mqtt.MQTTv5)
-        ctx = ssl.create_default_context(cafile=pki.ca_file)
-        ctx.load_cert_chain(pki.service_cert, pki.service_key)
-        self.client.tls_set_context(ctx)
+        # MQTT 3.1.1 with a persistent session (clean session off): what devices publish while
+        # the service reconnects is queued for it, also across a restart of the broker (its
+        # persistence is on), as the platform's rules never miss a message the broker took.
+        # Not MQTT 5: Debian's mosquitto 2.0.11 drops what it queued for an MQTT 5 session
+        # when it restarts, whatever the session expiry.
+        self.client = _Client(self, client_id=SERVICE_IDENTITY, clean_session=False)
+        self.client.tls_set_context(self._tls())
         self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -91,13 +116,26 @@ class Service:
 
     # -- connection ----------------------------------------------------------
 
+    def _tls(self):
+        ctx = ssl.create_default_context(cafile=self.pki.ca_file)
+        ctx.load_cert_chain(self.pki.service_cert, self.pki.service_key)
+        return ctx
+
+    def _discard_old_session(self):
+        """What an earlier emulator in this working directory left queued is not ours: one
+        clean connection ends that session."""
+        c = mqtt.Client(client_id=SERVICE_IDENTITY, clean_session=True)
+        c.tls_set_context(self._tls())
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+            c.loop(1.0)
+            c.disconnect()
+        except OSError as e:
+            log.warning("cannot clear the service's old session: %s", e)
+
     def start(self):
-        # A session that outlives the connection, as the rules engine of AWS IoT never
-        # misses a message: what devices publish while the service reconnects (after a
-        # broker restart, say) is queued for it by the broker, not dropped.
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0xFFFFFFFF
-        self.client.connect_async(self.host, self.port, keepalive=30, properties=props)
+        self._discard_old_session()
+        self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self):
@@ -108,8 +146,7 @@ class Service:
         if rc != 0:
             log.warning("service connection refused: %s", rc)
             return
-        _, self._sub_mid = client.subscribe(IN_PREFIX + "#",
-                                            options=SubscribeOptions(qos=1, noLocal=True))
+        _, self._sub_mid = client.subscribe(IN_PREFIX + "#", qos=1)
         self.control("throttle", str(self.emu.throttle_rate))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
