@@ -36,8 +36,8 @@ static void on_ended(Hook *h, HookEnd end, int code, const char *last_line, void
         _cleanup_free_ char *msg = NULL;
         int k;
 
-        r->hook = hook_free(r->hook, false);
         if (end == HOOK_EXITED && code == 0) {
+                r->hook = hook_free(r->hook, false);
                 /* Exiting 0 is no proof: the boot must end within the timeout. */
                 set_state(r, FIRMWARE_REBOOT_WAITING);
                 k = event_arm_timer(r->event, &r->timer, r->timeout_usec, 0, false, on_timer, r,
@@ -46,11 +46,13 @@ static void on_ended(Hook *h, HookEnd end, int code, const char *last_line, void
                         fail(r, false, "cannot watch for the reboot");
                 return;
         }
+        /* last_line belongs to the hook: the message first, then the hook goes. */
         msg = strdup_printf("%s %s %d%s%s", r->command,
                             end == HOOK_EXITED   ? "exited with status"
                             : end == HOOK_KILLED ? "was killed by signal"
                                                  : "did not return in time,",
                             code, last_line ? ": " : "", strempty(last_line));
+        r->hook = hook_free(r->hook, false);
         fail(r, false, msg ?: "the reboot command failed");
 }
 

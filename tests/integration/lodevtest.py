@@ -260,14 +260,19 @@ def member_cmd(user, *args):
 FAULT_INJECT = os.path.join(BUILD_DIR, "tests", "liblodev-fault-inject.so")
 
 
+def preload_env(library):
+    """The environment for lodevd with an LD_PRELOAD shim of the tests."""
+    return {"LD_PRELOAD": library,
+            # The sanitizer build: the shim comes before ASan's runtime.
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
 def fault_env(path, flag, errno_value, calls="open"):
     """The environment for lodevd with the fault shim (tests/tools/fault-inject.c):
     `calls` ("open", "unlink" or both) on paths that contain `path` fail with
     errno_value while the file `flag` exists."""
-    return {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": path, "LODEV_FAULT_FLAG": flag,
-            "LODEV_FAULT_ERRNO": str(errno_value), "LODEV_FAULT_CALLS": calls,
-            # The sanitizer build: the shim comes before ASan's runtime.
-            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    return {**preload_env(FAULT_INJECT), "LODEV_FAULT_PATH": path, "LODEV_FAULT_FLAG": flag,
+            "LODEV_FAULT_ERRNO": str(errno_value), "LODEV_FAULT_CALLS": calls}
 
 
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):

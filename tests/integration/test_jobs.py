@@ -447,7 +447,7 @@ def test_hook_environment_and_descriptors(device, platform, workdir):
     d.daemon.start(extra_env={"LODEV_JOB_ID": "job-forged", "LODEV_SECRET": "s3cret",
                               "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
                               "LANG": "C.UTF-8", "LC_TIME": "C", "SOMETHING_ELSE": "x",
-                              "LD_PRELOAD": NO_CLOSE_RANGE,
+                              **lodevtest.preload_env(NO_CLOSE_RANGE),
                               "LODEV_LEAK_FLAG": os.path.join(workdir, "leak")})
     d.daemon.wait_online()
     d.thing = d.daemon.status()["thing_name"]
@@ -621,7 +621,7 @@ def test_journal_that_cannot_be_saved_ends_the_job(device, platform, workdir):
     is FAILED. Once the disk has room again, the next job runs."""
     flag = os.path.join(workdir, "journal-fault")
     d = device(transfers={"max_rate": 1024 * 1024})
-    d.daemon.start(extra_env={"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_FLAG": flag,
+    d.daemon.start(extra_env={**lodevtest.preload_env(FAULT_INJECT), "LODEV_FAULT_FLAG": flag,
                               "LODEV_FAULT_PATH": "/job/current.tmp", "LODEV_FAULT_ERRNO": "28"})
     d.daemon.wait_online()
     d.thing = d.daemon.status()["thing_name"]

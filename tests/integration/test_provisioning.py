@@ -544,9 +544,8 @@ def test_unreadable_identity_is_retried_not_replaced(bus, workdir, platform, bas
     certs = len(platform.certificates())
     flag = os.path.join(workdir, "fault")
     open(flag, "w").close()
-    env = {"LD_PRELOAD": FAULT_INJECT, "LODEV_FAULT_PATH": "/identity/thing-name",
-           "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": "5",
-           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    env = {**lodevtest.preload_env(FAULT_INJECT), "LODEV_FAULT_PATH": "/identity/thing-name",
+           "LODEV_FAULT_FLAG": flag, "LODEV_FAULT_ERRNO": "5"}
     try:
         seen = len(d.output())
         d.start(extra_env=env)
