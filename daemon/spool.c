@@ -551,10 +551,18 @@ static int spool_gc(Spool *s) {
 }
 
 /* Checks for a whole, valid record at offset whose seq lies in [min_seq, seq_limit): 1 with
- * its payload in *payload, 0 when there is none. */
-static int record_check(int fd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
+ * its payload in *payload, 0 when there is none.
+ *
+ * A whole record with a seq outside the range (a misdirected write, say) is damage, but
+ * whether it is outside depends on the segments around it: seq_limit is the next segment's
+ * first seq, and that segment goes once it is delivered. Taken at a later start, such a record
+ * would raise min_seq past the durable records after it and drop them. So the first recovery
+ * that skips it also clears its magic through wfd (when it is open), and every later one skips
+ * it for good. */
+static int record_check(int fd, int wfd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
                         uint64_t seq_limit, uint8_t **payload, size_t *payload_allocated,
                         uint32_t *ret_len, uint64_t *ret_seq) {
+        static const uint8_t cleared[4] = {};
         uint8_t header[RECORD_HEADER_SIZE];
         uint32_t len;
         uint64_t seq;
@@ -568,8 +576,7 @@ static int record_check(int fd, uint64_t file_size, uint64_t offset, uint64_t mi
         len = get_le32(header + 4);
         seq = get_le64(header + 12);
         if (get_le32(header) != RECORD_MAGIC || len > SPOOL_RECORD_MAX ||
-            file_size - offset - RECORD_HEADER_SIZE < len || seq < min_seq || seq >= seq_limit ||
-            seq == UINT64_MAX)
+            file_size - offset - RECORD_HEADER_SIZE < len || seq == UINT64_MAX)
                 return 0;
 
         r = grow((void **) payload, payload_allocated, MAX(len, 1U), 1);
@@ -580,6 +587,13 @@ static int record_check(int fd, uint64_t file_size, uint64_t offset, uint64_t mi
                 return r;
         if (get_le32(header + 8) != record_crc(header, *payload, len))
                 return 0;
+        if (seq < min_seq || seq >= seq_limit) {
+                /* Best effort, like cutting a torn tail: if it fails, the next start tries
+                 * again with what it finds. */
+                if (wfd >= 0)
+                        (void) pwrite(wfd, cleared, sizeof(cleared), (off_t) offset);
+                return 0;
+        }
 
         *ret_len = len;
         *ret_seq = seq;
@@ -588,7 +602,7 @@ static int record_check(int fd, uint64_t file_size, uint64_t offset, uint64_t mi
 
 /* The offset of the next valid record after a damaged one at offset, and its seq; file_size
  * when there is none. */
-static int record_resync(int fd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
+static int record_resync(int fd, int wfd, uint64_t file_size, uint64_t offset, uint64_t min_seq,
                          uint64_t seq_limit, uint8_t **payload, size_t *payload_allocated,
                          uint64_t *ret_offset, uint64_t *ret_seq) {
         uint8_t buf[16384];
@@ -607,7 +621,7 @@ static int record_resync(int fd, uint64_t file_size, uint64_t offset, uint64_t m
 
                         if (get_le32(buf + i) != RECORD_MAGIC)
                                 continue;
-                        r = record_check(fd, file_size, pos + i, min_seq, seq_limit, payload,
+                        r = record_check(fd, wfd, file_size, pos + i, min_seq, seq_limit, payload,
                                          payload_allocated, &len, &seq);
                         if (r < 0)
                                 return r;
@@ -643,10 +657,11 @@ static void spool_add_loss(Spool *s, const SpoolLoss *loss) {
  * highest seq the segment may have held. */
 static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq_limit,
                         uint64_t *last_seq) {
-        _cleanup_close_ int fd = -EBADF;
+        _cleanup_close_ int fd = -EBADF, wfd = -EBADF;
         _cleanup_free_ uint8_t *payload = NULL;
         size_t payload_allocated = 0;
         uint64_t offset = 0, file_size;
+        bool damaged = false;
         char name[32];
         struct stat st;
         int r;
@@ -660,6 +675,9 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq
         if (!S_ISREG(st.st_mode))
                 return -EUCLEAN;
         file_size = (uint64_t) st.st_size;
+        /* For what recovery settles in the file (record_check(), the cut below); without it
+         * (a read-only file system) the next start settles the same again. */
+        wfd = openat(s->dir_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 
         while (offset < file_size) {
                 uint64_t seq, min_seq = MAX(*last_seq + 1, seg->first_seq), next;
@@ -667,12 +685,12 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq
                 SpoolLoss loss;
                 Entry *e;
 
-                r = record_check(fd, file_size, offset, min_seq, seq_limit, &payload,
+                r = record_check(fd, wfd, file_size, offset, min_seq, seq_limit, &payload,
                                  &payload_allocated, &len, &seq);
                 if (r < 0)
                         return r;
                 if (r == 0) {
-                        r = record_resync(fd, file_size, offset, min_seq, seq_limit, &payload,
+                        r = record_resync(fd, wfd, file_size, offset, min_seq, seq_limit, &payload,
                                           &payload_allocated, &next, &seq);
                         if (r < 0)
                                 return r;
@@ -699,6 +717,7 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq
                         if (loss.last_seq != 0 && loss.last_seq < loss.first_seq)
                                 loss.first_seq = loss.last_seq = 0;
                         spool_add_loss(s, &loss);
+                        damaged = true;
 
                         offset = next;
                         continue;
@@ -730,15 +749,15 @@ static int segment_load(Spool *s, Segment *seg, const HeadState *h, uint64_t seq
         seg->synced_size = seg->size;
         s->used_bytes += seg->size;
 
-        if (seg->size < file_size) {
-                /* The torn tail of a crash (or damage): cut it off so that nothing ever reads
-                 * it. Best effort: the segment is never appended to again, and if the cut
-                 * fails the next start cuts at the same place. */
-                _cleanup_close_ int wfd = openat(s->dir_fd, name,
-                                                 O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (damaged && wfd >= 0) {
+                /* The torn tail of a crash (or damage): cut off so that nothing ever reads
+                 * it. Best effort: the segment is never appended to again, and a cut that
+                 * fails is made at the same place at the next start; the sync still covers
+                 * the magics cleared above. */
+                int k = seg->size < file_size ? ftruncate(wfd, (off_t) seg->size) : 0;
 
-                if (wfd >= 0 && ftruncate(wfd, (off_t) seg->size) >= 0)
-                        (void) spool_fsync_hook(wfd);
+                (void) k;
+                (void) spool_fsync_hook(wfd);
         }
         return 0;
 }

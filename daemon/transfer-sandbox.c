@@ -76,15 +76,16 @@ int transfer_sandbox_apply(void) {
                 if (r < 0)
                         return r;
         }
+        /* datum_b is unused by SCMP_CMP_EQ; given, so that every field is initialised. */
         for (size_t i = 0; i < ELEMENTSOF(families); i++) {
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                                     SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t) families[i]));
+                                     SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t) families[i], 0));
                 if (r < 0)
                         return r;
         }
         for (size_t i = 0; i < ELEMENTSOF(ioctls); i++) {
                 r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
-                                     SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t) ioctls[i]));
+                                     SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t) ioctls[i], 0));
                 if (r < 0)
                         return r;
         }
