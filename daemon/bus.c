@@ -343,7 +343,9 @@ static int method_check_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *
         if (r == -EBUSY)
                 return sd_bus_error_setf(error, LODEV_ERROR_BUSY,
                                          "too many CheckJobs() calls waiting");
-        return r;
+        return sd_bus_error_setf(error, LODEV_ERROR_FAILED,
+                                 "the job journal cannot be read (%s); lodevd tries again",
+                                 strerror(-r));
 }
 
 /* The reboot holds of uid now; forgets the owners that hold none any more. */

@@ -36,6 +36,12 @@ struct Jobs {
 
         JobJournal journal;
         bool started; /* the start-up reconcile was done */
+        /* < 0 while the journal cannot be read (EIO, EMFILE, EACCES, ...): what it holds is
+         * unknown, so nothing is decided, nothing asked of the platform and nothing removed
+         * until a retry reads it. */
+        int journal_error;
+        Backoff journal_backoff;
+        sd_event_source *journal_timer;
 
         Connection *connection;
         JobsChannel *channel;
@@ -158,8 +164,11 @@ static void check_waiters_done(Jobs *s, int error) {
 }
 
 static void on_channel_online(void *userdata) {
+        Jobs *s = userdata;
+
         /* Every (re)connect: what happened while away is in the list. */
-        request_list(userdata);
+        if (s->journal_error >= 0)
+                request_list(s);
 }
 
 static void on_channel_offline(void *userdata) {
@@ -391,6 +400,11 @@ static void on_list(Jobs *s, const void *data, size_t len) {
         int r;
 
         jobs_channel_request_answered(s->channel, true);
+        if (s->journal_error < 0) {
+                /* Asked before the journal became unreadable: asked again once it is read. */
+                check_waiters_done(s, s->journal_error);
+                return;
+        }
         r = message_decode_job_list(data, len, &list);
         if (r < 0) {
                 log_warning("The platform's job list cannot be decoded (%s), ignoring.",
@@ -408,6 +422,11 @@ static void on_execution(Jobs *s, TopicKind kind, const char *topic_job, const v
         JobEvent ev = { .type = JOB_EVENT_EXECUTION };
         int r;
 
+        if (s->journal_error < 0) {
+                log_debug("A job execution while the job journal cannot be read; the list is "
+                          "asked for once it is read.");
+                return;
+        }
         if (kind == TOPIC_JOB_GET_ACCEPTED)
                 jobs_channel_request_answered(s->channel, false);
         r = message_decode_job_execution(data, len, &e);
@@ -710,6 +729,8 @@ const Inhibitors *jobs_inhibitors(const Jobs *s) {
 int jobs_check(Jobs *s, JobsCheckDone done, void *userdata) {
         if (!s->connection || connection_state(s->connection) != CONNECTION_ONLINE)
                 return -ENOTCONN;
+        if (s->journal_error < 0)
+                return s->journal_error;
         if (s->n_waiters >= JOBS_CHECK_WAITERS_MAX)
                 return -EBUSY;
         s->waiters[s->n_waiters++] = (CheckWaiter) { .done = done, .userdata = userdata };
@@ -728,6 +749,17 @@ static int subscribe(Jobs *s, Connection *c, TopicKind kind, bool filter,
         if (r < 0)
                 return r;
         return connection_subscribe(c, t, handler, s);
+}
+
+/* After a reboot the new firmware must be confirmed (or rolled back) whether the platform can
+ * be reached or not; these decisions do not depend on the list. */
+static void confirm_without_list(Jobs *s) {
+        if (!s->started && s->journal_error >= 0 &&
+            (s->journal.phase == JOB_PHASE_AWAITING_REBOOT ||
+             s->journal.phase == JOB_PHASE_CONFIRMING)) {
+                JobList empty = {};
+                reconcile(s, &empty);
+        }
 }
 
 int jobs_attach(Jobs *s, Connection *c) {
@@ -759,14 +791,7 @@ int jobs_attach(Jobs *s, Connection *c) {
         if (r < 0)
                 return r;
         s->connection = c;
-
-        /* After a reboot the new firmware must be confirmed (or rolled back) whether the
-         * platform can be reached or not; these decisions do not depend on the list. */
-        if (!s->started && (s->journal.phase == JOB_PHASE_AWAITING_REBOOT ||
-                            s->journal.phase == JOB_PHASE_CONFIRMING)) {
-                JobList empty = {};
-                reconcile(s, &empty);
-        }
+        confirm_without_list(s);
         return 0;
 }
 
@@ -815,6 +840,74 @@ static void remove_stale_downloads(Jobs *s) {
         }
 }
 
+static int arm_journal_retry(Jobs *s);
+
+/* Reads the journal into s->journal: 0 once it is settled (read, none, or a corrupt or newer
+ * one dealt with), -errno when it cannot be read now. */
+static int load_journal(Jobs *s) {
+        int r;
+
+        r = job_journal_load(s->dir, &s->journal);
+        if (r == -EBADMSG || r == -EFBIG) {
+                log_event(LOG_ERR, NULL, NULL, NULL,
+                          "The job journal %s/" JOB_JOURNAL_FILE " is corrupt; removing it. "
+                          "A job the platform lists as IN_PROGRESS will be failed.",
+                          s->dir);
+                (void) job_journal_remove(s->dir);
+                s->journal = JOB_JOURNAL_NULL;
+                s->journal.corrupt = true;
+        } else if (r == -EPROTONOSUPPORT) {
+                /* A later lodevd wrote it (this one runs after a fallback, say): what it says
+                 * cannot be read, and is not deleted. */
+                r = job_journal_set_aside(s->dir);
+                if (r < 0)
+                        return r; /* tried again, like a journal that cannot be read */
+                log_event(LOG_ERR, NULL, NULL, NULL,
+                          "The job journal %s/" JOB_JOURNAL_FILE " was written by a newer "
+                          "lodevd; kept as " JOB_JOURNAL_FILE ".newer. A job the platform "
+                          "lists as IN_PROGRESS will be failed.",
+                          s->dir);
+                s->journal = JOB_JOURNAL_NULL;
+                s->journal.corrupt = true;
+        } else if (r < 0 && r != -ENOENT)
+                return r;
+        else if (r >= 0)
+                log_event(LOG_INFO, NULL, s->journal.job_id, NULL,
+                          "Job %s from before the restart, phase %s.", s->journal.job_id,
+                          job_phase_to_string(s->journal.phase));
+        return 0;
+}
+
+static int on_journal_retry(sd_event_source *t, uint64_t usec, void *userdata) {
+        Jobs *s = userdata;
+        int r;
+
+        r = load_journal(s);
+        if (r < 0) {
+                log_debug_errno(r, "The job journal in %s still cannot be read: %m", s->dir);
+                s->journal_error = r;
+                r = arm_journal_retry(s);
+                if (r < 0)
+                        log_error_errno(r, "Failed to arm the job journal's retry timer: %m");
+                return 0;
+        }
+        log_info("The job journal in %s can be read again.", s->dir);
+        s->journal_error = 0;
+        backoff_reset(&s->journal_backoff);
+        remove_stale_downloads(s);
+        current_changed(s);
+        confirm_without_list(s);
+        if (s->connection && connection_state(s->connection) == CONNECTION_ONLINE)
+                request_list(s);
+        return 0;
+}
+
+static int arm_journal_retry(Jobs *s) {
+        return event_arm_timer(s->event, &s->journal_timer,
+                               backoff_next(&s->journal_backoff, random_u64()), 0, false,
+                               on_journal_retry, s, "job-journal-retry");
+}
+
 int jobs_new(sd_event *event, HttpClient *http, const Config *config, const JobsCallbacks *cb,
              void *userdata, Jobs **ret) {
         Jobs *s;
@@ -850,42 +943,22 @@ int jobs_new(sd_event *event, HttpClient *http, const Config *config, const Jobs
                 log_warning_errno(r, "Cannot read the boot id, a restart of lodevd cannot be "
                                      "told from a reboot: %m");
 
-        r = job_journal_load(s->dir, &s->journal);
-        if (r == -EBADMSG || r == -EFBIG) {
-                log_event(LOG_ERR, NULL, NULL, NULL,
-                          "The job journal %s/" JOB_JOURNAL_FILE " is corrupt; removing it. "
-                          "A job the platform lists as IN_PROGRESS will be failed.",
-                          s->dir);
-                (void) job_journal_remove(s->dir);
-                s->journal = JOB_JOURNAL_NULL;
-                s->journal.corrupt = true;
-        } else if (r == -EPROTONOSUPPORT) {
-                /* A later lodevd wrote it (this one runs after a fallback, say): what it says
-                 * cannot be read, and is not deleted. */
-                r = job_journal_set_aside(s->dir);
+        backoff_init(&s->journal_backoff, RETRY_MIN_USEC, RETRY_MAX_USEC);
+        r = load_journal(s);
+        if (r < 0) {
+                log_event(LOG_ERR, LODEV_MESSAGE_JOB_JOURNAL_UNREADABLE, NULL, NULL,
+                          "Cannot read the job journal in %s: %s. No job runs, none is asked "
+                          "for and nothing there is removed until it can be read; trying "
+                          "again.",
+                          s->dir, strerror(-r));
+                s->journal_error = r;
+                r = arm_journal_retry(s);
                 if (r < 0) {
-                        log_error_errno(r, "The job journal %s/" JOB_JOURNAL_FILE " was written "
-                                        "by a newer lodevd and cannot be set aside: %m",
-                                        s->dir);
                         jobs_free(s);
                         return r;
                 }
-                log_event(LOG_ERR, NULL, NULL, NULL,
-                          "The job journal %s/" JOB_JOURNAL_FILE " was written by a newer "
-                          "lodevd; kept as " JOB_JOURNAL_FILE ".newer. A job the platform "
-                          "lists as IN_PROGRESS will be failed.",
-                          s->dir);
-                s->journal = JOB_JOURNAL_NULL;
-                s->journal.corrupt = true;
-        } else if (r < 0 && r != -ENOENT) {
-                log_error_errno(r, "Failed to read the job journal in %s: %m", s->dir);
-                jobs_free(s);
-                return r;
-        } else if (r >= 0)
-                log_event(LOG_INFO, NULL, s->journal.job_id, NULL,
-                          "Job %s from before the restart, phase %s.", s->journal.job_id,
-                          job_phase_to_string(s->journal.phase));
-        remove_stale_downloads(s);
+        } else
+                remove_stale_downloads(s);
         *ret = s;
         return 0;
 }
@@ -898,6 +971,7 @@ Jobs *jobs_free(Jobs *s) {
         s->steps = job_steps_free(s->steps);
         jobs_channel_free(s->channel);
         sd_event_source_disable_unref(s->retry_timer);
+        sd_event_source_disable_unref(s->journal_timer);
         job_report_done(&s->retry_report);
         free(s->retry_job_id);
         job_journal_done(&s->journal);

@@ -22,6 +22,7 @@
 #define LODEV_MESSAGE_TRANSFERS_UNREADABLE "938c6f9fbba94d23b15e798130417cee"
 #define LODEV_MESSAGE_SPOOL_UNREADABLE "f788d1f4dfad444d95baed11c7149467"
 #define LODEV_MESSAGE_CANNOT_PROVISION "e6a2cdd55a9241a4b7def235d6155580"
+#define LODEV_MESSAGE_JOB_JOURNAL_UNREADABLE "fe57ac16aaa24f6e99b4be82f05b9460"
 
 void log_setup(int max_level, int force_stderr);
 void log_set_max_level(int level);

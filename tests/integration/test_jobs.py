@@ -313,6 +313,41 @@ def test_reboot_then_confirm(device, platform):
     assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
 
 
+def test_journal_unreadable_at_start_waits(device, platform, bus, workdir):
+    """After the reboot the job journal cannot be read (EIO on its open): lodevd runs, stays
+    online and decides nothing (no confirm, no report, CheckJobs says why, a new job waits);
+    once the journal can be read, the update is confirmed and the new job runs."""
+    d = device().start()
+    d.flag("install-exit", "100")
+    fw, data = firmware(platform, 64 * 1024)
+    job = platform.queue_job(d.thing, document=document(fw, data))
+    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    d.stop()
+    d.new_boot()
+    d.unflag("install-exit")
+    flag = os.path.join(workdir, "journal-fault")
+    open(flag, "w").close()
+    d.daemon.start(extra_env=lodevtest.fault_env("/job/current", flag, 5))
+    d.daemon.wait_online()
+    fw2, data2 = firmware(platform, 64 * 1024)
+    job2 = platform.queue_job(d.thing, document=document(fw2, data2))
+    assert check_jobs_error(bus) == "com.lifeomic.Device1.Error.Failed"
+    time.sleep(3)
+    assert d.daemon.proc.poll() is None
+    assert "Cannot read the job journal" in d.daemon.output()
+    assert d.calls("confirm") == [] and len(d.calls("install")) == 1
+    seen = len(statuses(platform, d.thing, job))
+    time.sleep(2)
+    assert statuses(platform, d.thing, job)[-1] == "IN_PROGRESS"
+    assert len(statuses(platform, d.thing, job)) == seen, "a report while the journal is unread"
+    assert statuses(platform, d.thing, job2) == ["QUEUED"]
+    os.unlink(flag)
+    wait_status(platform, d.thing, job, "SUCCEEDED")
+    wait_status(platform, d.thing, job2, "SUCCEEDED")
+    assert len(d.calls("confirm")) == 1 and len(d.calls("install")) == 2
+    assert device_terminals(platform, d.thing, job) == ["SUCCEEDED"]
+
+
 def test_restart_in_the_same_real_boot_reboots_again(device, platform):
     """lodevd reads the kernel's boot id itself (nothing overridden, nothing mounted): a
     restart of lodevd alone, in the same boot, asks for the reboot again and never
