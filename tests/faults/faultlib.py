@@ -7,7 +7,11 @@ the platform received.
 A named step is reached without any code of lodevd's own: the LD_PRELOAD shim
 (tests/tools/fault-inject.c, LODEV_STOP_AT) stops lodevd with SIGSTOP at the N-th call that
 matches (an fdatasync of a spool segment, the TLS write of a publish on a topic, the HTTP PUT
-going out, the journal write of a job phase), and the rig SIGKILLs it there."""
+going out, the journal write of a job phase), and the rig SIGKILLs it there.
+
+A reboot is a new boot id as lodevd reads it (sd_id128_get_boot()): lodevd runs in a mount
+namespace of its own with a file of the rig's bind-mounted over the kernel's boot id
+(lodevtest.BootId); the wrapper execs lodevd, so the pid the rig watches is lodevd's."""
 
 import hashlib
 import json
@@ -96,7 +100,7 @@ class Ledger:
 
 class Device:
     """lodevd with the shim preloaded, a test installer and reboot command, and a boot id of
-    its own; its state directory may live on a small file system."""
+    its own (lodevtest.BootId); its state directory may live on a small file system."""
 
     def __init__(self, rig, name, state_dir=None, **overrides):
         self.rig = rig
@@ -114,8 +118,7 @@ class Device:
             with open(path, "w") as f:
                 f.write(text.format(rec=self.rec))
             os.chmod(path, 0o755)
-        self.boot_id_file = os.path.join(self.workdir, "boot_id")
-        self.new_boot()
+        self.boot = lodevtest.BootId(self.workdir)
         self.state_dir = state_dir or os.path.join(self.workdir, "state")
         self.config = os.path.join(self.workdir, "lodevd.conf")
         sections = {
@@ -127,7 +130,7 @@ class Device:
         for k, v in overrides.items():
             sections[k] = dict(sections.get(k, {}), **v) if isinstance(v, dict) else v
         lodevtest.write_device_config(self.config, self.workdir, self.platform, **sections)
-        self.daemon = lodevtest.Daemon(self.bus, self.workdir, self.config)
+        self.daemon = lodevtest.Daemon(self.bus, self.workdir, self.config, boot_id=self.boot)
         self.fault_env = {}
         self.stop_at = None
         # The stop point counts only while this file exists: start-up is left out.
@@ -139,11 +142,10 @@ class Device:
     # -- life ----------------------------------------------------------------
 
     def new_boot(self):
-        with open(self.boot_id_file, "w") as f:
-            f.write(str(uuid.uuid4()) + "\n")
+        self.boot.new_boot()
 
     def env(self):
-        env = {"LODEV_BOOT_ID_FILE": self.boot_id_file, "LD_PRELOAD": SHIM}
+        env = {"LD_PRELOAD": SHIM}
         env.update(self.fault_env)
         if self.stop_at:
             env["LODEV_STOP_AT"] = self.stop_at
