@@ -59,7 +59,10 @@ def test_sigkill_at_random_moments(rig):
 # --- SIGKILL at each named step -------------------------------------------------------------
 
 # name: (LODEV_STOP_AT, what the load includes). Job phases stop at the journal write that
-# records them, before it is made (the phase is not durable yet) unless said otherwise.
+# records them, before it is made (the phase is not durable yet) unless said otherwise. The
+# HTTP steps (send, recv: put*, job-download*) are calls of the transfer helper lodevd starts
+# (lodevd-transfer, given the shim by faultlib's wrapper): the helper stops there, and lodevd
+# and the helper are SIGKILLed together, as when the machine dies; N counts in that helper.
 JOURNAL = "write|path~/job/current&data~\"phase\":\"%s\"|1|before"
 STEPS = {
         "observation-fsync": ("fdatasync|path~/spool/|3|before", "observations"),
@@ -136,7 +139,8 @@ class TestSigkillAtStep:
 
     @pytest.mark.parametrize("step", list(STEPS))
     def test_sigkill_at_step(self, steps, step):
-        """lodevd stops itself at the step (SIGSTOP from the shim) and is SIGKILLed there."""
+        """lodevd (or its transfer helper, for an HTTP step) stops itself at the step
+        (SIGSTOP from the shim) and both are SIGKILLed there."""
         rig = steps.get()
         d = rig.devices[0]
         spec, kind = STEPS[step]
