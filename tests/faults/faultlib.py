@@ -300,16 +300,17 @@ class Device:
             time.sleep(0.01)
         return False
 
-    def service(self):
+    def service(self, online=True):
         """What the device around lodevd does while the rig waits: a requested reboot
         happens (lodevd stops, the boot id changes, lodevd starts), and a lodevd that is
-        gone (killed by a fault) is started again."""
+        gone (killed by a fault) is started again. online=False while the rig holds the
+        broker away: lodevd is not waited for online then."""
         n = self.reboots()
         if n > self.reboots_seen and not self.stopped():
             self.reboots_seen = n
             self.daemon.stop()
             self.new_boot()
-            self.start()
+            self.start(online=online)
 
     # -- records -------------------------------------------------------------
 

@@ -24,11 +24,12 @@ from faultlib import KiB, SEED, Case, Load, StepNotReached, scaled
 from lodevtest import wait_until
 
 
-def sleep_serving(device, seconds):
-    """Sleeps while the device reboots when asked."""
+def sleep_serving(device, seconds, online=True):
+    """Sleeps while the device reboots when asked; online=False while the broker is held
+    away (stopped or paused), when lodevd cannot come online."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        device.service()
+        device.service(online=online)
         time.sleep(min(0.02, max(0, end - time.monotonic())))
 
 
@@ -175,7 +176,7 @@ def test_broker_restarts(rig, platform):
             load = Load(rig, d, count=200, uploads=1, job=(i % 5 == 0))
             sleep_serving(d, rig.rng.uniform(0, 0.5))
             platform.broker_stop()
-            sleep_serving(d, rig.rng.uniform(0.1, 1.0))
+            sleep_serving(d, rig.rng.uniform(0.1, 1.0), online=False)
             platform.broker_start()
             load.finish()
             case.rounds += 1
@@ -193,7 +194,7 @@ def test_broker_pauses(rig, platform):
             pid = platform.status()["broker_pid"]
             os.kill(pid, signal.SIGSTOP)
             try:
-                sleep_serving(d, rig.rng.uniform(0.5, 3.0))
+                sleep_serving(d, rig.rng.uniform(0.5, 3.0), online=False)
             finally:
                 os.kill(pid, signal.SIGCONT)
             load.finish()
