@@ -6,13 +6,27 @@ the platform received.
 
 A named step is reached without any code of lodevd's own: the LD_PRELOAD shim
 (tests/tools/fault-inject.c, LODEV_STOP_AT) stops lodevd with SIGSTOP at the N-th call that
-matches (an fdatasync of a spool segment, the TLS write of a publish on a topic, the HTTP PUT
-going out, the journal write of a job phase), and the rig SIGKILLs it there."""
+matches (an fdatasync of a spool segment, the TLS write of a publish on a topic, the journal
+write of a job phase), and the rig SIGKILLs it there.
 
+The HTTP steps (a PUT or a firmware GET going out or answered) happen in lodevd-transfer, the
+helper lodevd starts for each transfer with an empty environment: lodevd is pointed at a
+wrapper (LODEVD_TRANSFER_PATH) that gives the helper the shim and the same stop point, so the
+helper stops itself there (the shim stops only processes whose name starts with "lodevd",
+and its calls are within the helper's seccomp allow-list). Counts are per process: the N-th
+matching call of one helper. The rig then stops the machine as a whole: lodevd and every
+helper of its are SIGKILLed, lodevd first stopped so that it sees nothing of the helper's end.
+
+A reboot is a new boot id as lodevd reads it (sd_id128_get_boot()): lodevd runs in a mount
+namespace of its own with a file of the rig's bind-mounted over the kernel's boot id
+(lodevtest.BootId); the wrapper execs lodevd, so the pid the rig watches is lodevd's."""
+
+import glob
 import hashlib
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +40,7 @@ from lodevtest import wait_until  # noqa: E402
 
 SUBMIT = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
 SHIM = os.path.join(lodevtest.BUILD_DIR, "tests", "liblodev-fault-inject.so")
+HELPER_NAME = "lodevd-transfer"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 KiB = 1024
 
@@ -58,6 +73,14 @@ exit 3
 
 REBOOT = """#!/bin/sh
 echo reboot >> "{rec}/reboots"
+"""
+
+# lodevd starts its transfer helper with an empty environment: this wrapper, named by
+# LODEVD_TRANSFER_PATH, gives it the shim and lodevd's stop point, and execs the real one.
+TRANSFER_WRAPPER = """#!/bin/sh
+LD_PRELOAD={shim} LODEV_STOP_AT={stop_at} LODEV_STOP_ARM={stop_arm}
+export LD_PRELOAD LODEV_STOP_AT LODEV_STOP_ARM
+exec {helper} "$@"
 """
 
 
@@ -95,8 +118,9 @@ class Ledger:
 
 
 class Device:
-    """lodevd with the shim preloaded, a test installer and reboot command, and a boot id of
-    its own; its state directory may live on a small file system."""
+    """lodevd with the shim preloaded (its transfer helpers too, while a stop point is set),
+    a test installer and reboot command, and a boot id of its own (lodevtest.BootId); its
+    state directory may live on a small file system."""
 
     def __init__(self, rig, name, state_dir=None, **overrides):
         self.rig = rig
@@ -114,8 +138,8 @@ class Device:
             with open(path, "w") as f:
                 f.write(text.format(rec=self.rec))
             os.chmod(path, 0o755)
-        self.boot_id_file = os.path.join(self.workdir, "boot_id")
-        self.new_boot()
+        self.boot = lodevtest.BootId(self.workdir)
+        self.transfer_wrapper = os.path.join(self.workdir, "transfer-helper")
         self.state_dir = state_dir or os.path.join(self.workdir, "state")
         self.config = os.path.join(self.workdir, "lodevd.conf")
         sections = {
@@ -127,7 +151,7 @@ class Device:
         for k, v in overrides.items():
             sections[k] = dict(sections.get(k, {}), **v) if isinstance(v, dict) else v
         lodevtest.write_device_config(self.config, self.workdir, self.platform, **sections)
-        self.daemon = lodevtest.Daemon(self.bus, self.workdir, self.config)
+        self.daemon = lodevtest.Daemon(self.bus, self.workdir, self.config, boot_id=self.boot)
         self.fault_env = {}
         self.stop_at = None
         # The stop point counts only while this file exists: start-up is left out.
@@ -139,15 +163,21 @@ class Device:
     # -- life ----------------------------------------------------------------
 
     def new_boot(self):
-        with open(self.boot_id_file, "w") as f:
-            f.write(str(uuid.uuid4()) + "\n")
+        self.boot.new_boot()
 
     def env(self):
-        env = {"LODEV_BOOT_ID_FILE": self.boot_id_file, "LD_PRELOAD": SHIM}
+        env = {"LD_PRELOAD": SHIM}
         env.update(self.fault_env)
         if self.stop_at:
             env["LODEV_STOP_AT"] = self.stop_at
             env["LODEV_STOP_ARM"] = self.stop_arm
+            with open(self.transfer_wrapper, "w") as f:
+                f.write(TRANSFER_WRAPPER.format(
+                    shim=shlex.quote(SHIM), stop_at=shlex.quote(self.stop_at),
+                    stop_arm=shlex.quote(self.stop_arm),
+                    helper=shlex.quote(lodevtest.TRANSFER_HELPER)))
+            os.chmod(self.transfer_wrapper, 0o755)
+            env["LODEVD_TRANSFER_PATH"] = self.transfer_wrapper
         return env
 
     def start(self, online=True):
@@ -175,14 +205,14 @@ class Device:
         return self
 
     def _online_or_stopped(self):
-        if self.proc_state() == "T":
+        if self.stopped():
             return True
         if not any(m.startswith("READY=1") for m in self.daemon.notify.messages):
             return False
         try:
             r = lodevtest.lodevctl(self.bus, "--json", "status", timeout=2)
         except subprocess.TimeoutExpired:
-            return self.proc_state() == "T"
+            return self.stopped()
         return r.returncode == 0 and json.loads(r.stdout)["state"] == "online"
 
     @property
@@ -192,15 +222,54 @@ class Device:
     def alive(self):
         return self.daemon.proc is not None and self.daemon.proc.poll() is None
 
-    def proc_state(self):
+    @staticmethod
+    def _state(pid):
         try:
-            with open("/proc/%d/stat" % self.pid) as f:
+            with open("/proc/%d/stat" % pid) as f:
                 return f.read().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             return "gone"
 
+    def proc_state(self):
+        """lodevd's state: R, S, T (stopped at the step), Z, or gone."""
+        return self._state(self.pid)
+
+    def helpers(self):
+        """The pids of lodevd's transfer helpers (its children named lodevd-transfer)."""
+        if not self.alive():
+            return []
+        pids = []
+        for path in glob.glob("/proc/%d/task/*/children" % self.pid):
+            try:
+                with open(path) as f:
+                    pids.extend(int(p) for p in f.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        found = []
+        for pid in pids:
+            try:
+                with open("/proc/%d/comm" % pid) as f:
+                    if f.read().strip() == HELPER_NAME:
+                        found.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return found
+
+    def stopped(self):
+        """True once lodevd, or one of its transfer helpers, stopped itself at the step."""
+        return self.proc_state() == "T" or any(self._state(p) == "T" for p in self.helpers())
+
     def kill(self):
+        """The machine dies: lodevd and its transfer helpers are SIGKILLed. lodevd is stopped
+        first, so that it never sees a helper end; a helper, lodevd's child, stays a zombie
+        (its pid taken) until lodevd is gone."""
         if self.alive():
+            self.daemon.proc.send_signal(signal.SIGSTOP)
+            for pid in self.helpers():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.daemon.proc.send_signal(signal.SIGKILL)
             self.daemon.proc.wait(timeout=15)
         self.daemon.stop()
@@ -217,29 +286,31 @@ class Device:
             os.unlink(self.stop_arm)
 
     def wait_stopped(self, timeout, service=None):
-        """True once lodevd stopped itself at the armed step (state T)."""
+        """True once lodevd, or a transfer helper of its, stopped itself at the armed step
+        (state T)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.proc_state()
-            if state == "T":
-                return True
             if state in ("gone", "Z"):
                 return False
+            if self.stopped():
+                return True
             if service:
                 service()
             time.sleep(0.01)
         return False
 
-    def service(self):
+    def service(self, online=True):
         """What the device around lodevd does while the rig waits: a requested reboot
         happens (lodevd stops, the boot id changes, lodevd starts), and a lodevd that is
-        gone (killed by a fault) is started again."""
+        gone (killed by a fault) is started again. online=False while the rig holds the
+        broker away: lodevd is not waited for online then."""
         n = self.reboots()
-        if n > self.reboots_seen and self.proc_state() != "T":
+        if n > self.reboots_seen and not self.stopped():
             self.reboots_seen = n
             self.daemon.stop()
             self.new_boot()
-            self.start()
+            self.start(online=online)
 
     # -- records -------------------------------------------------------------
 

@@ -24,11 +24,12 @@ from faultlib import KiB, SEED, Case, Load, StepNotReached, scaled
 from lodevtest import wait_until
 
 
-def sleep_serving(device, seconds):
-    """Sleeps while the device reboots when asked."""
+def sleep_serving(device, seconds, online=True):
+    """Sleeps while the device reboots when asked; online=False while the broker is held
+    away (stopped or paused), when lodevd cannot come online."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        device.service()
+        device.service(online=online)
         time.sleep(min(0.02, max(0, end - time.monotonic())))
 
 
@@ -59,7 +60,10 @@ def test_sigkill_at_random_moments(rig):
 # --- SIGKILL at each named step -------------------------------------------------------------
 
 # name: (LODEV_STOP_AT, what the load includes). Job phases stop at the journal write that
-# records them, before it is made (the phase is not durable yet) unless said otherwise.
+# records them, before it is made (the phase is not durable yet) unless said otherwise. The
+# HTTP steps (send, recv: put*, job-download*) are calls of the transfer helper lodevd starts
+# (lodevd-transfer, given the shim by faultlib's wrapper): the helper stops there, and lodevd
+# and the helper are SIGKILLed together, as when the machine dies; N counts in that helper.
 JOURNAL = "write|path~/job/current&data~\"phase\":\"%s\"|1|before"
 STEPS = {
         "observation-fsync": ("fdatasync|path~/spool/|3|before", "observations"),
@@ -136,7 +140,8 @@ class TestSigkillAtStep:
 
     @pytest.mark.parametrize("step", list(STEPS))
     def test_sigkill_at_step(self, steps, step):
-        """lodevd stops itself at the step (SIGSTOP from the shim) and is SIGKILLed there."""
+        """lodevd (or its transfer helper, for an HTTP step) stops itself at the step
+        (SIGSTOP from the shim) and both are SIGKILLed there."""
         rig = steps.get()
         d = rig.devices[0]
         spec, kind = STEPS[step]
@@ -171,7 +176,7 @@ def test_broker_restarts(rig, platform):
             load = Load(rig, d, count=200, uploads=1, job=(i % 5 == 0))
             sleep_serving(d, rig.rng.uniform(0, 0.5))
             platform.broker_stop()
-            sleep_serving(d, rig.rng.uniform(0.1, 1.0))
+            sleep_serving(d, rig.rng.uniform(0.1, 1.0), online=False)
             platform.broker_start()
             load.finish()
             case.rounds += 1
@@ -189,7 +194,7 @@ def test_broker_pauses(rig, platform):
             pid = platform.status()["broker_pid"]
             os.kill(pid, signal.SIGSTOP)
             try:
-                sleep_serving(d, rig.rng.uniform(0.5, 3.0))
+                sleep_serving(d, rig.rng.uniform(0.5, 3.0), online=False)
             finally:
                 os.kill(pid, signal.SIGCONT)
             load.finish()

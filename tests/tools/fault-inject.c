@@ -53,12 +53,16 @@ static mode_t mode_arg(int flags, va_list ap) {
  * SIGSTOP at the N-th call of KIND that meets every condition, "before" the call is made or
  * "after" it returned, so a test can SIGKILL it at exactly that step with no code of lodevd's
  * own for it. KIND: write, fsync, fdatasync, rename (the new name), ssl_write, ssl_read (what
- * libmosquitto sends and receives inside TLS), send, recv (plain HTTP of libcurl). CONDITIONS,
+ * libmosquitto sends and receives inside TLS), send, recv (plain HTTP of libcurl, which runs in
+ * lodevd-transfer: a test hands the helper the preload and these variables, as lodevd starts
+ * it with an empty environment). CONDITIONS,
  * separated by '&': "path~TEXT" (the path contains TEXT), "data~TEXT" (the bytes contain
  * TEXT), "data^TEXT" (start with it), "data=hex:HEX" (are exactly those bytes); "-" for none.
  * With LODEV_STOP_ARM, calls count only while the file it names exists, so that a test can
- * leave start-up out. Only a process named lodevd stops: the installer hooks it starts
- * inherit the preload. */
+ * leave start-up out. Only a process whose name starts with "lodevd" stops (lodevd, and
+ * lodevd-transfer; the N-th call counts in each process): the installer hooks lodevd starts
+ * inherit the preload. The stop itself (getpid, gettid, tgkill) and the look at
+ * LODEV_STOP_ARM (stat) are within lodevd-transfer's seccomp allow-list. */
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
