@@ -522,9 +522,6 @@ class Rig:
 # its defect, and one that passes fails the suite until its entry is removed here, so the
 # list never hides a failure nor outlives the fix.
 EXPECTED_FAILURES = {
-    "test_store_unreadable_at_start-job": (
-        "issue 14 item 2 (read errors), the job journal",
-        "lodevd exits at start when the job journal cannot be read (EIO)"),
 }
 
 
