@@ -141,6 +141,14 @@ class Device:
     def jobs(self):
         return lodevtest.lodevctl_json(self.bus, "jobs")
 
+    def install_until_reboot(self, size=64 * 1024):
+        """A job whose install asks for the reboot (exit 100), once the reboot command ran."""
+        self.flag("install-exit", "100")
+        fw, data = firmware(self.platform, size)
+        job = self.platform.queue_job(self.thing, document=document(fw, data))
+        wait_until(lambda: self.reboots() == 1, 30, what="the reboot command")
+        return job
+
     def cleanup(self):
         self.stop()
         pidfile = os.path.join(self.rec, "grandchild.pid")
@@ -297,10 +305,7 @@ def test_url_expired_mid_download(device, platform):
 
 def test_reboot_then_confirm(device, platform):
     d = device().start()
-    d.flag("install-exit", "100")
-    fw, data = firmware(platform, 512 * 1024)
-    job = platform.queue_job(d.thing, document=document(fw, data))
-    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    job = d.install_until_reboot(512 * 1024)
     assert d.jobs()["status"] == "awaiting-reboot"
     assert platform.job_execution(d.thing, job)["status"] == "IN_PROGRESS"
     # The simulated reboot: lodevd stops, the boot id changes, lodevd starts.
@@ -318,10 +323,7 @@ def test_journal_unreadable_at_start_waits(device, platform, bus, workdir):
     online and decides nothing (no confirm, no report, CheckJobs says why, a new job waits);
     once the journal can be read, the update is confirmed and the new job runs."""
     d = device().start()
-    d.flag("install-exit", "100")
-    fw, data = firmware(platform, 64 * 1024)
-    job = platform.queue_job(d.thing, document=document(fw, data))
-    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    job = d.install_until_reboot()
     d.stop()
     d.new_boot()
     d.unflag("install-exit")
@@ -355,10 +357,7 @@ def test_restart_in_the_same_real_boot_reboots_again(device, platform):
     with open(lodevtest.BOOT_ID) as f:
         real = f.read().strip()
     d = device(real_boot=True).start()
-    d.flag("install-exit", "100")
-    fw, data = firmware(platform, 64 * 1024)
-    job = platform.queue_job(d.thing, document=document(fw, data))
-    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    job = d.install_until_reboot()
     d.stop()
     d.start()
     wait_until(lambda: d.reboots() == 2 or d.calls("confirm"), 30,
@@ -563,10 +562,7 @@ def test_reboot_that_does_not_happen_runs_again(device, platform):
     runs again, and after max_reboot_tries the install is rolled back and the job FAILED; the
     device is not stuck in awaiting-reboot, and the next job runs."""
     d = device(firmware={"reboot_timeout": 10, "max_reboot_tries": 2}).start()
-    d.flag("install-exit", "100")
-    fw, data = firmware(platform, 64 * 1024)
-    job = platform.queue_job(d.thing, document=document(fw, data))
-    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    job = d.install_until_reboot()
     t1 = time.monotonic()
     assert d.jobs()["status"] == "awaiting-reboot"
     wait_until(lambda: d.reboots() == 2, 30, what="the reboot command again")
@@ -694,10 +690,7 @@ def test_older_journal_confirmed(device, platform):
     awaiting-reboot: an update that brings a new journal format is still confirmed after its
     reboot."""
     d = device().start()
-    d.flag("install-exit", "100")
-    fw, data = firmware(platform, 64 * 1024)
-    job = platform.queue_job(d.thing, document=document(fw, data))
-    wait_until(lambda: d.reboots() == 1, 30, what="the reboot command")
+    job = d.install_until_reboot()
     d.stop()
     path = os.path.join(d.workdir, "state", "job", "current")
     with open(path) as f:
