@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler
 
 BUILD_DIR = os.environ.get("LODEV_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 SOURCE_DIR = os.environ.get("LODEV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -273,6 +274,20 @@ def fault_env(path, flag, errno_value, calls="open"):
     errno_value while the file `flag` exists."""
     return {**preload_env(FAULT_INJECT), "LODEV_FAULT_PATH": path, "LODEV_FAULT_FLAG": flag,
             "LODEV_FAULT_ERRNO": str(errno_value), "LODEV_FAULT_CALLS": calls}
+
+
+class AppHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 for the tests' own servers: GET and PUT go to server.app.handle(handler)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.app.handle(self)
+
+    do_PUT = do_GET
 
 
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -28,17 +28,7 @@ S3_DENIED = (
 )
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.server.app.handle(self)
-
-    do_PUT = do_GET
-
+class Handler(lodevtest.AppHandler):
     def read_body(self, limit=None):
         """Reads the request body (Content-Length), at most limit bytes."""
         n = int(self.headers.get("Content-Length", "0"))

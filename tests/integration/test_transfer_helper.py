@@ -12,7 +12,7 @@ import struct
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -32,17 +32,7 @@ def sanitized_build():
     return "address" in str(options.get("b_sanitize", ""))
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.server.app.handle(self)
-
-    do_PUT = do_GET
-
+class Handler(lodevtest.AppHandler):
     def head(self, status, length, extra=()):
         self.send_response(status)
         for k, v in extra:
