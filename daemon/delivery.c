@@ -13,8 +13,9 @@
 /* Calls whose confirmation waits for one fsync; past this a batch is committed at once. */
 #define COMMIT_BATCH_MAX 1024
 /* Under a steady load the loop is never idle: commit at the latest this long after the
- * first call of a batch arrived. */
-#define COMMIT_DELAY_USEC 10000
+ * first call of a batch arrived. Long enough that a burst read in one go shares one sync
+ * (flash syncs take milliseconds), short next to any caller's timeout. */
+#define COMMIT_DELAY_USEC 25000
 #define COMMIT_ACCURACY_USEC 1000
 /* Acknowledgements are persisted within this time, or at once past a count: what a crash
  * can send twice stays small under load. */
@@ -388,8 +389,13 @@ int delivery_submit(Delivery *d, const Observation *o, DeliverySubmitted done, v
                 commit(d);
         else {
                 (void) sd_event_source_set_enabled(d->commit_event, SD_EVENT_ONESHOT);
+                /* From now, not from when this iteration began: the dispatch that brought
+                 * the call may have been long (a new caller's UID is asked from dbus-daemon,
+                 * which reads every call queued behind), and a stale start would commit a
+                 * batch of one. */
                 if (d->n_pending == 1)
-                        (void) event_arm_timer(d->event, &d->commit_timer, COMMIT_DELAY_USEC,
+                        (void) event_arm_timer(d->event, &d->commit_timer,
+                                               COMMIT_DELAY_USEC + event_lag(d->event),
                                                COMMIT_ACCURACY_USEC, false, on_commit_timer, d,
                                                "spool-commit-timer");
         }

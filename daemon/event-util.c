@@ -1,11 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 #include "event-util.h"
 
+#include <time.h>
+
 uint64_t event_now(sd_event *e) {
         uint64_t now = 0;
 
         (void) sd_event_now(e, CLOCK_MONOTONIC, &now);
         return now;
+}
+
+uint64_t event_lag(sd_event *e) {
+        struct timespec ts;
+        uint64_t now, begun;
+
+        /* Before the first iteration there is no start to be late on. */
+        if (sd_event_now(e, CLOCK_MONOTONIC, &begun) < 0 ||
+            clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+                return 0;
+        now = (uint64_t) ts.tv_sec * UINT64_C(1000000) + (uint64_t) ts.tv_nsec / 1000;
+        return now > begun ? now - begun : 0;
 }
 
 int event_arm_timer(sd_event *e, sd_event_source **s, uint64_t delay, uint64_t accuracy,

@@ -10,6 +10,10 @@
 /* The current CLOCK_MONOTONIC time of the loop's iteration. */
 uint64_t event_now(sd_event *e);
 
+/* How long ago this iteration began: relative times count from there, so a delay meant from
+ * the present, after a long dispatch, adds this. */
+uint64_t event_lag(sd_event *e);
+
 /* Arms the one-shot timer *s to fire delay µs from now, creating it on first use (with
  * description, which may be NULL). With coalesce, a timer already armed is left as it is, so
  * several events within the delay share one firing. accuracy 0 is sd-event's default (it may

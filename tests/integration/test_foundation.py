@@ -240,40 +240,70 @@ def wait_socket_backlog_settles(pid, timeout=20):
     raise AssertionError("the calls never piled up in lodevd's socket (%d bytes)" % last)
 
 
+def flood_stopped_daemon(daemon, bus, count, window):
+    """Sends count SubmitObservation calls, window at a time, to lodevd while it
+    is stopped, resumes it once they all wait in its socket, and returns the
+    ids and the errors the client printed."""
+    submit = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
+    proc = None
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen([submit, "--count", str(count), "--window", str(window)],
+                                env=bus.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        # dbus-daemon hands the first calls over to lodevd's socket: wait until what
+        # waits there stops growing, however slow the machine is.
+        wait_socket_backlog_settles(daemon.proc.pid)
+        daemon.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        daemon.send_signal(signal.SIGCONT)
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    ids = [l for l in out.splitlines() if l and not l.startswith("DELIVERED")]
+    return ids, errors
+
+
 def test_pending_calls_bounded_per_client(daemon, bus, workdir, platform):
     """A client with more calls waiting than lodevd answers at once gets
     LimitsExceeded for the excess; every call lodevd accepted still gets its
     id, and lodevd carries on. lodevd is stopped while the calls arrive, so
-    that they all wait in its socket and it reads them in one go."""
+    that they all wait in its socket and it reads them in one go.
+
+    One fsync answers every call read before it, and it comes at the latest
+    25 ms after the first: the bound is reached only when lodevd handles more
+    than 100 calls in that time. So nothing else may run then: lodevd stays
+    online to a broker that is stopped (no reconnect, no provisioning attempt
+    when lodevd resumes; what it publishes stays unacknowledged and queued).
+    A sanitizer build on a busy machine may still be preempted for that long:
+    a round without a refusal is tried again, at most three times, and every
+    round must account for each call."""
     daemon.start()
-    # Offline, so that what was accepted stays queued and can be counted.
-    platform.broker_stop()
-    proc = None
+    daemon.wait_online()
+    broker = platform.status()["broker_pid"]
+    refused = False
+    os.kill(broker, signal.SIGSTOP)
     try:
-        lodevtest.wait_until(lambda: daemon.status()["state"] != "online", 20, what="offline")
-        submit = os.path.join(lodevtest.BUILD_DIR, "tests", "lodev-submit")
-        daemon.send_signal(signal.SIGSTOP)
-        # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
-        proc = subprocess.Popen([submit, "--count", "240", "--window", "120"], env=bus.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # dbus-daemon hands the first 120 calls over to lodevd's socket: wait
-        # until what waits there stops growing, however slow the machine is.
-        wait_socket_backlog_settles(daemon.proc.pid)
-        daemon.send_signal(signal.SIGCONT)
-        out, err = proc.communicate(timeout=120)
-        queued = daemon.status()["queued_observations"]
+        for attempt in range(3):
+            before = daemon.status()["queued_observations"]
+            # 120 at once: above lodevd's 100 per client, below dbus-daemon's 128.
+            ids, errors = flood_stopped_daemon(daemon, bus, 240, 120)
+            queued = daemon.status()["queued_observations"] - before
+            print("\nround %d: %d accepted, %d refused" % (attempt + 1, len(ids), len(errors)))
+            assert all("too many calls waiting" in l for l in errors), errors[:3]
+            assert len(ids) + len(errors) == 240
+            assert queued == len(ids)
+            if errors:
+                refused = True
+                break
     finally:
-        if proc and proc.poll() is None:
-            proc.kill()
-        daemon.send_signal(signal.SIGCONT)
-        platform.broker_start()
-    errors = [l for l in err.splitlines() if l.startswith("error:")]
-    ids = [l for l in out.splitlines() if l and not l.startswith("DELIVERED")]
-    print("\n%d accepted, %d refused" % (len(ids), len(errors)))
-    assert errors, "no call was refused"
-    assert all("too many calls waiting" in l for l in errors), errors[:3]
-    assert len(ids) + len(errors) == 240
-    assert queued == len(ids)
+        os.kill(broker, signal.SIGCONT)
+    assert refused, "no call was refused in 3 rounds"
+    # lodevd carries on: what it accepted reaches the platform.
+    lodevtest.wait_until(lambda: daemon.status()["queued_observations"] == 0, 120,
+                         what="every accepted observation delivered")
 
 
 def test_descriptors_close_on_exec(daemon, bus, platform):
