@@ -75,6 +75,37 @@ static int mosq_to_errno(int rc) {
         }
 }
 
+const char *mqtt_strerror(int rc) {
+        /* The codes libmosquitto 2.0.11 (Debian 12) calls "Unknown error.", and an errno
+         * of 0 behind MOSQ_ERR_ERRNO, which would read "Success". */
+        switch (rc) {
+        case MOSQ_ERR_ERRNO:
+                return errno > 0 ? strerror(errno) : "the connection failed";
+        case MOSQ_ERR_UNKNOWN:
+                return "unknown error in libmosquitto";
+        case MOSQ_ERR_PLUGIN_DEFER:
+                return "deferred by a plugin";
+        case MOSQ_ERR_KEEPALIVE:
+                return "the broker did not answer within the keepalive";
+        case MOSQ_ERR_LOOKUP:
+                return "the host name could not be looked up";
+        case MOSQ_ERR_MALFORMED_PACKET:
+                return "malformed packet";
+        case MOSQ_ERR_TIMEOUT:
+                return "timed out";
+        case MOSQ_ERR_RETAIN_NOT_SUPPORTED:
+                return "retained messages are not supported";
+        case MOSQ_ERR_TOPIC_ALIAS_INVALID:
+                return "invalid topic alias";
+        case MOSQ_ERR_ADMINISTRATIVE_ACTION:
+                return "disconnected by the broker's administrator";
+        case MOSQ_ERR_ALREADY_EXISTS:
+                return "already exists";
+        default:
+                return mosquitto_strerror(rc);
+        }
+}
+
 static void update_io(MqttClient *c);
 
 /* Marks every descriptor above stderr close-on-exec: lodevd hands a descriptor to a child
@@ -141,9 +172,9 @@ static void on_disconnect(struct mosquitto *mosq, void *userdata, int rc) {
         if (rc == MOSQ_ERR_SUCCESS)
                 snprintf(reason, sizeof(reason), "disconnected");
         else if (c->last_log[0])
-                snprintf(reason, sizeof(reason), "%s (%s)", mosquitto_strerror(rc), c->last_log);
+                snprintf(reason, sizeof(reason), "%s (%s)", mqtt_strerror(rc), c->last_log);
         else
-                snprintf(reason, sizeof(reason), "%s", mosquitto_strerror(rc));
+                snprintf(reason, sizeof(reason), "%s", mqtt_strerror(rc));
         c->last_log[0] = '\0';
         connection_ended(c, reason);
 }
@@ -197,7 +228,7 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
                 /* libmosquitto normally reports through on_disconnect; make sure
                  * a failure it did not report still ends the connection. */
                 char reason[600];
-                snprintf(reason, sizeof(reason), "%s%s%s%s", mosquitto_strerror(rc),
+                snprintf(reason, sizeof(reason), "%s%s%s%s", mqtt_strerror(rc),
                          c->last_log[0] ? " (" : "", c->last_log, c->last_log[0] ? ")" : "");
                 c->last_log[0] = '\0';
                 connection_ended(c, reason);
@@ -267,7 +298,7 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         rc = mosquitto_loop_misc(c->mosq);
         c->in_callback = false;
         if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
-                log_debug("mosquitto_loop_misc: %s", mosquitto_strerror(rc));
+                log_debug("mosquitto_loop_misc: %s", mqtt_strerror(rc));
         if (c->connected || c->connecting)
                 arm_timer(c);
         return 0;
@@ -320,7 +351,7 @@ int mqtt_new(sd_event *event, const MqttOptions *o, const MqttCallbacks *cb, voi
         if (rc == MOSQ_ERR_SUCCESS)
                 rc = mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, 100);
         if (rc != MOSQ_ERR_SUCCESS) {
-                log_debug("libmosquitto setup: %s", mosquitto_strerror(rc));
+                log_debug("libmosquitto setup: %s", mqtt_strerror(rc));
                 return mosq_to_errno(rc);
         }
 
@@ -378,7 +409,7 @@ static int mqtt_connect(MqttClient *c) {
         if (rc != MOSQ_ERR_SUCCESS) {
                 int r = mosq_to_errno(rc);
                 log_debug("mosquitto_connect_async(%s:%u): %s%s%s", c->host, c->port,
-                          mosquitto_strerror(rc), c->last_log[0] ? ": " : "", c->last_log);
+                          mqtt_strerror(rc), c->last_log[0] ? ": " : "", c->last_log);
                 return r;
         }
         c->connecting = true;

@@ -39,6 +39,10 @@ typedef struct MqttCallbacks {
         void (*subscribed)(MqttClient *c, int mid, void *userdata);
 } MqttCallbacks;
 
+/* libmosquitto's error code rc as text; unlike mosquitto_strerror(), every code has a name
+ * (the keepalive running out, for one). Reads errno for MOSQ_ERR_ERRNO. */
+const char *mqtt_strerror(int rc);
+
 /* Calls mosquitto_lib_init() once per process. */
 int mqtt_global_init(void);
 
