@@ -3,7 +3,8 @@
  * opening (or, with LODEV_FAULT_CALLS=unlink, unlinking) a path that contains
  * LODEV_FAULT_PATH fails with the errno in LODEV_FAULT_ERRNO (EIO by default). Lets a test
  * give lodevd an error that may pass (EIO, EMFILE), which root cannot otherwise provoke on a
- * healthy disk. LODEV_FAULT_CALLS is "open" (the default), "unlink" or "open,unlink".
+ * healthy disk. LODEV_FAULT_CALLS is "open" (the default), "unlink" or "open,unlink"; each
+ * error made is logged as the write errors below are.
  * _GNU_SOURCE comes from the build. */
 
 /* Both the plain and the 64-bit names are interposed: no redirection of one to the other. */
@@ -22,6 +23,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+static void fault_log(const char *kind, const char *path);
+
 static int injected_errno(const char *call, const char *path) {
         const char *match = getenv("LODEV_FAULT_PATH"), *flag = getenv("LODEV_FAULT_FLAG");
         const char *e = getenv("LODEV_FAULT_ERRNO"), *calls = getenv("LODEV_FAULT_CALLS");
@@ -33,6 +36,7 @@ static int injected_errno(const char *call, const char *path) {
                 return 0;
         if (stat(flag, &st) < 0)
                 return 0;
+        fault_log(call, path);
         return e ? atoi(e) : EIO;
 }
 
