@@ -401,7 +401,8 @@ static void on_list(Jobs *s, const void *data, size_t len) {
 
         jobs_channel_request_answered(s->channel, true);
         if (s->journal_error < 0) {
-                /* Asked before the journal became unreadable: asked again once it is read. */
+                /* Not asked for while the journal cannot be read (an answer to a request of
+                 * the lodevd before this one, kept for the session): asked again once it is. */
                 check_waiters_done(s, s->journal_error);
                 return;
         }
